@@ -6,10 +6,11 @@ import yaml
 
 from corpora.config import ConfigError, load_yaml
 from corpora.validation import CorpusConfig
+from corpora.split import SplitConfig
 from pipelines.end_to_end import EndToEndConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_CLASSES = {"corpora": CorpusConfig, "": EndToEndConfig}
+CONFIG_CLASSES = {"corpora": CorpusConfig, "split": SplitConfig, "": EndToEndConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)

@@ -79,8 +79,8 @@ def test_leak_labels_match_the_documents(small):
             original = docs[leak["original_doc_id"]]
             assert d["published_at"] > original["published_at"]
             assert (d["text"] == original["text"]) == (kind == "exact_duplicate")
-            shared = set(d["text"].split()) & set(original["text"].split())
-            assert len(shared) >= 0.6 * len(set(original["text"].split()))
+            words = set(re.findall(r"\w+", original["text"].lower()))
+            assert len(set(re.findall(r"\w+", d["text"].lower())) & words) >= 0.9 * len(words)
         elif kind == "forward_looking":
             years = [int(y) for y in re.findall(r"\b(20\d\d)\b", d["text"])]
             assert years and max(years) > d["published_at"].year
@@ -99,7 +99,17 @@ def test_no_unlabelled_document_states_an_outcome_before_it_was_public(small):
             company, quarter = (match.group(1), match.group(2)) if match.group(1) else match.group(4, 5)
             assert d["published_at"].date() >= events[f"{company}-{quarter}"]["report_date"], d
             checked += 1
-    assert checked > 1000
+    assert checked > 700
+
+
+def test_only_planted_duplicates_repeat_a_text(small):
+    texts = small.documents["text"].to_pylist()
+    planted = set(small.leaks.filter(pc.equal(small.leaks["kind"], "exact_duplicate"))["doc_id"].to_pylist())
+    seen = {}
+    for doc_id, text in zip(small.documents["doc_id"].to_pylist(), texts):
+        if text in seen:
+            assert doc_id in planted or seen[text] in planted, text
+        seen[text] = doc_id
 
 
 def test_queries_agree_with_events(small):
@@ -112,7 +122,8 @@ def test_queries_agree_with_events(small):
         if q["kind"] == "forecast":
             assert q["as_of"].date() == e["preview_date"] < e["report_date"]
             preview = q["prompt"].rsplit(f" {e['company']} {e['quarter']} results:", 1)[0]
-            assert preview in docs_text and preview.endswith(f"point to a {e['signal']}.")
+            assert preview.endswith(f"point to a {e['signal']}.")
+            assert preview in docs_text or any(t.startswith(f"{preview} Update:") for t in docs_text)
         else:
             assert q["as_of"].date() == e["report_date"]
     # The signal is informative exactly as configured (a leak-free forecaster's achievable accuracy).

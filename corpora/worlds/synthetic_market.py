@@ -67,7 +67,6 @@ _SUFFIXES = ("mora", "trex", "vax", "tica", "lon", "dyne", "gen", "nix", "sys", 
 _SOURCES = ("Wire", "Ledger", "Street Daily", "Tape", "Quarterly Review")
 _MOODS = ("quiet", "busy", "calm", "nervous", "upbeat", "cautious")
 _TOPICS = ("rates", "oil", "the dollar", "bond yields", "jobs data", "inflation", "earnings season")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday")
 
 
 def company_names(count: int, rng: random.Random) -> list[str]:
@@ -89,12 +88,17 @@ def _moved(ret: float) -> str:
 
 
 def _report_texts(c: str, q: str, beat: bool, ret: float, source: str) -> list[str]:
+    """Distinct wordings of one fact; an event's reports never repeat one (repeats would be duplicates)."""
     outcome, past = ("beat", "beat") if beat else ("miss", "missed")
     return [
         f"{c} {q} results: {outcome}. Shares {_moved(ret)}.",
         f"{c} reported {q} earnings that {past} estimates, {source} said.",
         f"In {q}, {c} {past} analyst estimates and the stock {_moved(ret)}.",
-        f"{c} {q} results: {outcome}. The {q} report from {c} {past} expectations.",
+        f"The {q} report from {c} {past} expectations; {c} {q} results: {outcome}.",
+        f"Investors learned that {c} {past} forecasts for {q}.",
+        f"{c} shares {_moved(ret)} after {q} results that {past} the consensus.",
+        f"Quarterly numbers for {q}: {c} {past} what analysts had pencilled in.",
+        f"{source} recap: {c} {q} results: {outcome}, with the stock {_moved(ret)}.",
     ]
 
 
@@ -126,8 +130,8 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             raise ValueError(f"unknown synthetic-market preset {preset!r}; expected one of {sorted(PRESETS)}")
         preset = PRESETS[preset]
     p = replace(preset, **overrides)
-    if p.reports_per_event < 1 or not 0.5 <= p.signal_accuracy <= 1:
-        raise ValueError("reports_per_event must be >= 1 and signal_accuracy in [0.5, 1]")
+    if not 1 <= p.reports_per_event <= 8 or not 0.5 <= p.signal_accuracy <= 1:
+        raise ValueError("reports_per_event must be in [1, 8] (distinct wordings) and signal_accuracy in [0.5, 1]")
     rng = random.Random(seed)
     names = company_names(p.companies, rng)
     start = dt.date(p.start_year, 1, 1)
@@ -138,7 +142,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
     late = set(rng.sample(range(p.companies), int(round(p.late_listed_fraction * p.companies))))
     listed_at = {}
     for i, c in enumerate(names):
-        k = rng.randrange(1, max(2, p.quarters // 2)) if i in late else 0
+        k = rng.randrange(2, max(3, p.quarters // 2)) if i in late else 0  # after the first half-year
         listed_at[c] = start if k == 0 else quarter_ends[k - 1] + dt.timedelta(days=1)
 
     docs = _Docs()
@@ -146,9 +150,14 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
     events, queries = [], []
 
     for c in names:
-        if listed_at[c] > start:
-            docs.add(f"{c} listed its shares on {long_date(listed_at[c])}. {c} is a new name on the market.",
-                     listed_at[c], 9, "Wire", [c])
+        if listed_at[c] > start:  # a listing is news: a burst of stories in its first days
+            day = listed_at[c]
+            for offset, text in enumerate((
+                f"{c} listed its shares on {long_date(day)}. {c} is a new name on the market.",
+                f"{c} began trading after its listing; {rng.choice(_SOURCES)} covered the debut.",
+                f"Analysts initiated coverage of {c} following the listing.",
+            )):
+                docs.add(text, day + dt.timedelta(days=offset), 9 + offset, rng.choice(_SOURCES), [c])
 
     for k, ((year, qn), q_end) in enumerate(zip(quarters, quarter_ends)):
         q = f"{year}q{qn}"
@@ -165,23 +174,23 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             outcome = "beat" if beat else "miss"
             source = rng.choice(_SOURCES)
             preview = f"{source} preview of {c} {q}: channel checks point to a {signal}."
-            docs.add(preview, preview_day, 8, source, [c])
+            preview_row = docs.add(preview, preview_day, 8, source, [c])
             texts = _report_texts(c, q, beat, ret, source)
+            wordings = [texts[0]] + rng.sample(texts[1:], p.reports_per_event - 1)
             report_rows = []
-            for r in range(p.reports_per_event):
-                text = texts[0] if r == 0 else texts[rng.randrange(len(texts))]
-                day = report_day + dt.timedelta(days=0 if r == 0 else rng.randint(0, 3))
+            for r, text in enumerate(wordings):
+                day = report_day + dt.timedelta(days=0 if r == 0 else rng.randint(0, 2))
                 report_rows.append(docs.add(text, day, rng.randint(9, 17), rng.choice(_SOURCES), [c]))
-            for _ in range(p.retrospectives_per_event):
+            past = "beat" if beat else "missed"
+            recollections = (
+                f"Looking back, {c} {q} results {past} estimates and shares {_moved(ret)}.",
+                f"A while after {c} {past} estimates in {q}, analysts revisited the stock.",
+                f"Remember {q}? {c} {past} estimates back then, {source} noted.",
+            )
+            for text in rng.sample(recollections, min(p.retrospectives_per_event, len(recollections))):
                 day = report_day + dt.timedelta(days=rng.randint(60, 270))
-                if day > corpus_end:
-                    continue
-                past = "beat" if beat else "missed"
-                text = rng.choice((
-                    f"Looking back, {c} {q} results {past} estimates and shares {_moved(ret)}.",
-                    f"A while after {c} {past} estimates in {q}, analysts revisited the stock.",
-                ))
-                docs.add(text, day, 12, rng.choice(_SOURCES), [c])
+                if day <= corpus_end:
+                    docs.add(text, day, 12, rng.choice(_SOURCES), [c])
 
             # Planted leaks (labelled) ------------------------------------------------------------
             def label(row, kind, expected, true_day, original=None, detail=None, true_hour=0):
@@ -196,9 +205,10 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                 label(row, "misdated", "redate", report_day, detail="published before the event it reports")
             if rng.random() < p.revised_rate:
                 update_day = report_day + dt.timedelta(days=rng.randint(0, 30))
-                row = docs.add(f"{preview} Update: {c} {q} results: {outcome}.", preview_day, 8, source, [c],
-                               updated=(update_day, 18))
-                label(row, "revised", "redate", update_day, detail="amended after the outcome", true_hour=18)
+                # the preview itself is amended in place: same document, new text, updated_at set
+                docs.text[preview_row] = f"{preview} Update: {c} {q} results: {outcome}."
+                docs.updated[preview_row] = _micros(update_day, 18)
+                label(preview_row, "revised", "redate", update_day, detail="amended after the outcome", true_hour=18)
             if rng.random() < p.retrospective_mention_rate:
                 day = max(preview_day - dt.timedelta(days=rng.randint(10, 80)), listed_at[c])
                 lead = f"Markets were {rng.choice(_MOODS)} as traders watched {rng.choice(_TOPICS)}."
@@ -222,8 +232,9 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             if rng.random() < p.forward_looking_rate:
                 day = max(preview_day - dt.timedelta(days=rng.randint(1, 20)), listed_at[c])
                 text = rng.choice((
-                    f"{c} expects {day.year + 1} revenue to grow, and guidance for fiscal {day.year + 2} is unchanged.",
-                    f"{c} said it expects {day.year + 1} margins to improve.",
+                    f"Ahead of {q}, {c} expects {day.year + 1} revenue to grow; guidance for fiscal {day.year + 2} "
+                    "is unchanged.",
+                    f"Before its {q} report, {c} said it expects {day.year + 1} margins to improve.",
                 ))
                 row = docs.add(text, day, 9, rng.choice(_SOURCES), [c])
                 label(row, "forward_looking", "keep", day, detail="a forecast, not a leak", true_hour=9)
@@ -244,19 +255,21 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             day = q_end - dt.timedelta(days=rng.randint(0, 89))
             listed = [c for c in rng.sample(names, min(2, len(names))) if listed_at[c] <= day]
             tail = f" {listed[0]} shares traded {rng.choice(_MOODS)}." if listed else ""
-            docs.add(f"Markets were {rng.choice(_MOODS)} on {rng.choice(_DAYS)} as traders watched "
-                     f"{rng.choice(_TOPICS)}.{tail}", day, rng.randint(8, 18), rng.choice(_SOURCES), listed[:1])
+            docs.add(f"On {day:%A}, {long_date(day)}, markets were {rng.choice(_MOODS)} as traders watched "
+                     f"{rng.choice(_TOPICS)}; the index moved {rng.uniform(-2, 2):.2f}%.{tail}",
+                     day, rng.randint(8, 18), rng.choice(_SOURCES), listed[:1])
 
     # Anachronisms: a late company named in text dated before it listed.
     for c in names:
         if listed_at[c] <= start:
             continue
         for _ in range(p.anachronisms_per_late_company):
-            day = max(start, listed_at[c] - dt.timedelta(days=rng.randint(30, 200)))
+            # not in the corpus's first quarter: nothing can be called anachronistic that early
+            day = max(start + dt.timedelta(days=100), listed_at[c] - dt.timedelta(days=rng.randint(30, 200)))
             if day >= listed_at[c]:
                 continue
             other = rng.choice([n for n in names if listed_at[n] <= day] or [c])
-            row = docs.add(f"Traders compared {other} with {c} on {rng.choice(_DAYS)}.", day, 13,
+            row = docs.add(f"Traders compared {other} with {c} on {day:%A}.", day, 13,
                            rng.choice(_SOURCES), sorted({other, c}))
             leaks.append(dict(row=row, kind="anachronism", expected="redate", true_micros=_micros(listed_at[c], 9),
                               event_id=None, original_row=None, detail=f"{c} listed on {listed_at[c]}"))
@@ -296,12 +309,15 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
 
 
 def _near_copy(text: str, rng: random.Random) -> str:
-    edits = [("reported", "posted"), ("results:", "results -"), ("estimates", "forecasts"), ("Shares", "The stock")]
-    rng.shuffle(edits)
-    for old, new in edits:
-        if old in text:
-            return f"(Syndicated) {text.replace(old, new, 1)}"
-    return f"(Syndicated) {text}"
+    """A syndicated copy: the same story under a wire header or footer, or with its case and punctuation redone."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        return f"(Syndicated) {text}"
+    if kind == 1:
+        return f"{text} (via {rng.choice(_SOURCES)})"
+    if kind == 2:
+        return f"From the wire: {text} Reprinted."
+    return text.upper().replace(";", ",").replace(":", " -")
 
 
 def _day(micros: int) -> dt.date:

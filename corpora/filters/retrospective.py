@@ -1,0 +1,124 @@
+"""retrospective: past-tense mentions of dated events that happened after the document's own date.
+
+Two kinds of evidence move the knowledge date:
+- an explicit date ("On March 3, 2021, X reported", "which beat estimates on 2021-03-03") later than
+  `published_at`, in a sentence written in the past tense and not about the future;
+- a reported result of a period ("X 2021q3 results, which beat", "Q3 2021 results: beat") before the
+  corpus first corroborates that result (`min_support` mentions within `window_days`, a corpus-wide pass).
+Forward-looking sentences ("expects 2021 revenue to grow", "will report on March 3, 2021") move nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from corpora.config import doc
+from corpora.filters import Filter, proposals, register, trusted_first_appearance
+from corpora.schema import UTC_TIMESTAMP
+
+_MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
+                                        "september", "october", "november", "december"), 1)}
+_DATE = re.compile(r"\b(?:(?P<month>January|February|March|April|May|June|July|August|September|October|November|"
+                   r"December) (?P<day>\d{1,2}), (?P<year>\d{4})|(?P<iso>\d{4}-\d{2}-\d{2}))\b")
+_SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
+_PAST = re.compile(r"\b(reported|beat|missed|rose|fell|posted|announced|closed|was|were|recalled|revisited|"
+                   r"released|said|had)\b", re.I)
+_FUTURE = re.compile(r"\b(will|expects?|expected to|guidance|forecasts? for|plans?|outlook|scheduled|due to|"
+                     r"ahead of|is to)\b", re.I)
+_PERIOD = r"(?:\d{4}\s?q[1-4]|q[1-4] \d{4})"
+_ENTITY = r"[A-Z][A-Za-z&]+"
+_RESULT_PATTERNS = [re.compile(p) for p in (
+    rf"(?P<e>{_ENTITY}) (?P<p>{_PERIOD}) results(?::|,? which| that| -)\s*(?:beat|miss|missed)\b",
+    rf"(?P<e>{_ENTITY}) reported (?P<p>{_PERIOD}) (?:earnings|results) that (?:beat|missed)\b",
+    rf"\bIn (?P<p>{_PERIOD}), (?P<e>{_ENTITY}) (?:beat|missed)\b",
+    rf"\bThe (?P<p>{_PERIOD}) report from (?P<e>{_ENTITY}) (?:beat|missed)\b",
+    rf"(?P<e>{_ENTITY}) (?:beat|missed) (?:\w+ )?(?:estimates|forecasts|expectations|the consensus) "
+    rf"(?:in|for) (?P<p>{_PERIOD})",
+    rf"(?P<e>{_ENTITY}) shares (?:rose|fell) [\d.]+% after (?P<p>{_PERIOD}) results",
+    rf"(?P<p>{_PERIOD}): (?P<e>{_ENTITY}) (?:beat|missed)\b",
+)]
+
+
+@dataclass
+class Params:
+    """How sure the corpus must be of when a result became public."""
+
+    min_support: int = doc("mentions needed within window_days to trust a result's first report date", 3)
+    window_days: float = doc("corroboration window, days", 3.0)
+    tolerance_days: float = doc("explicit dates up to this many days after publication are not moved to", 0.0)
+
+    def __post_init__(self):
+        if self.min_support < 1 or self.window_days < 0 or self.tolerance_days < 0:
+            raise ValueError("min_support must be >= 1, window_days and tolerance_days >= 0")
+
+
+def _period_key(entity: str, period: str) -> str:
+    period = period.lower().replace(" ", "")
+    if period.startswith("q"):  # q3 2021 → 2021q3
+        period = f"{period[2:]}{period[:2]}"
+    return f"{entity.lower()}|{period}"
+
+
+def result_mentions(text: str) -> set[str]:
+    return {_period_key(m["e"], m["p"]) for pattern in _RESULT_PATTERNS for m in pattern.finditer(text)}
+
+
+def explicit_past_dates(text: str) -> list[tuple[dt.datetime, str]]:
+    """Dates mentioned in past-tense, not forward-looking sentences, with the sentence."""
+    found = []
+    for sentence in _SENTENCE.findall(text):
+        if not _PAST.search(sentence) or _FUTURE.search(sentence):
+            continue
+        for m in _DATE.finditer(sentence):
+            try:
+                if m["iso"]:
+                    day = dt.date.fromisoformat(m["iso"])
+                else:
+                    day = dt.date(int(m["year"]), _MONTHS[m["month"].lower()], int(m["day"]))
+            except ValueError:
+                continue
+            found.append((dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc), sentence.strip()))
+    return found
+
+
+@register("retrospective")
+class Retrospective(Filter):
+    Params = Params
+    key = "event"
+
+    def observe(self, batch: pa.Table) -> pa.Table:
+        events, dates = [], []
+        for text, published in zip(batch["text"].to_pylist(), batch["published_at"].to_pylist()):
+            for key in result_mentions(text):
+                events.append(key)
+                dates.append(published)
+        return pa.table({"event": pa.array(events, pa.string()), "date": pa.array(dates, UTC_TIMESTAMP)})
+
+    def reduce(self, observations: pa.Table) -> pa.Table:
+        window = dt.timedelta(days=self.params.window_days)
+        return trusted_first_appearance(observations, "event", self.params.min_support, window)
+
+    def finalize(self, reduced: pa.Table) -> dict[str, dt.datetime]:
+        reduced = reduced.filter(pc.is_valid(reduced["first"]))
+        return dict(zip(reduced["event"].to_pylist(), reduced["first"].to_pylist()))
+
+    def apply(self, batch: pa.Table, context: dict[str, dt.datetime]) -> pa.Table:
+        tolerance = dt.timedelta(days=self.params.tolerance_days)
+        dates, evidence = [], []
+        for text, published in zip(batch["text"].to_pylist(), batch["published_at"].to_pylist()):
+            best, why = None, None
+            for day, sentence in explicit_past_dates(text):
+                # A date on the day of publication is the document's own day, not a later event.
+                if day.date() > published.date() and day > published + tolerance and (best is None or day > best):
+                    best, why = day, f"mentions {day.date()} in the past tense: {sentence[:120]}"
+            for key in result_mentions(text):
+                first = context.get(key)
+                if first is not None and first > published and (best is None or first > best):
+                    best, why = first, f"reports the result {key} first corroborated on {first.date()}"
+            dates.append(best)
+            evidence.append(why)
+        return proposals(dates, evidence=evidence)

@@ -1,0 +1,617 @@
+"""Point-in-time split: validate a corpus, run the leakage filters, date every document, write slices.
+
+    knowledge_date = max(published_at, updated_at, every filter's proposed date)
+
+A document goes, once, into the slice `(c_{k-1}, c_k]` of its knowledge date (cutoffs are whole UTC
+days: `2019-12-31` holds everything known by the end of that day). Everything else is written to
+`quarantine.parquet` with a reason. Two engines share every per-batch function: `ray` (Ray Data, the
+default, the same code on a laptop or a cluster) and `polars` (one process, the baseline of bench/split.py).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from corpora.config import ConfigError, doc
+from corpora.filters import Filter, build_filters
+from corpora.readers import ROW_COLUMN, RawFile, corpus_files, read_file
+from corpora.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, UTC_TIMESTAMP
+from corpora.validation import CorpusConfig, _validate_file
+
+DEFAULT_FILTERS = {"revision": {}, "retrospective": {}, "anachronism": {}, "duplicates": {}}
+SLICE_SCHEMA = pa.schema([
+    *DOCUMENT_SCHEMA,
+    pa.field("knowledge_date", UTC_TIMESTAMP, nullable=False),
+    pa.field("redated_by", pa.list_(pa.string())),  # filters whose proposal set the knowledge date
+    pa.field("evidence", pa.string()),
+    pa.field("slice", pa.string(), nullable=False),
+])
+
+
+class SplitError(ValueError):
+    """The split cannot run as configured; the message names the problem."""
+
+
+@dataclass
+class CutoffRule:
+    """Calendar cutoffs: every month, quarter or year end between two dates (inclusive)."""
+
+    every: Literal["month", "quarter", "year"] = doc("period whose last day is a cutoff")
+    start: dt.datetime = doc("first date considered")
+    end: dt.datetime = doc("last date considered")
+
+
+@dataclass
+class SplitConfig:
+    """A corpus, its cutoffs and filters, and where the split goes."""
+
+    corpus: CorpusConfig = doc("the corpus to read and validate")
+    output: str = doc("output directory (slices/, quarantine.parquet, leakage_report.parquet, manifest.json)")
+    cutoffs: list[dt.datetime] | None = doc("explicit cutoff dates, increasing", None)
+    cutoff_rule: CutoffRule | None = doc("calendar rule for cutoffs (instead of an explicit list)", None)
+    filters: dict[str, Any] = doc("enabled filters in order, each with its parameters", default=DEFAULT_FILTERS)
+    engine: Literal["ray", "polars"] = doc("ray (Ray Data) or polars (single process)", "ray")
+    batch_size: int = doc("documents per batch in map stages", 4096)
+    partitions: int = doc("hash partitions of the corpus-wide passes (ray engine); 0 = 2 x cluster CPUs", 0)
+
+    def __post_init__(self):
+        if (self.cutoffs is None) == (self.cutoff_rule is None):
+            raise ValueError("give exactly one of cutoffs (a list of dates) or cutoff_rule")
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+
+    def cutoff_dates(self) -> list[dt.date]:
+        if self.cutoffs is not None:
+            days = [c.date() for c in self.cutoffs]
+            for a, b in zip(days, days[1:]):
+                if b <= a:
+                    raise ConfigError(f"cutoffs must be strictly increasing: {b} follows {a}")
+            if not days:
+                raise ConfigError("cutoffs: the list is empty")
+            return days
+        return calendar_cutoffs(self.cutoff_rule.every, self.cutoff_rule.start.date(), self.cutoff_rule.end.date())
+
+    def fingerprint(self) -> str:
+        """Hash of everything that changes the output (not where it goes, nor the engine)."""
+        data = asdict(self)
+        for key in ("output", "engine", "batch_size", "partitions"):
+            data.pop(key)
+        data["cutoffs"] = [d.isoformat() for d in self.cutoff_dates()]
+        data.pop("cutoff_rule")
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def calendar_cutoffs(every: str, start: dt.date, end: dt.date) -> list[dt.date]:
+    months = {"month": 1, "quarter": 3, "year": 12}[every]
+    out, year, month = [], start.year, 1
+    while True:
+        month += 1
+        if month > 12:
+            year, month = year + 1, 1
+        last = dt.date(year, month, 1) - dt.timedelta(days=1)  # last day of the previous month
+        if last > end:
+            break
+        if last >= start and last.month % months == 0:
+            out.append(last)
+    if not out:
+        raise ConfigError(f"cutoff_rule: no {every} end between {start} and {end}")
+    return out
+
+
+def end_of_day(day: dt.date) -> dt.datetime:
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1, microseconds=-1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-batch functions: the same in both engines.
+
+def read_units(corpus: CorpusConfig) -> list[dict]:
+    """Units of reading work: one per file, or per parquet row group so that one big file parallelises."""
+    units = []
+    for path, fmt in corpus_files(corpus.path, corpus.format):
+        if fmt == "parquet":
+            meta = pq.ParquetFile(path).metadata
+            offset = 0
+            for group in range(meta.num_row_groups):
+                units.append({"path": path, "format": fmt, "row_group": group, "offset": offset})
+                offset += meta.row_group(group).num_rows
+        else:
+            units.append({"path": path, "format": fmt, "row_group": -1, "offset": 0})
+    return units
+
+
+CHECKED_SCHEMA = pa.schema([*DOCUMENT_SCHEMA, pa.field("__file", pa.string()), pa.field("__row", pa.int64()),
+                            pa.field("__reason", pa.string()), pa.field("__detail", pa.string()),
+                            pa.field("__original", pa.string())])
+
+
+def read_and_validate(unit: dict, corpus: CorpusConfig) -> pa.Table:
+    """One unit → valid documents and quarantined rows in one table (`__reason` null for valid rows)."""
+    if unit["row_group"] >= 0:
+        table = pq.ParquetFile(unit["path"]).read_row_group(unit["row_group"])
+        start = unit["offset"]
+        raw = RawFile(unit["path"], table.append_column(ROW_COLUMN, pa.array(range(start, start + table.num_rows),
+                                                                              pa.int64())))
+    else:
+        raw = read_file(unit["path"], unit["format"])
+    documents, quarantine = _validate_file(raw, corpus)
+    n = documents.num_rows
+    good = documents.drop_columns(["__row", "__file"]).cast(DOCUMENT_SCHEMA)
+    good = pa.table({**{f.name: good[f.name] for f in DOCUMENT_SCHEMA},
+                     "__file": documents["__file"], "__row": documents["__row"],
+                     "__reason": pa.nulls(n, pa.string()), "__detail": pa.nulls(n, pa.string()),
+                     "__original": pa.nulls(n, pa.string())}, schema=CHECKED_SCHEMA)
+    m = quarantine.num_rows
+    bad = pa.table({"doc_id": quarantine["doc_id"], "published_at": pa.nulls(m, UTC_TIMESTAMP),
+                    "text": pa.nulls(m, pa.string()), "updated_at": pa.nulls(m, UTC_TIMESTAMP),
+                    "source": pa.nulls(m, pa.string()), "entities": pa.nulls(m, pa.list_(pa.string())),
+                    "__file": quarantine["source_file"], "__row": quarantine["row"], "__reason": quarantine["reason"],
+                    "__detail": quarantine["detail"], "__original": quarantine["original"]})
+    # published_at/text are non-nullable in DOCUMENT_SCHEMA; quarantined rows carry nulls there
+    return pa.concat_tables([good.cast(_nullable(CHECKED_SCHEMA)), bad.cast(_nullable(CHECKED_SCHEMA))])
+
+
+def _nullable(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema])
+
+
+def apply_filters(batch: pa.Table, filters: list[Filter], contexts: dict[str, Any], cutoffs: list[dt.date]) -> pa.Table:
+    """Knowledge date, drop reason and slice for every valid document of `batch`."""
+    best = batch["published_at"].to_pylist()
+    redated_by: list[list[str]] = [[] for _ in best]
+    evidence: list[str | None] = [None] * len(best)
+    drop: list[str | None] = [None] * len(best)
+    for f in filters:
+        proposal = f.apply(batch, contexts.get(f.name))
+        for i, (date, reason, why) in enumerate(zip(proposal["date"].to_pylist(), proposal["drop"].to_pylist(),
+                                                    proposal["evidence"].to_pylist())):
+            if reason is not None and drop[i] is None:
+                drop[i] = reason
+                evidence[i] = f"{f.name}: {why}" if why else f.name
+            if date is not None and date > best[i]:  # only ever later
+                best[i] = date
+                redated_by[i].append(f.name)
+                evidence[i] = f"{f.name}: {why}" if why else f.name
+    # The contract's own rule, whether or not the revision filter is enabled: a revision is knowledge.
+    for i, updated in enumerate(batch["updated_at"].to_pylist()):
+        if updated is not None and updated > best[i]:
+            best[i] = updated
+            redated_by[i].append("updated_at")
+    ends = [end_of_day(c) for c in cutoffs]
+    labels = [c.isoformat() for c in cutoffs]
+    import bisect
+
+    slices = []
+    for kd in best:
+        k = bisect.bisect_left(ends, kd)
+        slices.append(labels[k] if k < len(ends) else None)
+    out = batch.select([f.name for f in DOCUMENT_SCHEMA])
+    return out.append_column("knowledge_date", pa.array(best, UTC_TIMESTAMP)) \
+        .append_column("redated_by", pa.array(redated_by, pa.list_(pa.string()))) \
+        .append_column("evidence", pa.array(evidence, pa.string())) \
+        .append_column("slice", pa.array(slices, pa.string())) \
+        .append_column("__drop", pa.array(drop, pa.string())) \
+        .append_column("__file", batch["__file"]).append_column("__row", batch["__row"])
+
+
+def _quarantine_from_checked(table: pa.Table) -> pa.Table:
+    return pa.table({"source_file": table["__file"], "row": table["__row"], "doc_id": table["doc_id"],
+                     "reason": table["__reason"], "detail": table["__detail"], "original": table["__original"]},
+                    schema=QUARANTINE_SCHEMA)
+
+
+def _quarantine_from_dated(table: pa.Table) -> pa.Table:
+    """Documents a filter dropped, or dated after the last cutoff: quarantined with the original fields."""
+    reasons, details, originals = [], [], []
+    for row in table.to_pylist():
+        if row["__drop"] is not None:
+            reasons.append(row["__drop"])
+            details.append(row["evidence"])
+        else:
+            reasons.append("after_last_cutoff")
+            details.append(f"knowledge_date {row['knowledge_date'].isoformat()} is after the last cutoff")
+        originals.append(json.dumps({f.name: row[f.name] for f in DOCUMENT_SCHEMA}, default=str, ensure_ascii=False))
+    return pa.table({"source_file": table["__file"], "row": table["__row"], "doc_id": table["doc_id"],
+                     "reason": pa.array(reasons, pa.string()), "detail": pa.array(details, pa.string()),
+                     "original": pa.array(originals, pa.string())}, schema=QUARANTINE_SCHEMA)
+
+
+def leakage_report(dated: pa.Table, filters: list[Filter], examples: int = 5) -> pa.Table:
+    """Per filter and slice: documents re-dated and dropped, with example ids."""
+    import polars as pl
+
+    frame = pl.from_arrow(dated.select(["doc_id", "slice", "redated_by", "__drop", "evidence"]))
+    rows = []
+    for f in filters:
+        redated = frame.filter(pl.col("redated_by").list.contains(f.name)).with_columns(pl.lit("redated").alias("action"))
+        dropped = frame.filter(pl.col("evidence").str.starts_with(f"{f.name}:") & pl.col("__drop").is_not_null()) \
+            .with_columns(pl.lit("dropped").alias("action"))
+        for part in (redated, dropped):
+            if part.height == 0:
+                continue
+            part = part.with_columns(pl.col("slice").fill_null("after_last_cutoff"))
+            grouped = part.sort("doc_id").group_by(["slice", "action"]).agg(
+                pl.len().alias("documents"), pl.col("doc_id").head(examples).alias("example_ids"))
+            for r in grouped.iter_rows(named=True):
+                rows.append({"filter": f.name, **r})
+    schema = pa.schema([("filter", pa.string()), ("slice", pa.string()), ("action", pa.string()),
+                        ("documents", pa.int64()), ("example_ids", pa.list_(pa.string()))])
+    table = pa.Table.from_pylist(rows, schema=schema)
+    return table.sort_by([("filter", "ascending"), ("slice", "ascending"), ("action", "ascending")])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Output directory handling: atomic, idempotent.
+
+def input_fingerprint(corpus: CorpusConfig) -> str:
+    digest = hashlib.sha256()
+    for path, fmt in corpus_files(corpus.path, corpus.format):
+        digest.update(f"{os.path.basename(path)}\0{fmt}\0".encode())
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def existing_split(output: Path, config_hash: str, input_hash: str) -> dict | None:
+    """The manifest of a finished identical split at `output`; None if there is none; an error if different."""
+    manifest_path = output / "manifest.json"
+    if not output.exists():
+        return None
+    if not manifest_path.exists():
+        if any(output.iterdir()):
+            raise SplitError(f"{output}: exists, is not empty and holds no finished split (no manifest.json); "
+                             f"choose another output or remove it")
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("config_hash") != config_hash:
+        raise SplitError(f"{output}: holds a split of a different config ({manifest.get('config_hash')} != "
+                         f"{config_hash}); choose another output directory")
+    if manifest.get("input_fingerprint") != input_hash:
+        raise SplitError(f"{output}: holds a split of different input ({manifest.get('input_fingerprint')} != "
+                         f"{input_hash}); choose another output directory")
+    return manifest
+
+
+@dataclass
+class SplitResult:
+    output: Path
+    manifest: dict
+    skipped: bool  # True when an identical finished split was already there
+
+    def read_slices(self, up_to: str | None = None) -> pa.Table:
+        return read_slices(self.output, up_to)
+
+
+def read_slices(output: str | Path, up_to: str | None = None) -> pa.Table:
+    """Documents of every slice (or of vintage `up_to`: all slices <= it), sorted by knowledge date, doc_id."""
+    dataset = pads.dataset(Path(output) / "slices", format="parquet", partitioning="hive",
+                           schema=SLICE_SCHEMA)
+    table = dataset.to_table(filter=(pc.field("slice") <= up_to) if up_to else None)
+    return table.sort_by([("knowledge_date", "ascending"), ("doc_id", "ascending")])
+
+
+def run_split(config: SplitConfig) -> SplitResult:
+    """Run the split unless an identical one is already at `config.output` (then it is a no-op)."""
+    started = time.perf_counter()
+    cutoffs = config.cutoff_dates()
+    filters = build_filters(config.filters)
+    output = Path(config.output)
+    config_hash, input_hash = config.fingerprint(), input_fingerprint(config.corpus)
+    done = existing_split(output, config_hash, input_hash)
+    if done is not None:
+        print(f"split: {output} already holds this split (config {config_hash}, input {input_hash}); nothing to do")
+        return SplitResult(output, done, skipped=True)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging.mkdir()
+    try:
+        engine = _ray_engine if config.engine == "ray" else _polars_engine
+        stats = engine(config, filters, cutoffs, staging)
+        manifest = {
+            "config_hash": config_hash,
+            "input_fingerprint": input_hash,
+            "cutoffs": [c.isoformat() for c in cutoffs],
+            "cutoff_semantics": "slice c holds documents with knowledge_date in (previous cutoff, end of day c] UTC",
+            "filters": {f.name: asdict(f.params) for f in filters},
+            "engine": config.engine,
+            "seconds": round(time.perf_counter() - started, 3),
+            "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
+            "code_version": _code_version(),
+            **stats,
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+        if output.exists():  # empty directory (checked above)
+            output.rmdir()
+        os.replace(staging, output)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return SplitResult(output, manifest, skipped=False)
+
+
+def _code_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("vintage")
+    except Exception:  # noqa: BLE001 - running from a source tree
+        return "unknown"
+
+
+def _summarise(quarantine: pa.Table, slices: pa.Table, filters, rows_read: int, cutoffs) -> dict:
+    from collections import Counter
+
+    redated = Counter(name for names in slices["redated_by"].to_pylist() for name in (names or []))
+    per_slice = Counter(slices["slice"].to_pylist())
+    return {
+        "rows_read": rows_read,
+        "documents": slices.num_rows,
+        "quarantined": dict(sorted(Counter(quarantine["reason"].to_pylist()).items())),
+        "redated_by_filter": {f.name: redated.get(f.name, 0) for f in filters},
+        "slices": {c.isoformat(): per_slice.get(c.isoformat(), 0) for c in cutoffs},
+    }
+
+
+def _write_outputs(staging: Path, quarantine: pa.Table, dated: pa.Table, filters) -> None:
+    pq.write_table(quarantine, staging / "quarantine.parquet")
+    pq.write_table(leakage_report(dated, filters), staging / "leakage_report.parquet")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Engines.
+
+def _polars_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
+    checked = pa.concat_tables([read_and_validate(u, config.corpus) for u in read_units(config.corpus)])
+    valid, quarantine = _resolve_duplicate_ids(checked)
+    if valid.num_rows == 0:
+        raise SplitError(f"{config.corpus.path}: no valid document after validation: "
+                         f"{dict(sorted(_count(quarantine['reason']).items()))}")
+    batches = [valid.slice(i, config.batch_size) for i in range(0, valid.num_rows, config.batch_size)]
+    contexts = {}
+    for f in filters:
+        if f.key is None:
+            continue
+        observations = pa.concat_tables([f.observe(b) for b in batches])
+        reduced = f.reduce(observations)
+        contexts[f.name] = _finalize(f, reduced, lambda ids: valid.filter(pc.is_in(valid["doc_id"], pa.array(ids))))
+    dated = pa.concat_tables([apply_filters(b, filters, contexts, cutoffs) for b in batches])
+    kept_mask = pc.and_(pc.is_null(dated["__drop"]), pc.is_valid(dated["slice"]))
+    kept = dated.filter(kept_mask)
+    quarantine = pa.concat_tables([quarantine, _quarantine_from_dated(dated.filter(pc.invert(kept_mask)))])
+    slices = kept.select(SLICE_SCHEMA.names).cast(SLICE_SCHEMA)
+    pads.write_dataset(slices, staging / "slices", format="parquet", partitioning=["slice"],
+                       partitioning_flavor="hive", basename_template="part-{i}.parquet")
+    _write_outputs(staging, quarantine, dated, filters)
+    return {**_summarise(quarantine, slices, filters, checked.num_rows, cutoffs), "nodes": 1}
+
+
+def _finalize(f: Filter, reduced: pa.Table, fetch):
+    import inspect
+
+    if "fetch" in inspect.signature(f.finalize).parameters:
+        return f.finalize(reduced, fetch=fetch)
+    return f.finalize(reduced)
+
+
+def _count(column) -> dict:
+    from collections import Counter
+
+    return Counter(column.to_pylist())
+
+
+def _resolve_duplicate_ids(checked: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Split checked rows into valid documents and quarantine; a doc_id repeated across units keeps its
+    first occurrence (file order, then row)."""
+    is_valid = pc.is_null(checked["__reason"])
+    valid = checked.filter(is_valid).sort_by([("__file", "ascending"), ("__row", "ascending")])
+    quarantine = _quarantine_from_checked(checked.filter(pc.invert(is_valid)))
+    import numpy as np
+
+    ids = valid["doc_id"].to_numpy(zero_copy_only=False)
+    _, first = np.unique(ids, return_index=True)
+    keep = np.zeros(len(ids), dtype=bool)
+    keep[first] = True
+    if keep.all():
+        return valid, quarantine
+    repeated = valid.filter(pa.array(~keep))
+    extra = pa.table({"source_file": repeated["__file"], "row": repeated["__row"], "doc_id": repeated["doc_id"],
+                      "reason": pa.array(["duplicate_doc_id"] * repeated.num_rows, pa.string()),
+                      "detail": pa.array([f"doc_id: {d!r} appeared earlier" for d in repeated["doc_id"].to_pylist()],
+                                         pa.string()),
+                      "original": pa.array([json.dumps({k: v for k, v in r.items() if not k.startswith("__")},
+                                                       default=str) for r in repeated.to_pylist()], pa.string())},
+                     schema=QUARANTINE_SCHEMA)
+    return valid.filter(pa.array(keep)), pa.concat_tables([quarantine, extra])
+
+
+def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
+    import ray
+    import ray.data
+
+    if not ray.is_initialized():
+        ray.init()
+    units = read_units(config.corpus)
+    corpus = config.corpus
+    checked = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+        _read_validate, fn_kwargs={"corpus": corpus}, batch_size=1, batch_format="pyarrow",
+    ).materialize()
+    quarantine = _to_table(checked.map_batches(_where, fn_kwargs={"column": "__reason", "null": False},
+                                               batch_format="pyarrow"), CHECKED_SCHEMA)
+    quarantine = _quarantine_from_checked(quarantine) if quarantine.num_rows else QUARANTINE_SCHEMA.empty_table()
+    valid_ds = checked.map_batches(_where, fn_kwargs={"column": "__reason", "null": True}, batch_format="pyarrow")
+    # A doc_id repeated across units: the id column is small enough to check in the driver.
+    ids = _to_table(valid_ds.select_columns(["doc_id", "__file", "__row"]), None)
+    if ids.num_rows == 0:
+        raise SplitError(f"{corpus.path}: no valid document after validation: "
+                         f"{dict(sorted(_count(quarantine['reason']).items()))}")
+    repeated_ids = _repeated(ids["doc_id"])
+    if repeated_ids:
+        wanted = ray.put(pa.array(sorted(repeated_ids), pa.string()))
+        repeated = _to_table(valid_ds.map_batches(_select_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow"),
+                             CHECKED_SCHEMA)
+        kept, extra = _resolve_duplicate_ids(repeated)
+        keep = set(zip(kept["__file"].to_pylist(), kept["__row"].to_pylist()))
+        drop = set(zip(repeated["__file"].to_pylist(), repeated["__row"].to_pylist())) - keep
+        valid_ds = valid_ds.filter(lambda r: (r["__file"], r["__row"]) not in drop)
+        quarantine = pa.concat_tables([quarantine, extra])
+    valid_ds = valid_ds.repartition(target_num_rows_per_block=config.batch_size).materialize()
+
+    # Corpus-wide passes of every filter in one shuffle: observations are hash-partitioned on their key,
+    # and each partition (whole key groups) is reduced by the filter that made it.
+    partitions = config.partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
+    passes = [f for f in filters if f.key is not None]
+    contexts = {}
+    if passes:
+        reduced = valid_ds.map_batches(_observe_all, fn_kwargs={"filters": passes, "partitions": partitions},
+                                       batch_format="pyarrow") \
+            .groupby(["__filter", "__part"], num_partitions=partitions).map_groups(_reduce_one, fn_kwargs={"filters": passes},
+                                                        batch_format="pyarrow")
+        reduced_parts = [t for t in ray.get(reduced.to_arrow_refs()) if t.num_rows]
+
+        def fetch(doc_ids):
+            wanted = ray.put(pa.array(sorted(set(doc_ids)), pa.string()))
+            found = valid_ds.map_batches(_select_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+            return _to_table(found, CHECKED_SCHEMA)
+
+        for f in passes:
+            mine = [_unpack(blob) for t in reduced_parts
+                    for name, blob in zip(t["__filter"].to_pylist(), t["__ipc"].to_pylist()) if name == f.name]
+            table = pa.concat_tables(mine) if mine else f.reduce(f.observe(_empty_batch()))
+            contexts[f.name] = _finalize(f, table, fetch)
+    contexts_ref = ray.put(contexts)
+    dated_ds = valid_ds.map_batches(
+        _apply_task, fn_kwargs={"filters": filters, "contexts_ref": contexts_ref, "cutoffs": cutoffs},
+        batch_size=config.batch_size, batch_format="pyarrow",
+    ).materialize()
+    dated_ds.map_batches(_where_kept, fn_kwargs={"keep": True}, batch_format="pyarrow").write_parquet(
+        str(staging / "slices"), partition_cols=["slice"])
+    rest = _to_table(dated_ds.map_batches(_where_kept, fn_kwargs={"keep": False}, batch_format="pyarrow"), None)
+    if rest.num_rows:
+        quarantine = pa.concat_tables([quarantine, _quarantine_from_dated(rest)])
+    compact = _to_table(dated_ds.select_columns(["doc_id", "slice", "redated_by", "__drop", "evidence", "__node",
+                                                 "__read_node"]), None)
+    slices_summary = compact.filter(pc.and_(pc.is_null(compact["__drop"]), pc.is_valid(compact["slice"])))
+    _write_outputs(staging, quarantine, compact, filters)
+    nodes = sorted(set(compact["__node"].to_pylist()) | set(compact["__read_node"].to_pylist()))
+    return {**_summarise(quarantine, slices_summary, filters, ids.num_rows + quarantine.num_rows, cutoffs),
+            "nodes": len(nodes), "node_ids": nodes}
+
+
+def _repeated(ids: pa.ChunkedArray) -> list[str]:
+    import numpy as np
+
+    values, counts = np.unique(ids.to_numpy(zero_copy_only=False), return_counts=True)
+    return values[counts > 1].tolist()
+
+
+def _empty_batch() -> pa.Table:
+    return pa.table({**{f.name: pa.array([], f.type) for f in DOCUMENT_SCHEMA}})
+
+
+def _observe_all(batch: pa.Table, filters, partitions: int) -> pa.Table:
+    """Every corpus-wide filter's observations, in one table: __filter, __part, __key, doc_id, date."""
+    import polars as pl
+
+    out = []
+    for f in filters:
+        obs = f.observe(batch)
+        n = obs.num_rows
+        part = (pl.from_arrow(obs[f.key]).hash(seed=0) % partitions).to_arrow().cast(pa.int64()) if n else \
+            pa.array([], pa.int64())
+        out.append(pa.table({
+            "__filter": pa.array([f.name] * n, pa.string()), "__part": part, "__key": obs[f.key],
+            "doc_id": obs["doc_id"] if "doc_id" in obs.column_names else pa.nulls(n, pa.string()),
+            "date": obs["date"]}))
+    return pa.concat_tables(out)
+
+
+def _unpack(blob: bytes) -> pa.Table:
+    with pa.ipc.open_stream(pa.py_buffer(blob)) as reader:
+        return reader.read_all()
+
+
+def _reduce_one(group: pa.Table, filters) -> pa.Table:
+    """Reduce one (filter, partition) group; the result is serialised as Arrow IPC to travel in one schema."""
+    name = group["__filter"][0].as_py()
+    f = next(f for f in filters if f.name == name)
+    obs = group.rename_columns([{"__key": f.key}.get(c, c) for c in group.column_names]) \
+        .drop_columns(["__filter", "__part"])
+    if "doc_id" in obs.column_names and obs["doc_id"].null_count == obs.num_rows:
+        obs = obs.drop_columns(["doc_id"])
+    reduced = f.reduce(obs)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, reduced.schema) as writer:
+        writer.write_table(reduced)
+    return pa.table({"__filter": [name], "__ipc": pa.array([sink.getvalue().to_pybytes()], pa.binary())})
+
+
+_CONTEXTS: dict = {}
+
+
+def _apply_task(batch: pa.Table, filters, contexts_ref, cutoffs) -> pa.Table:
+    """Ray Data task: dates a batch; the filters' contexts are fetched once per worker process."""
+    import ray
+
+    key = contexts_ref.hex()
+    if key not in _CONTEXTS:
+        _CONTEXTS.clear()
+        _CONTEXTS[key] = ray.get(contexts_ref)
+    out = apply_filters(batch, filters, _CONTEXTS[key], cutoffs)
+    return out.append_column("__node", pa.array([_node_id()] * out.num_rows, pa.string())) \
+        .append_column("__read_node", batch["__node"])
+
+
+def _where_kept(batch: pa.Table, keep: bool) -> pa.Table:
+    mask = pc.and_(pc.is_null(batch["__drop"]), pc.is_valid(batch["slice"]))
+    batch = batch.filter(mask if keep else pc.invert(mask))
+    return batch.select(SLICE_SCHEMA.names).cast(SLICE_SCHEMA) if keep else batch
+
+
+def _to_table(ds, schema: pa.Schema | None) -> pa.Table:
+    import ray
+
+    tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+    if not tables:
+        return _nullable(schema).empty_table() if schema is not None else pa.table({})
+    table = pa.concat_tables(tables, promote_options="permissive")
+    return table
+
+
+def _node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def _read_validate(units: pa.Table, corpus: CorpusConfig) -> pa.Table:
+    """Ray Data task: units of files in, checked rows out (tagged with the node that did the work)."""
+    table = pa.concat_tables([read_and_validate(unit, corpus) for unit in units.to_pylist()])
+    return table.append_column("__node", pa.array([_node_id()] * table.num_rows, pa.string()))
+
+
+def _where(batch: pa.Table, column: str, null: bool) -> pa.Table:
+    return batch.filter(pc.is_null(batch[column]) if null else pc.is_valid(batch[column]))
+
+
+def _select_ids(batch: pa.Table, wanted) -> pa.Table:
+    import ray
+
+    ids = ray.get(wanted) if isinstance(wanted, ray.ObjectRef) else wanted
+    return batch.filter(pc.is_in(batch["doc_id"], ids)).drop_columns(
+        [c for c in ("__node",) if c in batch.column_names])
+
+
