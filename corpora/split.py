@@ -89,6 +89,7 @@ class SplitConfig:
         data = asdict(self)
         for key in ("output", "engine", "batch_size", "partitions"):
             data.pop(key)
+        data["corpus"].pop("path")  # where the input lives is not what it is: input_fingerprint covers that
         data["cutoffs"] = [d.isoformat() for d in self.cutoff_dates()]
         data.pop("cutoff_rule")
         return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -318,6 +319,7 @@ def run_split(config: SplitConfig) -> SplitResult:
     output.parent.mkdir(parents=True, exist_ok=True)
     staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
     staging.mkdir()
+    (staging / "slices").mkdir()  # present even when no document falls before the last cutoff
     try:
         engine = _ray_engine if config.engine == "ray" else _polars_engine
         stats = engine(config, filters, cutoffs, staging)

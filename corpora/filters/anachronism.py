@@ -21,6 +21,7 @@ from corpora.config import doc
 from corpora.filters import Filter, proposals, register, trusted_first_appearance
 from corpora.schema import UTC_TIMESTAMP
 
+_CORPUS = "\x00corpus"  # reserved term: every document mentions it
 _CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:[A-Z][a-z]+)*\b")
 
 
@@ -71,6 +72,9 @@ class Anachronism(Filter):
         for row_terms, published in zip(self._terms(batch), batch["published_at"].to_pylist()):
             terms.extend(row_terms)
             dates.extend([published] * len(row_terms))
+        # One row per document under a reserved term, so that finalize knows when the corpus starts.
+        terms.extend([_CORPUS] * batch.num_rows)
+        dates.extend(batch["published_at"].to_pylist())
         return pa.table({"term": pa.array(terms, pa.string()), "date": pa.array(dates, UTC_TIMESTAMP)})
 
     def reduce(self, observations: pa.Table) -> pa.Table:
@@ -80,11 +84,12 @@ class Anachronism(Filter):
         return trusted.append_column("seen", pa.array(seen, UTC_TIMESTAMP))
 
     def finalize(self, reduced: pa.Table) -> dict[str, dt.datetime]:
-        keep = pc.and_(pc.is_valid(reduced["first"]), pc.greater_equal(reduced["mentions"], self.params.min_mentions))
-        reduced = reduced.filter(keep)
-        if reduced.num_rows == 0:
+        corpus = reduced.filter(pc.equal(reduced["term"], _CORPUS))
+        if corpus.num_rows == 0:
             return {}
-        start = pc.min(reduced["seen"]).as_py()
+        start = corpus["seen"][0].as_py()
+        keep = pc.and_(pc.is_valid(reduced["first"]), pc.greater_equal(reduced["mentions"], self.params.min_mentions))
+        reduced = reduced.filter(pc.and_(keep, pc.not_equal(reduced["term"], _CORPUS)))
         burn_in_end = start + dt.timedelta(days=self.params.burn_in_days)
         return {term: first for term, first, seen in zip(reduced["term"].to_pylist(), reduced["first"].to_pylist(),
                                                          reduced["seen"].to_pylist()) if seen > burn_in_end}

@@ -29,7 +29,7 @@ _PAST = re.compile(r"\b(reported|beat|missed|rose|fell|posted|announced|closed|w
                    r"released|said|had)\b", re.I)
 _FUTURE = re.compile(r"\b(will|expects?|expected to|guidance|forecasts? for|plans?|outlook|scheduled|due to|"
                      r"ahead of|is to)\b", re.I)
-_PERIOD = r"(?:\d{4}\s?q[1-4]|q[1-4] \d{4})"
+_PERIOD = r"(?:\d{4}\s?[qQ][1-4]|[qQ][1-4] \d{4})"
 _ENTITY = r"[A-Z][A-Za-z&]+"
 _RESULT_PATTERNS = [re.compile(p) for p in (
     rf"(?P<e>{_ENTITY}) (?P<p>{_PERIOD}) results(?::|,? which| that| -)\s*(?:beat|miss|missed)\b",

@@ -150,6 +150,14 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
     events, queries = [], []
 
     for c in names:
+        if listed_at[c] == start:  # companies already listed are covered from the corpus's first days
+            for offset, text in enumerate((
+                f"{c} is one of the names traders follow in {start.year}.",
+                f"Analysts keep a close eye on {c} shares.",
+                f"{c} remains widely held by funds, {rng.choice(_SOURCES)} said.",
+            )):
+                docs.add(text, start + dt.timedelta(days=2 + 3 * offset + rng.randint(0, 2)), 10, rng.choice(_SOURCES),
+                         [c])
         if listed_at[c] > start:  # a listing is news: a burst of stories in its first days
             day = listed_at[c]
             for offset, text in enumerate((
@@ -265,7 +273,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             continue
         for _ in range(p.anachronisms_per_late_company):
             # not in the corpus's first quarter: nothing can be called anachronistic that early
-            day = max(start + dt.timedelta(days=100), listed_at[c] - dt.timedelta(days=rng.randint(30, 200)))
+            day = max(start + dt.timedelta(days=130), listed_at[c] - dt.timedelta(days=rng.randint(30, 200)))
             if day >= listed_at[c]:
                 continue
             other = rng.choice([n for n in names if listed_at[n] <= day] or [c])

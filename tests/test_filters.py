@@ -1,0 +1,134 @@
+"""Each leakage filter on short literal texts, with the exact date or reason it must give."""
+import datetime as dt
+
+import pyarrow as pa
+import pytest
+
+from corpora.config import ConfigError
+from corpora.filters import build_filters, trusted_first_appearance
+from corpora.filters.anachronism import Anachronism
+from corpora.filters.duplicates import Duplicates
+from corpora.filters.retrospective import Retrospective, explicit_past_dates, result_mentions
+from corpora.filters.revision import Revision
+from corpora.schema import DOCUMENT_SCHEMA
+
+UTC = dt.timezone.utc
+
+
+def day(y, m, d, h=12):
+    return dt.datetime(y, m, d, h, tzinfo=UTC)
+
+
+def batch(rows):
+    """rows: (doc_id, published_at, text[, updated_at[, entities]])"""
+    cols = {f.name: [] for f in DOCUMENT_SCHEMA}
+    for row in rows:
+        doc_id, published, text, *rest = row
+        cols["doc_id"].append(doc_id)
+        cols["published_at"].append(published)
+        cols["text"].append(text)
+        cols["updated_at"].append(rest[0] if rest else None)
+        cols["source"].append(None)
+        cols["entities"].append(rest[1] if len(rest) > 1 else None)
+    return pa.table(cols, schema=DOCUMENT_SCHEMA)
+
+
+def run(f, rows):
+    b = batch(rows)
+    context = None
+    if f.key is not None:
+        reduced = f.reduce(f.observe(b))
+        fetch = lambda ids: b.filter(pa.compute.is_in(b["doc_id"], pa.array(ids)))  # noqa: E731
+        context = f.finalize(reduced, fetch=fetch) if isinstance(f, Duplicates) else f.finalize(reduced)
+    return f.apply(b, context).to_pylist()
+
+
+def test_revision_moves_only_to_a_later_updated_at():
+    out = run(Revision(), [("a", day(2020, 1, 1), "x", day(2020, 3, 1)), ("b", day(2020, 1, 1), "x", day(2019, 1, 1)),
+                           ("c", day(2020, 1, 1), "x")])
+    assert [o["date"] for o in out] == [day(2020, 3, 1), None, None]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("On March 3, 2021, Acme reported results that beat estimates.", dt.date(2021, 3, 3)),
+    ("Acme results, which beat estimates on 2021-03-03, were recalled.", dt.date(2021, 3, 3)),
+    ("Acme expects 2021 revenue to grow.", None),
+    ("Acme will report results on March 3, 2021.", None),
+    ("Acme is scheduled to report on March 3, 2021; guidance for fiscal 2022 is unchanged.", None),
+    ("On January 5, 2021, markets were calm.", None),  # its own publication day
+])
+def test_retrospective_explicit_dates(text, expected):
+    (out,) = run(Retrospective(), [("a", day(2021, 1, 5), text)])
+    assert (out["date"].date() if out["date"] else None) == expected
+
+
+def test_retrospective_results_are_dated_by_the_corpus_first_burst():
+    reports = [(f"r{i}", day(2021, 10, 20 + i % 2, 9 + i), "Acme Q3 2021 results: beat.") for i in range(3)]
+    leak = ("leak", day(2021, 9, 1), "Markets were quiet. Acme 2021q3 results, which beat estimates, drew attention.")
+    forecast = ("fwd", day(2021, 9, 1), "Ahead of 2021q3, Acme expects 2022 revenue to grow.")
+    out = {o_id: o for o_id, o in zip(["r0", "r1", "r2", "leak", "fwd"],
+                                      run(Retrospective(), reports + [leak, forecast]))}
+    assert out["leak"]["date"] == day(2021, 10, 20, 9)
+    assert "acme|2021q3" in out["leak"]["evidence"]
+    assert out["fwd"]["date"] is None
+    assert all(out[r]["date"] is None for r in ("r0", "r1", "r2"))
+
+
+def test_result_mentions_and_past_dates_parse_the_forms_news_uses():
+    assert result_mentions("Acme Q3 2021 results, which beat") == {"acme|2021q3"}
+    assert result_mentions("In 2019q2, Brio missed analyst estimates") == {"brio|2019q2"}
+    assert result_mentions("Brio preview of 2019q2: channel checks point to a beat.") == set()
+    assert explicit_past_dates("It will close on May 2, 2020.") == []
+
+
+def test_trusted_first_appearance_ignores_a_lone_early_mention():
+    obs = pa.table({"key": ["k"] * 5, "date": pa.array([day(2020, 1, 1), day(2020, 6, 1), day(2020, 6, 2),
+                                                         day(2020, 6, 3), day(2020, 9, 1)], pa.timestamp("us", tz="UTC"))})
+    (row,) = trusted_first_appearance(obs, "key", 3, dt.timedelta(days=7)).to_pylist()
+    assert row == {"key": "k", "mentions": 5, "first": day(2020, 6, 1)}
+
+
+def test_anachronism_moves_a_term_used_before_it_existed():
+    rows = [(f"old{i}", day(2019, 1, 1 + i), "Markets were calm.", None, ["Oldco"]) for i in range(5)]
+    rows += [(f"new{i}", day(2020, 6, 1 + i), "Newco listed.", None, ["Newco"]) for i in range(5)]
+    rows += [("early", day(2020, 2, 1), "Traders compared Oldco with Newco.", None, ["Oldco", "Newco"])]
+    out = dict(zip([r[0] for r in rows], run(Anachronism(), rows)))
+    assert out["early"]["date"] == day(2020, 6, 1)
+    assert "Newco" in out["early"]["evidence"]
+    assert all(out[f"old{i}"]["date"] is None and out[f"new{i}"]["date"] is None for i in range(5))
+
+
+def test_anachronism_trusts_terms_of_the_corpus_start_and_ignores_rare_terms():
+    rows = [("first", day(2019, 1, 1), "Oldco mentioned.", None, ["Oldco"])]
+    rows += [(f"o{i}", day(2019, 2, 1 + i), "Oldco again.", None, ["Oldco"]) for i in range(5)]
+    rows += [("rare1", day(2019, 6, 1), "Rareword.", None, ["Rareword"]), ("rare2", day(2019, 9, 1), "x", None,
+                                                                           ["Rareword"])]
+    assert all(o["date"] is None for o in run(Anachronism(), rows))
+
+
+def test_duplicates_drop_later_copies_and_keep_templated_siblings():
+    text = "Acme reported 2021q3 earnings that beat estimates, Wire said."
+    rows = [
+        ("orig", day(2021, 10, 20), text),
+        ("exact", day(2021, 10, 22), text),
+        ("upper", day(2021, 10, 23), text.upper()),
+        ("near", day(2021, 10, 25), f"From the wire: {text} Reprinted."),
+        ("sibling", day(2021, 10, 21), "Brio reported 2021q3 earnings that beat estimates, Wire said."),
+        ("older_copy_target", day(2021, 10, 19), "Something else entirely happened to Brio today."),
+    ]
+    out = dict(zip([r[0] for r in rows], run(Duplicates(), rows)))
+    assert out["orig"]["drop"] is None and out["sibling"]["drop"] is None
+    assert out["older_copy_target"]["drop"] is None
+    assert (out["exact"]["drop"], out["exact"]["evidence"]) == ("exact_duplicate", "copy of orig")
+    assert out["upper"]["drop"] == "exact_duplicate"  # equal after normalising case and punctuation
+    assert (out["near"]["drop"], out["near"]["evidence"]) == ("near_duplicate", "copy of orig")
+    assert all(o["date"] is None for o in out.values())
+
+
+def test_unknown_filter_and_bad_params_are_named():
+    with pytest.raises(ConfigError, match=r"unknown filter 'dedupe'; known filters are \['anachronism'"):
+        build_filters({"dedupe": {}})
+    with pytest.raises(ConfigError, match=r"filters.duplicates: unknown key\(s\) \['treshold'\]"):
+        build_filters({"duplicates": {"treshold": 0.5}})
+    with pytest.raises(ConfigError, match="min_support"):
+        build_filters({"anachronism": {"min_support": 0}})

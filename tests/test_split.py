@@ -1,0 +1,237 @@
+"""The split: slices obey the knowledge-date invariant, nothing is lost, reruns and bad input, both engines."""
+import datetime as dt
+import json
+import shutil
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+import ray
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from corpora.config import ConfigError
+from corpora.leak_scores import score_split
+from corpora.split import (SplitConfig, SplitError, calendar_cutoffs, end_of_day, read_slices, run_split)
+from corpora.validation import CorpusConfig
+from corpora.worlds import generate_world
+
+UTC = dt.timezone.utc
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def write_corpus(world, directory, parts=1):
+    directory.mkdir(parents=True, exist_ok=True)
+    docs = world.documents
+    step = -(-docs.num_rows // parts)
+    for i in range(parts):
+        pq.write_table(docs.slice(i * step, step), directory / f"part-{i}.parquet")
+    return directory
+
+
+def split_config(corpus_dir, output, engine="polars", **kwargs):
+    kwargs.setdefault("cutoff_rule", None)
+    if kwargs["cutoff_rule"] is None and "cutoffs" not in kwargs:
+        kwargs["cutoffs"] = [dt.datetime(2017, 6, 30, tzinfo=UTC), dt.datetime(2017, 12, 31, tzinfo=UTC),
+                             dt.datetime(2018, 6, 30, tzinfo=UTC), dt.datetime(2019, 12, 31, tzinfo=UTC)]
+    return SplitConfig(corpus=CorpusConfig(path=str(corpus_dir)), output=str(output), engine=engine, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    world = generate_world("synthetic-market", "tiny", seed=0)
+    return world, write_corpus(world, tmp_path_factory.mktemp("tiny") / "corpus", parts=3)
+
+
+def check_invariants(output, input_ids):
+    slices = read_slices(output)
+    manifest = json.loads((output / "manifest.json").read_text())
+    cutoffs = [dt.date.fromisoformat(c) for c in manifest["cutoffs"]]
+    bounds = {c.isoformat(): (end_of_day(p) if p else None, end_of_day(c)) for p, c in zip([None] + cutoffs, cutoffs)}
+    for row in slices.select(["doc_id", "published_at", "updated_at", "knowledge_date", "slice"]).to_pylist():
+        low, high = bounds[row["slice"]]
+        assert row["knowledge_date"] <= high and (low is None or row["knowledge_date"] > low), row
+        assert row["knowledge_date"] >= row["published_at"]
+        assert row["updated_at"] is None or row["knowledge_date"] >= row["updated_at"]
+    quarantined = pq.read_table(output / "quarantine.parquet")["doc_id"].to_pylist()
+    kept = slices["doc_id"].to_pylist()
+    assert len(kept) == len(set(kept)), "a document written twice"
+    assert sorted(kept + quarantined) == sorted(input_ids), "a document lost or invented"
+    return slices
+
+
+def test_split_keeps_the_invariant_and_loses_nothing(tiny, tmp_path):
+    world, corpus = tiny
+    result = run_split(split_config(corpus, tmp_path / "out"))
+    check_invariants(tmp_path / "out", world.documents["doc_id"].to_pylist())
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"slices", "quarantine.parquet",
+                                                                "leakage_report.parquet", "manifest.json"}
+    assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [
+        "slice=2017-06-30", "slice=2017-12-31", "slice=2018-06-30", "slice=2019-12-31"]
+    report = pq.read_table(tmp_path / "out" / "leakage_report.parquet").to_pylist()
+    assert {r["filter"] for r in report} == {"revision", "retrospective", "anachronism", "duplicates"}
+    assert all(r["documents"] >= len(r["example_ids"]) > 0 for r in report)
+    assert result.manifest["documents"] + sum(result.manifest["quarantined"].values()) == world.documents.num_rows
+
+
+def test_filters_catch_the_planted_leaks_of_the_small_world(tmp_path):
+    world = generate_world("synthetic-market", "small", seed=1)
+    corpus = write_corpus(world, tmp_path / "corpus")
+    run_split(split_config(corpus, tmp_path / "out",
+                           cutoffs=[dt.datetime(2017, 12, 31, tzinfo=UTC), dt.datetime(2019, 12, 31, tzinfo=UTC)]))
+    scores = score_split(tmp_path / "out", world.leaks)
+    by_kind = {r["kind"]: r for r in scores["by_kind"].to_dicts()}
+    assert set(by_kind) == {"misdated", "revised", "retrospective_mention", "anachronism", "exact_duplicate",
+                            "near_duplicate", "forward_looking"}
+    for kind, row in by_kind.items():
+        assert row["recall"] >= 0.95, (kind, row)  # forward_looking: share left untouched
+    for row in scores["by_filter"].to_dicts():
+        assert row["precision"] >= 0.95, row
+
+
+def test_rerun_is_a_noop_and_other_config_or_input_is_refused(tiny, tmp_path):
+    world, corpus = tiny
+    config = split_config(corpus, tmp_path / "out")
+    first = run_split(config)
+    mtime = (tmp_path / "out" / "manifest.json").stat().st_mtime_ns
+    again = run_split(config)
+    assert again.skipped and (tmp_path / "out" / "manifest.json").stat().st_mtime_ns == mtime
+    assert again.manifest == first.manifest
+    other = split_config(corpus, tmp_path / "out", filters={"revision": {}})
+    with pytest.raises(SplitError, match="different config"):
+        run_split(other)
+    changed = tmp_path / "changed"
+    shutil.copytree(corpus, changed)
+    pq.write_table(world.documents.slice(0, 10), changed / "part-0.parquet")
+    with pytest.raises(SplitError, match="different input"):
+        run_split(split_config(changed, tmp_path / "out"))
+
+
+def test_a_killed_run_leaves_nothing_that_looks_finished(tiny, tmp_path, monkeypatch):
+    import corpora.split as split_module
+
+    _, corpus = tiny
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed midway")
+
+    monkeypatch.setattr(split_module, "_write_outputs", crash)
+    with pytest.raises(KeyboardInterrupt):
+        run_split(split_config(corpus, tmp_path / "out"))
+    assert list(tmp_path.iterdir()) == []  # neither output nor staging directory
+    monkeypatch.undo()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "stray.txt").write_text("half a split")
+    with pytest.raises(SplitError, match="holds no finished split"):
+        run_split(split_config(corpus, tmp_path / "out"))
+
+
+def test_bad_configuration_is_named(tiny, tmp_path):
+    _, corpus = tiny
+    with pytest.raises(ConfigError, match="strictly increasing: 2017-01-31 follows 2017-06-30"):
+        run_split(split_config(corpus, tmp_path / "a", cutoffs=[dt.datetime(2017, 6, 30, tzinfo=UTC),
+                                                                 dt.datetime(2017, 1, 31, tzinfo=UTC)]))
+    with pytest.raises(ConfigError, match="unknown filter 'dedup'"):
+        run_split(split_config(corpus, tmp_path / "b", filters={"dedup": {}}))
+    with pytest.raises(ValueError, match="exactly one of cutoffs"):
+        SplitConfig(corpus=CorpusConfig(path=str(corpus)), output=str(tmp_path / "c"))
+    empty = tmp_path / "bad.jsonl"
+    empty.write_text('{"doc_id": "a", "published_at": "2020-01-01", "text": "naive date"}\n')
+    with pytest.raises(Exception, match="every row is bad|no valid document"):
+        run_split(split_config(empty, tmp_path / "d"))
+    assert not (tmp_path / "d").exists()
+
+
+def test_calendar_cutoffs():
+    assert calendar_cutoffs("quarter", dt.date(2019, 1, 1), dt.date(2019, 12, 31)) == [
+        dt.date(2019, 3, 31), dt.date(2019, 6, 30), dt.date(2019, 9, 30), dt.date(2019, 12, 31)]
+    assert calendar_cutoffs("year", dt.date(2018, 6, 1), dt.date(2020, 12, 31)) == [
+        dt.date(2018, 12, 31), dt.date(2019, 12, 31), dt.date(2020, 12, 31)]
+    assert calendar_cutoffs("month", dt.date(2020, 1, 15), dt.date(2020, 3, 31))[0] == dt.date(2020, 1, 31)
+
+
+def test_ray_engine_equals_polars_engine(ray_local, tiny, tmp_path):
+    world, corpus = tiny
+    polars_out = run_split(split_config(corpus, tmp_path / "polars")).output
+    ray_result = run_split(split_config(corpus, tmp_path / "ray", engine="ray", batch_size=64))
+    assert ray_result.manifest["documents"] > 0
+    a, b = read_slices(polars_out), read_slices(ray_result.output)
+    assert a.equals(b)
+    for name in ("quarantine.parquet", "leakage_report.parquet"):
+        qa, qb = pq.read_table(polars_out / name), pq.read_table(ray_result.output / name)
+        key = [(c, "ascending") for c in qa.column_names if c != "example_ids"]
+        assert qa.sort_by(key).equals(qb.sort_by(key)), name
+
+
+# --- property: the invariant holds over random corpora and filter configurations -------------------------
+
+ENTITIES = ["Acme", "Brio", "Cobalt", "Dyna"]
+START = dt.datetime(2020, 1, 1, tzinfo=UTC)
+
+
+@st.composite
+def corpora_and_configs(draw):
+    n = draw(st.integers(1, 40))
+    rows = []
+    for i in range(n):
+        published = START + dt.timedelta(days=draw(st.integers(0, 700)), hours=draw(st.integers(0, 23)))
+        entity = draw(st.sampled_from(ENTITIES))
+        mention = START + dt.timedelta(days=draw(st.integers(0, 800)))
+        period = f"{draw(st.integers(2020, 2021))}q{draw(st.integers(1, 4))}"
+        text = draw(st.sampled_from([
+            f"{entity} {period} results: beat.",
+            f"On {mention:%B} {mention.day}, {mention.year}, {entity} reported results that beat estimates.",
+            f"{entity} expects {mention.year} revenue to grow.",
+            f"Traders compared {entity} with {draw(st.sampled_from(ENTITIES))}.",
+            f"Markets were calm as traders watched {entity}.",
+        ]))
+        if rows and draw(st.booleans()):
+            text = draw(st.sampled_from([rows[-1]["text"], "(Syndicated) " + rows[-1]["text"]]))
+        updated = None
+        if draw(st.integers(0, 4)) == 0:
+            updated = published + dt.timedelta(days=draw(st.integers(-30, 120)))
+        rows.append(dict(doc_id=f"d{i}", published_at=published, text=text, updated_at=updated,
+                         entities=[entity]))
+    names = draw(st.permutations(["revision", "retrospective", "anachronism", "duplicates"]))
+    names = names[:draw(st.integers(0, 4))]
+    params = {
+        "revision": {},
+        "retrospective": {"min_support": draw(st.integers(1, 4)), "window_days": draw(st.floats(0, 10))},
+        "anachronism": {"min_support": draw(st.integers(1, 3)), "min_mentions": draw(st.integers(1, 4)),
+                        "burn_in_days": draw(st.floats(0, 100))},
+        "duplicates": {"near": draw(st.booleans()), "containment": draw(st.floats(0.5, 1.0))},
+    }
+    last = draw(st.integers(100, 900))
+    cuts = sorted(draw(st.sets(st.integers(0, last), min_size=1, max_size=5)))
+    cutoffs = [START + dt.timedelta(days=c) for c in cuts]
+    return rows, {name: params[name] for name in names}, cutoffs
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(corpora_and_configs())
+def test_property_knowledge_dates_only_move_later_and_slices_hold(tmp_path_factory, case):
+    rows, filters, cutoffs = case
+    base = tmp_path_factory.mktemp("prop")
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("doc_id", pa.string()), ("published_at", pa.timestamp("us", tz="UTC")), ("text", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")), ("entities", pa.list_(pa.string()))]))
+    pq.write_table(table, base / "c.parquet")
+    config = SplitConfig(corpus=CorpusConfig(path=str(base / "c.parquet")), output=str(base / "out"),
+                         cutoffs=cutoffs, filters=filters, engine="polars", batch_size=7)
+    run_split(config)
+    slices = check_invariants(base / "out", [r["doc_id"] for r in rows])
+    quarantine = pq.read_table(base / "out" / "quarantine.parquet")
+    reasons = set(quarantine["reason"].to_pylist())
+    assert reasons <= {"exact_duplicate", "near_duplicate", "after_last_cutoff"}
+    if "duplicates" not in filters:
+        assert reasons <= {"after_last_cutoff"}
+    # every document after the last cutoff is quarantined as such, never silently dropped
+    late = pc.sum(pc.greater(slices["knowledge_date"], end_of_day(cutoffs[-1].date()))).as_py()
+    assert not late
