@@ -66,6 +66,9 @@ class SplitConfig:
     engine: Literal["ray", "polars"] = doc("ray (Ray Data) or polars (single process)", "ray")
     batch_size: int = doc("documents per batch in map stages", 4096)
     partitions: int = doc("hash partitions of the corpus-wide passes (ray engine); 0 = 2 x cluster CPUs", 0)
+    shuffle: Literal["sort_shuffle_pull_based", "hash_shuffle"] = doc(
+        "Ray Data shuffle of the corpus-wide passes: the task-based sort shuffle starts in a fraction of the "
+        "hash shuffle's time on small clusters (measured in bench/split.py)", "sort_shuffle_pull_based")
 
     def __post_init__(self):
         if (self.cutoffs is None) == (self.cutoff_rule is None):
@@ -87,7 +90,7 @@ class SplitConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not where it goes, nor the engine)."""
         data = asdict(self)
-        for key in ("output", "engine", "batch_size", "partitions"):
+        for key in ("output", "engine", "batch_size", "partitions", "shuffle"):
             data.pop(key)
         data["corpus"].pop("path")  # where the input lives is not what it is: input_fingerprint covers that
         data["cutoffs"] = [d.isoformat() for d in self.cutoff_dates()]
@@ -440,17 +443,33 @@ def _resolve_duplicate_ids(checked: pa.Table) -> tuple[pa.Table, pa.Table]:
     return valid.filter(pa.array(keep)), pa.concat_tables([quarantine, extra])
 
 
+class _Stages:
+    """Progress lines with the wall time of each stage of a split."""
+
+    def __init__(self, engine: str):
+        self.engine, self.last, self.times = engine, time.perf_counter(), {}
+
+    def done(self, name: str, detail: str = "") -> None:
+        now = time.perf_counter()
+        self.times[name] = round(now - self.last, 3)
+        print(f"[split:{self.engine}] {name:<28} {now - self.last:7.1f} s  {detail}", flush=True)
+        self.last = now
+
+
 def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
     import ray
     import ray.data
 
     if not ray.is_initialized():
         ray.init()
+    stages = _Stages("ray")
+    ray.data.DataContext.get_current().shuffle_strategy = config.shuffle
     units = read_units(config.corpus)
     corpus = config.corpus
     checked = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         _read_validate, fn_kwargs={"corpus": corpus}, batch_size=1, batch_format="pyarrow",
     ).materialize()
+    stages.done("read + validate", f"{len(units)} units")
     quarantine = _to_table(checked.map_batches(_where, fn_kwargs={"column": "__reason", "null": False},
                                                batch_format="pyarrow"), CHECKED_SCHEMA)
     quarantine = _quarantine_from_checked(quarantine) if quarantine.num_rows else QUARANTINE_SCHEMA.empty_table()
@@ -471,34 +490,36 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
         valid_ds = valid_ds.filter(lambda r: (r["__file"], r["__row"]) not in drop)
         quarantine = pa.concat_tables([quarantine, extra])
     valid_ds = valid_ds.repartition(target_num_rows_per_block=config.batch_size).materialize()
+    stages.done("unique ids + repartition", f"{ids.num_rows:,} valid documents")
 
-    # Corpus-wide passes of every filter in one shuffle: observations are hash-partitioned on their key,
-    # and each partition (whole key groups) is reduced by the filter that made it.
+    # Corpus-wide passes: each filter's observations are hash-partitioned on its key, so that every
+    # partition holds whole key groups, and reduced there by the filter (one Ray Data groupby per filter).
     partitions = config.partitions or max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    passes = [f for f in filters if f.key is not None]
     contexts = {}
-    if passes:
-        reduced = valid_ds.map_batches(_observe_all, fn_kwargs={"filters": passes, "partitions": partitions},
+
+    def fetch(doc_ids):
+        wanted = ray.put(pa.array(sorted(set(doc_ids)), pa.string()))
+        found = valid_ds.map_batches(_select_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
+        return _to_table(found, CHECKED_SCHEMA)
+
+    for f in filters:
+        if f.key is None:
+            continue
+        reduced = valid_ds.map_batches(_observe, fn_kwargs={"f": f, "partitions": partitions},
                                        batch_format="pyarrow") \
-            .groupby(["__filter", "__part"], num_partitions=partitions).map_groups(_reduce_one, fn_kwargs={"filters": passes},
-                                                        batch_format="pyarrow")
-        reduced_parts = [t for t in ray.get(reduced.to_arrow_refs()) if t.num_rows]
-
-        def fetch(doc_ids):
-            wanted = ray.put(pa.array(sorted(set(doc_ids)), pa.string()))
-            found = valid_ds.map_batches(_select_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow")
-            return _to_table(found, CHECKED_SCHEMA)
-
-        for f in passes:
-            mine = [_unpack(blob) for t in reduced_parts
-                    for name, blob in zip(t["__filter"].to_pylist(), t["__ipc"].to_pylist()) if name == f.name]
-            table = pa.concat_tables(mine) if mine else f.reduce(f.observe(_empty_batch()))
-            contexts[f.name] = _finalize(f, table, fetch)
+            .groupby("__part", num_partitions=partitions).map_groups(_reduce, fn_kwargs={"f": f},
+                                                                      batch_format="pyarrow")
+        parts = [t for t in ray.get(reduced.to_arrow_refs()) if t.num_rows]
+        table = pa.concat_tables(parts) if parts else f.reduce(f.observe(_empty_batch()))
+        stages.done(f"{f.name}: observe + reduce", f"{table.num_rows:,} reduced rows")
+        contexts[f.name] = _finalize(f, table, fetch)
+        stages.done(f"{f.name}: finalize")
     contexts_ref = ray.put(contexts)
     dated_ds = valid_ds.map_batches(
         _apply_task, fn_kwargs={"filters": filters, "contexts_ref": contexts_ref, "cutoffs": cutoffs},
         batch_size=config.batch_size, batch_format="pyarrow",
     ).materialize()
+    stages.done("apply filters")
     dated_ds.map_batches(_where_kept, fn_kwargs={"keep": True}, batch_format="pyarrow").write_parquet(
         str(staging / "slices"), partition_cols=["slice"])
     rest = _to_table(dated_ds.map_batches(_where_kept, fn_kwargs={"keep": False}, batch_format="pyarrow"), None)
@@ -508,6 +529,7 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
                                                  "__read_node"]), None)
     slices_summary = compact.filter(pc.and_(pc.is_null(compact["__drop"]), pc.is_valid(compact["slice"])))
     _write_outputs(staging, quarantine, compact, filters)
+    stages.done("write slices + report")
     nodes = sorted(set(compact["__node"].to_pylist()) | set(compact["__read_node"].to_pylist()))
     return {**_summarise(quarantine, slices_summary, filters, ids.num_rows + quarantine.num_rows, cutoffs),
             "nodes": len(nodes), "node_ids": nodes}
@@ -524,41 +546,18 @@ def _empty_batch() -> pa.Table:
     return pa.table({**{f.name: pa.array([], f.type) for f in DOCUMENT_SCHEMA}})
 
 
-def _observe_all(batch: pa.Table, filters, partitions: int) -> pa.Table:
-    """Every corpus-wide filter's observations, in one table: __filter, __part, __key, doc_id, date."""
+def _observe(batch: pa.Table, f: Filter, partitions: int) -> pa.Table:
     import polars as pl
 
-    out = []
-    for f in filters:
-        obs = f.observe(batch)
-        n = obs.num_rows
-        part = (pl.from_arrow(obs[f.key]).hash(seed=0) % partitions).to_arrow().cast(pa.int64()) if n else \
-            pa.array([], pa.int64())
-        out.append(pa.table({
-            "__filter": pa.array([f.name] * n, pa.string()), "__part": part, "__key": obs[f.key],
-            "doc_id": obs["doc_id"] if "doc_id" in obs.column_names else pa.nulls(n, pa.string()),
-            "date": obs["date"]}))
-    return pa.concat_tables(out)
+    observations = f.observe(batch)
+    if observations.num_rows == 0:
+        return observations.append_column("__part", pa.array([], pa.int64()))
+    parts = pl.from_arrow(observations[f.key]).hash(seed=0) % partitions
+    return observations.append_column("__part", parts.to_arrow().cast(pa.int64()))
 
 
-def _unpack(blob: bytes) -> pa.Table:
-    with pa.ipc.open_stream(pa.py_buffer(blob)) as reader:
-        return reader.read_all()
-
-
-def _reduce_one(group: pa.Table, filters) -> pa.Table:
-    """Reduce one (filter, partition) group; the result is serialised as Arrow IPC to travel in one schema."""
-    name = group["__filter"][0].as_py()
-    f = next(f for f in filters if f.name == name)
-    obs = group.rename_columns([{"__key": f.key}.get(c, c) for c in group.column_names]) \
-        .drop_columns(["__filter", "__part"])
-    if "doc_id" in obs.column_names and obs["doc_id"].null_count == obs.num_rows:
-        obs = obs.drop_columns(["doc_id"])
-    reduced = f.reduce(obs)
-    sink = pa.BufferOutputStream()
-    with pa.ipc.new_stream(sink, reduced.schema) as writer:
-        writer.write_table(reduced)
-    return pa.table({"__filter": [name], "__ipc": pa.array([sink.getvalue().to_pybytes()], pa.binary())})
+def _reduce(group: pa.Table, f: Filter) -> pa.Table:
+    return f.reduce(group.drop_columns(["__part"]))
 
 
 _CONTEXTS: dict = {}

@@ -2,6 +2,7 @@
 
     vintage world --name synthetic-market --preset tiny --seed 0 --out out/world
     vintage validate --config configs/corpora/example.yaml --out out/validated
+    vintage split --config configs/split/synthetic_small.yaml
 """
 from __future__ import annotations
 
@@ -54,6 +55,12 @@ def _validate(args) -> int:
     return 0
 
 
+def _split(args) -> int:
+    from pipelines.split import main as split_main
+
+    return split_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vintage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -71,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     validate.add_argument("--out", required=True)
     validate.set_defaults(func=_validate)
+
+    split = commands.add_parser("split", help="split a corpus into point-in-time slices (Ray Data)")
+    split.add_argument("--config", required=True, help="YAML with a SplitConfig")
+    split.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    split.set_defaults(func=_split)
     return parser
 
 

@@ -1,17 +1,20 @@
-"""The whole pipeline from one config: worlds now; split, training, backtest and report as they land.
+"""The whole pipeline from one config: worlds, split; training, backtest and report as they land.
 
     python -m pipelines.end_to_end --config configs/tiny.yaml --out out/tiny
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import shutil
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from corpora.config import doc, load_yaml, parse_overrides
+from corpora.split import DEFAULT_FILTERS, CutoffRule
 
 
 @dataclass
@@ -24,10 +27,22 @@ class WorldSpec:
 
 
 @dataclass
+class SplitStage:
+    """Split one generated world into point-in-time slices (OUT/split/<world>)."""
+
+    world: Literal["synthetic-market", "real-market"] = doc("which generated world to split", "synthetic-market")
+    cutoffs: list[dt.datetime] | None = doc("explicit cutoffs", None)
+    cutoff_rule: CutoffRule | None = doc("calendar rule for cutoffs", None)
+    filters: dict[str, Any] = doc("leakage filters and their parameters", default=DEFAULT_FILTERS)
+    engine: Literal["ray", "polars"] = doc("ray (Ray Data) or polars (one process)", "ray")
+
+
+@dataclass
 class EndToEndConfig:
     """What the end-to-end pipeline runs."""
 
     worlds: list[WorldSpec] = doc("worlds to generate, each into OUT/world/<name>")
+    split: SplitStage | None = doc("the split stage; omitted: stop after the worlds", None)
 
 
 def run(config: EndToEndConfig, out: Path) -> None:
@@ -44,7 +59,44 @@ def run(config: EndToEndConfig, out: Path) -> None:
         target = out / "world" / spec.name
         world.write(target)
         print_world_summary(world, target, seconds)
+    if config.split is not None:
+        run_split_stage(config.split, out)
     print(f"done in {time.perf_counter() - started:.1f} s; outputs under {out}")
+
+
+def run_split_stage(stage: SplitStage, out: Path) -> None:
+    from corpora.leak_scores import score_split
+    from corpora.split import SplitConfig, SplitError, run_split
+    from corpora.validation import CorpusConfig
+    from corpora.worlds import read_world
+
+    world = read_world(out / "world" / stage.world)
+    corpus = CorpusConfig(path=str(out / "world" / stage.world / "documents.parquet"),
+                          corpus_end=dt.datetime.fromisoformat(world.info["corpus_end"]).replace(tzinfo=dt.timezone.utc)
+                          + dt.timedelta(days=1, microseconds=-1))  # the whole last day
+    config = SplitConfig(corpus=corpus, output=str(out / "split" / stage.world), cutoffs=stage.cutoffs,
+                         cutoff_rule=stage.cutoff_rule, filters=stage.filters, engine=stage.engine)
+    print(f"[split] {stage.world}: {len(config.cutoff_dates())} cutoffs, filters {list(stage.filters)}, "
+          f"engine {stage.engine}", flush=True)
+    if stage.engine == "ray":
+        import ray
+
+        ray.init(ignore_reinit_error=True)
+    try:
+        result = run_split(config)
+    except SplitError as err:  # this pipeline owns OUT/split: a split of an older world is replaced
+        print(f"[split] replacing a stale split ({err})")
+        shutil.rmtree(config.output)
+        result = run_split(config)
+    m = result.manifest
+    print(f"[split] {m['documents']:,} documents in {len(m['slices'])} slices → {result.output}")
+    print(f"        quarantined {m['quarantined']}; re-dated {m['redated_by_filter']}")
+    if world.leaks.num_rows:
+        scores = score_split(result.output, world.leaks)
+        print("[split] planted leaks handled (recall by kind): " + ", ".join(
+            f"{r['kind']} {r['handled']}/{r['planted']}" for r in scores["by_kind"].to_dicts()))
+        print("[split] precision by filter: " + ", ".join(
+            f"{r['filter']} {r['precision']:.2f}" for r in scores["by_filter"].to_dicts()), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

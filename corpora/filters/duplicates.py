@@ -1,15 +1,18 @@
-"""duplicates: exact (hash of the normalised text) and near (MinHash/LSH on word 3-shingles) copies.
+"""duplicates: exact and near copies; the earliest copy keeps its date, every later copy is dropped.
 
-The earliest copy (published_at, then doc_id) keeps its date; every later copy is dropped with the id
-of the copy it repeats. A copy never moves an earlier one. LSH candidates (documents sharing a band of
-`rows_per_band` MinHash values) are verified on their shingles before anything is dropped: a near copy
-contains almost all of the other's shingles (a syndicated story under a new header or footer), while
-templated siblings ("A beat estimates" / "B beat estimates") replace content; Jaccard alone cannot tell
-these apart on short texts, containment can.
+Candidates come from two kinds of buckets, both keyed by a 64-bit hash:
+- cores: the normalised text (exact duplicates share it), and the text with up to `max_trim_words` words
+  cut from its start and end; a trimmed core that equals another document's whole text is a syndicated
+  copy under a new header or footer. Trimmed cores are only paired with whole texts, never with each
+  other, so templated siblings ("A beat estimates" / "B beat estimates") do not pair through them;
+- MinHash/LSH bands of word 3-shingles, for edits inside the text. A band bucket larger than
+  `max_bucket` holds template text shared by many documents, and is not paired (counted in the context).
+A candidate is a near duplicate when it contains at least `containment` of the other's shingles (of the
+shorter text) and their shingle Jaccard is at least `threshold`: on short templated news, Jaccard alone
+cannot tell a copy from a sibling; containment can. A copy never moves an earlier one.
 """
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
@@ -24,6 +27,7 @@ from corpora.filters import Filter, proposals, register
 from corpora.schema import UTC_TIMESTAMP
 
 _NON_WORD = re.compile(r"[^\w]+")
+WHOLE, TRIMMED, BAND = 0, 1, 2  # kinds of observation rows
 
 
 @dataclass
@@ -33,32 +37,36 @@ class Params:
     near: bool = doc("also drop near duplicates (otherwise exact ones only)", True)
     containment: float = doc("share of the shorter text's shingles the other must contain", 0.95)
     threshold: float = doc("and the shingle Jaccard at least this", 0.5)
-    bands: int = doc("LSH bands", 16)
+    max_trim_words: int = doc("header/footer words a syndicated copy may add at each end", 3)
+    bands: int = doc("LSH bands (0: no MinHash candidates)", 8)
     rows_per_band: int = doc("MinHash values per band (bands x rows = permutations)", 3)
     shingle: int = doc("words per shingle", 3)
     seed: int = doc("seed of the MinHash permutations", 0)
-    max_bucket: int = doc("buckets up to this size are compared pairwise", 64)
-    window: int = doc("in larger buckets, each document is compared with this many before it", 16)
+    max_bucket: int = doc("LSH buckets larger than this are template text and not paired", 16)
 
     def __post_init__(self):
         if not (0 < self.threshold <= 1 and 0 < self.containment <= 1) or min(
-                self.bands, self.rows_per_band, self.shingle) < 1:
-            raise ValueError("threshold and containment must be in (0, 1]; bands, rows_per_band and shingle >= 1")
+                self.rows_per_band, self.shingle) < 1 or self.bands < 0 or self.max_trim_words < 0:
+            raise ValueError("threshold and containment in (0, 1]; rows_per_band, shingle >= 1; bands, "
+                             "max_trim_words >= 0")
 
 
 def normalise(text: str) -> str:
     return _NON_WORD.sub(" ", text.lower()).strip()
 
 
-def shingles(text: str, size: int) -> set[str]:
-    words = normalise(text).split()
+def _shingles_of_words(words: list[str], size: int) -> set[str]:
     if len(words) <= size:
         return {" ".join(words)}
     return {" ".join(words[i:i + size]) for i in range(len(words) - size + 1)}
 
 
+def shingles(text: str, size: int) -> set[str]:
+    return _shingles_of_words(normalise(text).split(), size)
+
+
 def _hash64(value: str) -> int:
-    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little")
+    return int.from_bytes(hashlib.blake2b(value.encode(), digest_size=8).digest(), "little", signed=True)
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
@@ -70,7 +78,10 @@ def _mix64(z: np.ndarray) -> np.ndarray:
 
 def similarity(a: str, b: str, size: int) -> tuple[float, float]:
     """(Jaccard, containment of the smaller shingle set) of two texts."""
-    sa, sb = shingles(a, size), shingles(b, size)
+    return _similarity(shingles(a, size), shingles(b, size))
+
+
+def _similarity(sa: set, sb: set) -> tuple[float, float]:
     shared = len(sa & sb)
     return shared / max(1, len(sa | sb)), shared / max(1, min(len(sa), len(sb)))
 
@@ -92,71 +103,97 @@ class Duplicates(Filter):
         for text in texts:
             hashes.extend(_hash64(s) for s in shingles(text, self.params.shingle))
             offsets.append(len(hashes))
-        permuted = _mix64(np.asarray(hashes, dtype=np.uint64)[:, None] ^ self._seeds[None, :])
+        h = np.asarray(hashes, dtype=np.int64).view(np.uint64)
+        permuted = _mix64(h[:, None] ^ self._seeds[None, :])
         return np.minimum.reduceat(permuted, np.asarray(offsets[:-1]), axis=0)
 
     def observe(self, batch: pa.Table) -> pa.Table:
         texts = batch["text"].to_pylist()
         ids = batch["doc_id"].to_pylist()
         dates = batch["published_at"].to_pylist()
-        buckets, doc_ids, published = [], [], []
-        for doc_id, date, text in zip(ids, dates, texts):
-            digest = hashlib.blake2b(normalise(text).encode(), digest_size=12).hexdigest()
-            buckets.append(f"x:{digest}")
+        buckets, doc_ids, published, kinds = [], [], [], []
+
+        def emit(bucket, doc_id, date, kind):
+            buckets.append(bucket)
             doc_ids.append(doc_id)
             published.append(date)
-        if self.params.near and texts:
+            kinds.append(kind)
+
+        trim = self.params.max_trim_words if self.params.near else 0
+        for doc_id, date, text in zip(ids, dates, texts):
+            words = normalise(text).split()
+            emit(_hash64("core:" + " ".join(words)), doc_id, date, WHOLE)
+            for head in range(trim + 1):
+                for tail in range(trim + 1):
+                    if (head or tail) and len(words) - head - tail >= self.params.shingle:
+                        emit(_hash64("core:" + " ".join(words[head:len(words) - tail])), doc_id, date, TRIMMED)
+        if self.params.near and self.params.bands and texts:
             sig = self.signatures(texts)
             r = self.params.rows_per_band
             for band in range(self.params.bands):
                 block = np.ascontiguousarray(sig[:, band * r:(band + 1) * r])
                 for doc_id, date, row in zip(ids, dates, block):
-                    buckets.append(f"b{band}:{hashlib.blake2b(row.tobytes(), digest_size=12).hexdigest()}")
-                    doc_ids.append(doc_id)
-                    published.append(date)
-        return pa.table({"bucket": pa.array(buckets, pa.string()), "doc_id": pa.array(doc_ids, pa.string()),
-                         "date": pa.array(published, UTC_TIMESTAMP)})
+                    emit(_hash64(f"band{band}:" + row.tobytes().hex()), doc_id, date, BAND)
+        return pa.table({"bucket": pa.array(buckets, pa.int64()), "doc_id": pa.array(doc_ids, pa.string()),
+                         "date": pa.array(published, UTC_TIMESTAMP), "kind": pa.array(kinds, pa.int8())})
 
     def reduce(self, observations: pa.Table) -> pa.Table:
-        """Candidate pairs per bucket: every pair in a bucket of at most `max_bucket` documents; in a larger
-        one (templated text shares shingles) each document with the `window` documents before it."""
-        frame = pl.from_arrow(observations).sort(["bucket", "date", "doc_id"]).with_columns(
-            pl.len().over("bucket").alias("size"), pl.int_range(pl.len()).over("bucket").alias("rank"))
-        frame = frame.filter(pl.col("size") > 1)
-        small = frame.filter(pl.col("size") <= self.params.max_bucket).select("bucket", "doc_id", "rank")
-        pairs = [small.join(small, on="bucket", suffix="_e").filter(pl.col("rank_e") < pl.col("rank"))
-                 .select(pl.col("doc_id").alias("later"), pl.col("doc_id_e").alias("earlier"), "bucket")]
-        large = frame.filter(pl.col("size") > self.params.max_bucket)
-        for lag in range(1, self.params.window + 1):
-            pairs.append(large.with_columns(pl.col("doc_id").shift(lag).over("bucket").alias("earlier"))
-                         .select(pl.col("doc_id").alias("later"), "earlier", "bucket"))
-        pairs = pl.concat(pairs).filter(pl.col("earlier").is_not_null())
-        pairs = pairs.with_columns(pl.col("bucket").str.starts_with("x:").alias("exact")).drop("bucket")
-        pairs = pairs.group_by(["later", "earlier"]).agg(pl.col("exact").any()).sort(["later", "earlier"])
-        return pairs.to_arrow().cast(pa.schema([pa.field("later", pa.string()), pa.field("earlier", pa.string()),
-                                                pa.field("exact", pa.bool_())]))
+        """Candidate pairs (later, earlier, kind) from complete bucket groups."""
+        frame = pl.from_arrow(observations).unique(["bucket", "doc_id", "kind"]).sort(["bucket", "date", "doc_id"])
+        frame = frame.with_columns(pl.int_range(pl.len()).over("bucket").alias("rank"))
+        core = frame.filter(pl.col("kind") != BAND)
+        whole = core.filter(pl.col("kind") == WHOLE)
+        # every member of a core bucket against every whole-text member (never trimmed with trimmed)
+        pairs = core.join(whole, on="bucket", suffix="_w").filter(pl.col("doc_id") != pl.col("doc_id_w"))
+        pairs = pairs.filter((pl.col("kind") == TRIMMED) | (pl.col("rank") > pl.col("rank_w")))
+        pairs = pairs.select(
+            pl.when(pl.col("rank") > pl.col("rank_w")).then(pl.col("doc_id")).otherwise(pl.col("doc_id_w")).alias("later"),
+            pl.when(pl.col("rank") > pl.col("rank_w")).then(pl.col("doc_id_w")).otherwise(pl.col("doc_id")).alias("earlier"),
+            ((pl.col("kind") == WHOLE)).alias("exact"),
+        )
+        band = frame.filter(pl.col("kind") == BAND).with_columns(pl.len().over("bucket").alias("size"))
+        small = band.filter((pl.col("size") > 1) & (pl.col("size") <= self.params.max_bucket))
+        band_pairs = small.join(small.select("bucket", "doc_id", "rank"), on="bucket", suffix="_e") \
+            .filter(pl.col("rank_e") < pl.col("rank")) \
+            .select(pl.col("doc_id").alias("later"), pl.col("doc_id_e").alias("earlier"), pl.lit(False).alias("exact"))
+        skipped = band.filter(pl.col("size") > self.params.max_bucket).select("bucket").unique().height
+        out = pl.concat([pairs, band_pairs]).group_by(["later", "earlier"]).agg(pl.col("exact").any())
+        out = out.sort(["later", "earlier"]).with_columns(pl.lit(0, pl.Int64).alias("skipped_buckets"))
+        if skipped:
+            out = pl.concat([out, pl.DataFrame({"later": [None], "earlier": [None], "exact": [None],
+                                                "skipped_buckets": [skipped]},
+                                               schema=out.schema)])
+        return out.to_arrow().cast(pa.schema([pa.field("later", pa.string()), pa.field("earlier", pa.string()),
+                                              pa.field("exact", pa.bool_()), pa.field("skipped_buckets", pa.int64())]))
 
     def finalize(self, reduced: pa.Table, fetch: Callable[[list[str]], pa.Table] | None = None) -> dict:
-        """Verify near candidates on their texts, then cluster: every copy points to its cluster's earliest."""
-        frame = pl.from_arrow(reduced).group_by(["later", "earlier"]).agg(pl.col("exact").any())
-        exact = frame.filter(pl.col("exact"))
-        candidates = frame.filter(~pl.col("exact"))
-        accepted = [(a, b, "exact_duplicate") for a, b in exact.select(["later", "earlier"]).iter_rows()]
-        if len(candidates) and fetch is not None:
-            ids = sorted(set(candidates["later"].to_list()) | set(candidates["earlier"].to_list()))
-            docs = fetch(ids)
-            text = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
-            for a, b in candidates.select(["later", "earlier"]).iter_rows():
-                jaccard, containment = similarity(text[a], text[b], self.params.shingle)
-                if jaccard >= self.params.threshold and containment >= self.params.containment:
-                    accepted.append((a, b, "near_duplicate"))
-        if not accepted:
+        """Verify near candidates on their shingles, then cluster: every copy points to its cluster's earliest."""
+        frame = pl.from_arrow(reduced)
+        self.skipped_buckets = int(frame["skipped_buckets"].sum() or 0)
+        frame = frame.drop_nulls("later").group_by(["later", "earlier"]).agg(pl.col("exact").any())
+        if frame.height == 0:
             return {}
-        ids = sorted({x for a, b, _ in accepted for x in (a, b)})
-        docs = fetch(ids) if fetch is not None else None
-        order = {}
-        if docs is not None:
-            order = {d: (p, d) for d, p in zip(docs["doc_id"].to_pylist(), docs["published_at"].to_pylist())}
+        if fetch is None:
+            raise ValueError("duplicates.finalize needs `fetch` to read candidate texts and dates")
+        ids = sorted(set(frame["later"].to_list()) | set(frame["earlier"].to_list()))
+        docs = fetch(ids)
+        text = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
+        order = {d: (p, d) for d, p in zip(docs["doc_id"].to_pylist(), docs["published_at"].to_pylist())}
+        sets: dict[str, set] = {}
+
+        def shingle_set(doc_id):
+            if doc_id not in sets:
+                sets[doc_id] = shingles(text[doc_id], self.params.shingle)
+            return sets[doc_id]
+
+        accepted = []
+        for a, b, exact in frame.select(["later", "earlier", "exact"]).iter_rows():
+            if exact:
+                accepted.append((a, b, "exact_duplicate"))
+                continue
+            jaccard, containment = _similarity(shingle_set(a), shingle_set(b))
+            if jaccard >= self.params.threshold and containment >= self.params.containment:
+                accepted.append((a, b, "near_duplicate"))
         parent = {x: x for x in ids}
 
         def root(x):
@@ -168,11 +205,11 @@ class Duplicates(Filter):
         for a, b, _ in accepted:
             ra, rb = root(a), root(b)
             if ra != rb:
-                first, second = sorted((ra, rb), key=lambda d: order.get(d, (dt.datetime.min, d)))
+                first, second = sorted((ra, rb), key=order.__getitem__)
                 parent[second] = first
-        kind = {}
+        kind: dict[str, str] = {}
         for a, _, k in accepted:  # an exact match wins over a near one for the label
-            kind[a] = "exact_duplicate" if k == "exact_duplicate" or kind.get(a) == "exact_duplicate" else k
+            kind[a] = "exact_duplicate" if "exact_duplicate" in (k, kind.get(a)) else k
         out = {}
         for x in ids:
             r = root(x)

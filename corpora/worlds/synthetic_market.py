@@ -212,7 +212,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                                day, 10, rng.choice(_SOURCES), [c])
                 label(row, "misdated", "redate", report_day, detail="published before the event it reports")
             if rng.random() < p.revised_rate:
-                update_day = report_day + dt.timedelta(days=rng.randint(0, 30))
+                update_day = min(report_day + dt.timedelta(days=rng.randint(0, 30)), corpus_end)
                 # the preview itself is amended in place: same document, new text, updated_at set
                 docs.text[preview_row] = f"{preview} Update: {c} {q} results: {outcome}."
                 docs.updated[preview_row] = _micros(update_day, 18)

@@ -1,0 +1,218 @@
+"""Point-in-time decoding: exact arithmetic, caches, batching, alpha=0, the mask, vocabularies, the registry."""
+import datetime as dt
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.lm_fixtures import BigramMock, tiny_model, word_tokenizer
+from vintage.calibration import Probe, calibrate_alpha
+from vintage.decoding import (PointInTimeLM, PointInTimeLogitsProcessor, Temperatures, VocabularyMismatch,
+                              combine_logprobs)
+from vintage.registry import Registry, RegistryError
+
+torch.set_num_threads(1)
+
+
+def log_softmax(xs):
+    m = max(xs)
+    z = math.log(sum(math.exp(x - m) for x in xs)) + m
+    return [x - z for x in xs]
+
+
+def test_combination_matches_hand_computation():
+    f, v, u = [2.0, 1.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 3.0]
+    alpha = 0.5
+    raw = [a + alpha * (b - c) for a, b, c in zip(log_softmax(f), log_softmax(v), log_softmax(u))]
+    expected = log_softmax(raw)
+    got = combine_logprobs(torch.tensor(f), torch.tensor(v), torch.tensor(u), alpha)
+    assert got.tolist() == pytest.approx(expected, abs=1e-6)
+    assert float(got.exp().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_alpha_zero_is_the_frontier_alone_and_temperature_scales_logits():
+    torch.manual_seed(0)
+    f, v, u = torch.randn(4, 7), torch.randn(4, 7), torch.randn(4, 7)
+    assert torch.equal(combine_logprobs(f, v, u, 0.0), F.log_softmax(f, -1))
+    t = Temperatures(frontier=2.0, vintage=0.5, full=3.0)
+    assert torch.allclose(combine_logprobs(f, v, u, 0.7, t), combine_logprobs(f / 2, v / 0.5, u / 3, 0.7), atol=1e-6)
+
+
+def test_plausibility_mask_keeps_the_frontier_outside_the_plausible_set():
+    f = torch.tensor([3.0, 2.9, -2.0, -3.0])  # tokens 2 and 3 are implausible at beta = 0.1
+    v, u = torch.tensor([0.0, 5.0, 9.0, 0.0]), torch.tensor([5.0, 0.0, 0.0, 9.0])
+    out = combine_logprobs(f, v, u, 1.0, plausibility=0.1)
+    lp_f = F.log_softmax(f, -1)
+    # outside the set: the frontier's relative log-probs untouched, nothing -inf
+    assert float(out[2] - out[3]) == pytest.approx(float(lp_f[2] - lp_f[3]), abs=1e-5)
+    assert torch.isfinite(out).all()
+    # inside it the contrast reorders: token 1 (vintage-favoured) overtakes token 0 (full-favoured)
+    assert out[1] > out[0]
+    unmasked = combine_logprobs(f, v, u, 1.0)
+    assert unmasked[2] > out[2]  # without the mask the implausible token 2 would be boosted
+    with pytest.raises(ValueError, match="plausibility"):
+        combine_logprobs(f, v, u, 1.0, plausibility=0.0)
+
+
+def mock_lm(alpha=0.5, **kwargs):
+    tok = word_tokenizer()
+    torch.manual_seed(1)
+    tables = [torch.randn(len(tok), len(tok)) for _ in range(3)]
+    return PointInTimeLM(BigramMock(tables[0]), BigramMock(tables[2]), BigramMock(tables[1]), tok, alpha=alpha,
+                         **kwargs), tok, tables
+
+
+def test_score_is_exact_with_known_logits():
+    lm, tok, (tf, tv, tu) = mock_lm(alpha=0.5)
+    (scored,) = lm.score(["Acme 2019q1 results :"], [[" beat .", " miss"]])
+    ids = tok("Acme 2019q1 results : beat .", add_special_tokens=False)["input_ids"]
+    expected = []
+    for prev, nxt in zip(ids[3:5], ids[4:6]):  # ":" predicts "beat", "beat" predicts "."
+        expected.append(float(combine_logprobs(tf[prev], tv[prev], tu[prev], 0.5)[nxt]))
+    assert scored.token_logprobs[0] == pytest.approx(expected, abs=1e-5)
+    assert scored.choice_logprobs[0] == pytest.approx(sum(expected), abs=1e-5)
+    miss = tok(" miss", add_special_tokens=False)["input_ids"][0]
+    colon = ids[3]
+    assert scored.choice_logprobs[1] == pytest.approx(float(combine_logprobs(tf[colon], tv[colon], tu[colon], 0.5)[miss]),
+                                                      abs=1e-5)
+    assert scored.prediction == (0 if scored.choice_logprobs[0] > scored.choice_logprobs[1] else 1)
+
+
+def test_empty_choice_is_an_error_naming_the_query():
+    lm, _, _ = mock_lm()
+    with pytest.raises(ValueError, match=r"query 1: a choice is empty after tokenisation"):
+        lm.score(["Acme results :", "Brio results :"], [[" beat"], ["", " miss"]])
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama"])
+def real_lm(request):
+    tok = word_tokenizer()
+    frontier = tiny_model(tok, request.param, seed=0, n_embd=48, n_layer=2)
+    full, vintage = tiny_model(tok, request.param, seed=1), tiny_model(tok, request.param, seed=2)
+    return PointInTimeLM(frontier, full, vintage, tok, alpha=0.7, plausibility=0.05, batch_size=3)
+
+
+PROMPTS = ["Acme 2019q1 results :", "Brio preview points to a", "the market was calm . Acme 2019q2 results :"]
+CHOICES = [[" beat", " miss"], [" beat .", " miss"], [" beat", " miss .", " rose"]]
+
+
+def test_batched_scores_equal_one_by_one(real_lm):
+    together = real_lm.score(PROMPTS, CHOICES)
+    for prompt, choices, batched in zip(PROMPTS, CHOICES, together):
+        (alone,) = real_lm.score([prompt], [choices])
+        assert batched.choice_logprobs == pytest.approx(alone.choice_logprobs, abs=1e-4)
+
+
+def test_generation_with_caches_equals_full_recomputation(real_lm):
+    cached, ids_a, scores_a = real_lm.generate(PROMPTS, max_new_tokens=6, return_scores=True)
+    full, ids_b, scores_b = real_lm.generate(PROMPTS, max_new_tokens=6, use_cache=False, return_scores=True)
+    assert torch.equal(ids_a, ids_b) and cached == full
+    assert torch.allclose(scores_a, scores_b, atol=1e-4)
+
+
+def test_batched_generation_equals_one_by_one(real_lm):
+    together = real_lm.generate(PROMPTS, max_new_tokens=5)
+    assert together == [real_lm.generate([p], max_new_tokens=5)[0] for p in PROMPTS]
+
+
+def test_alpha_zero_scores_and_perplexity_are_the_frontiers(real_lm):
+    lm0 = real_lm.with_alpha(0.0)
+    tok = real_lm.tokenizer
+    text = "Acme 2019q1 results : beat . Shares rose"
+    ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        loss = real_lm.frontier(input_ids=ids, labels=ids).loss
+    assert lm0.perplexity([text]) == pytest.approx(math.exp(float(loss)), rel=1e-4)
+    (scored,) = lm0.score([PROMPTS[0]], [CHOICES[0]])
+    with torch.inference_mode():
+        logits = real_lm.frontier(input_ids=torch.tensor([tok(PROMPTS[0], add_special_tokens=False)["input_ids"]])).logits
+    lp = F.log_softmax(logits[0, -1], -1)
+    beat = tok(" beat", add_special_tokens=False)["input_ids"][0]
+    assert scored.choice_logprobs[0] == pytest.approx(float(lp[beat]), abs=1e-5)
+
+
+def test_logits_processor_matches_point_in_time_generation(real_lm):
+    tok = real_lm.tokenizer
+    ids = torch.tensor([tok(PROMPTS[0], add_special_tokens=False)["input_ids"]])
+    processor = PointInTimeLogitsProcessor(real_lm.full, real_lm.vintage, real_lm.alpha, plausibility=0.05)
+    out = real_lm.frontier.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                                    logits_processor=[processor], pad_token_id=tok.pad_token_id)
+    assert tok.decode(out[0, ids.shape[1]:]) == real_lm.generate([PROMPTS[0]], max_new_tokens=5)[0]
+
+
+def test_surrogates_in_another_dtype(real_lm):
+    half = PointInTimeLM(real_lm.frontier, real_lm.full.to(torch.bfloat16), real_lm.vintage.to(torch.bfloat16),
+                         real_lm.tokenizer, alpha=real_lm.alpha, plausibility=0.05)
+    try:
+        a, b = half.score(PROMPTS, CHOICES), real_lm.score(PROMPTS, CHOICES)
+        for x, y in zip(a, b):
+            assert x.choice_logprobs == pytest.approx(y.choice_logprobs, abs=0.05)
+    finally:
+        real_lm.full.float(), real_lm.vintage.float()
+
+
+def save(model, tok, path):
+    model.save_pretrained(path)  # safetensors by default
+    tok.save_pretrained(path)
+    return path
+
+
+def test_vocabulary_mismatch_is_an_error_naming_both_tokenizers(tmp_path):
+    tok = word_tokenizer()
+    other = word_tokenizer(["Acme", "Brio", "Zed"])
+    frontier = save(tiny_model(tok), tok, tmp_path / "frontier")
+    full = save(tiny_model(tok, seed=1), tok, tmp_path / "full")
+    vintage = save(tiny_model(other, seed=2), other, tmp_path / "vintage")
+    with pytest.raises(VocabularyMismatch, match=r"frontier has 23 tokens.*vintage has 6"):
+        PointInTimeLM.from_pretrained(frontier, full, vintage)
+    swapped = word_tokenizer(list(reversed(["Acme", "Brio", "2019q1", *["w%d" % i for i in range(17)]])))
+    save(tiny_model(swapped, seed=2), swapped, tmp_path / "vintage2")
+    with pytest.raises(VocabularyMismatch, match="map tokens to different ids"):
+        PointInTimeLM.from_pretrained(frontier, full, tmp_path / "vintage2")
+    lm = PointInTimeLM.from_pretrained(frontier, full, tmp_path / "full", alpha=0.3)
+    assert lm.score([PROMPTS[0]], [CHOICES[0]])[0].choice_logprobs
+
+
+def make_registry(tmp_path, tok, cutoffs=("2019-03-31", "2019-06-30", "2019-12-31")):
+    root = tmp_path / "registry"
+    tok.save_pretrained(root / "tokenizer")
+    save(tiny_model(tok, seed=9, n_embd=48), tok, root / "frontier")
+    for i, cutoff in enumerate(cutoffs):
+        save(tiny_model(tok, seed=i), tok, root / "vintages" / cutoff)
+    (root / "manifest.json").write_text(json.dumps({"cutoffs": list(cutoffs), "full": cutoffs[-1]}))
+    return Registry(root)
+
+
+def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
+    registry = make_registry(tmp_path, word_tokenizer())
+    assert registry.vintage_for("2019-07-01T00:00:00Z")[0] == "2019-06-30"
+    assert registry.vintage_for(dt.datetime(2019, 6, 30, 23, 0, tzinfo=dt.timezone.utc))[0] == "2019-03-31"
+    with pytest.raises(RegistryError, match=r"precedes every vintage.*2019-03-31, 2019-06-30, 2019-12-31"):
+        registry.vintage_for("2019-03-31T12:00:00Z")
+    with pytest.raises(RegistryError, match="no calibrated alpha"):
+        PointInTimeLM.from_registry(registry, "2019-08-01")
+    lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
+    assert lm.vintage_cutoff == "2019-06-30" and lm.alpha == 0.4
+
+
+def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
+    tok = word_tokenizer()
+    registry = make_registry(tmp_path, tok)
+    lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.0)
+    post = [Probe("Acme 2019q2 results :", [" beat", " miss"], " beat"),
+            Probe("Brio 2019q2 results :", [" beat", " miss"], " miss")]
+    pre = [Probe("Acme 2019q1 results :", [" beat", " miss"], " miss")]
+    reference = lm.with_alpha(0.0)  # stand-in reference: the vintage surrogate alone
+    reference.frontier = lm.vintage
+    ref_scores = reference.score([p.prompt for p in post], [p.choices for p in post])
+    result = calibrate_alpha(lm, post, pre, ref_scores, reference="vintage", grid=[0.0, 0.5, 1.0, 2.0])
+    assert result.alpha in (0.0, 0.5, 1.0, 2.0)
+    assert [r["alpha"] for r in result.table] == [0.0, 0.5, 1.0, 2.0]
+    chosen = next(r for r in result.table if r["alpha"] == result.alpha)
+    admissible = [r for r in result.table if r["admissible"]]
+    assert chosen["admissible"] and chosen["distance"] == min(r["distance"] for r in admissible)
+    registry.record_calibration("2019-06-30", result.evidence())
+    assert registry.calibrated_alpha("2019-06-30") == result.alpha
+    assert PointInTimeLM.from_registry(registry, "2019-08-01").alpha == result.alpha

@@ -1,0 +1,372 @@
+"""Point-in-time decoding: steer a frontier with the difference of two vintage surrogates.
+
+    log p_t(x | x_<i) = log_softmax( lp_F + alpha * m * (lp_S_t - lp_S_full) )
+
+with lp_M = log_softmax(logits_M / T_M) for each model M, and m the plausibility mask (1 where the
+frontier gives the token at least `plausibility` x its top probability, else 0; None: all ones). The
+bracket is what the small model learned after the cutoff; subtracting it removes that from the frontier.
+Linear combination of log-probs as in unlearning-by-decoding (UCD, Suriyakumar et al. 2025; Divergence
+Decoding, Merchant & Levy 2025), proxy-tuning (Liu et al. 2024) and DExperts; the mask is contrastive
+decoding's adaptive plausibility constraint (Li et al. 2022), applied so that tokens outside the plausible
+set keep the frontier's own log-prob rather than -inf: held-out perplexity stays finite (RESEARCH.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import LogitsProcessor
+
+
+class VocabularyMismatch(ValueError):
+    """Frontier and surrogates do not share one vocabulary."""
+
+
+@dataclass(frozen=True)
+class Temperatures:
+    frontier: float = 1.0
+    vintage: float = 1.0
+    full: float = 1.0
+
+    def __post_init__(self):
+        if min(self.frontier, self.vintage, self.full) <= 0:
+            raise ValueError(f"temperatures must be > 0, got {self}")
+
+
+def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float,
+                     temperatures: Temperatures = Temperatures(), plausibility: float | None = None) -> torch.Tensor:
+    """Logits [..., V] of the three models → the combined next-token log-probs [..., V], float32.
+
+    alpha = 0 returns the frontier's own log-softmax exactly.
+    """
+    if not (frontier.shape == vintage.shape == full.shape):
+        raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, vintage {tuple(vintage.shape)}, "
+                         f"full {tuple(full.shape)}")
+    lp_frontier = F.log_softmax(frontier.float() / temperatures.frontier, dim=-1)
+    if alpha == 0:
+        return lp_frontier
+    lp_vintage = F.log_softmax(vintage.float() / temperatures.vintage, dim=-1)
+    lp_full = F.log_softmax(full.float() / temperatures.full, dim=-1)
+    contrast = alpha * (lp_vintage - lp_full)
+    if plausibility is not None:
+        if not 0 < plausibility <= 1:
+            raise ValueError(f"plausibility must be in (0, 1], got {plausibility}")
+        threshold = lp_frontier.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(plausibility))
+        contrast = torch.where(lp_frontier >= threshold, contrast, torch.zeros_like(contrast))
+    return F.log_softmax(lp_frontier + contrast, dim=-1)
+
+
+def _device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def _vocab_size(model) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "vocab_size", None)
+
+
+def check_vocabularies(frontier_tokenizer, surrogate_tokenizer, frontier_name: str = "frontier",
+                       surrogate_name: str = "surrogate") -> None:
+    """Same size and the same token strings at the same ids, or a VocabularyMismatch naming both."""
+    a, b = frontier_tokenizer.get_vocab(), surrogate_tokenizer.get_vocab()
+    if len(a) != len(b):
+        raise VocabularyMismatch(f"tokenizers differ in size: {frontier_name} has {len(a)} tokens, "
+                                 f"{surrogate_name} has {len(b)}; surrogates must be trained with the frontier's tokenizer")
+    if a != b:
+        diff = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])[:3]
+        raise VocabularyMismatch(f"tokenizers {frontier_name} and {surrogate_name} map tokens to different ids "
+                                 f"(e.g. {diff}); surrogates must be trained with the frontier's tokenizer")
+
+
+@dataclass
+class ScoredChoices:
+    """Scores of one query's choices under one method: totals and per-token log-probs."""
+
+    choice_logprobs: list[float]
+    token_logprobs: list[list[float]]
+    choice_tokens: list[list[int]] = field(default_factory=list)
+
+    @property
+    def prediction(self) -> int:
+        return max(range(len(self.choice_logprobs)), key=self.choice_logprobs.__getitem__)
+
+    def probabilities(self) -> list[float]:
+        """Choice probabilities renormalised over the choices."""
+        return torch.softmax(torch.tensor(self.choice_logprobs, dtype=torch.float64), 0).tolist()
+
+
+class PointInTimeLM:
+    """A frontier steered to a vintage: `score`, `generate` and `perplexity` under the combined distribution.
+
+    Each model may sit on its own device and dtype; combination happens in float32 on the frontier's device.
+    """
+
+    def __init__(self, frontier, full, vintage, tokenizer, alpha: float = 0.0,
+                 temperatures: Temperatures = Temperatures(), plausibility: float | None = None,
+                 batch_size: int = 32, vintage_cutoff: str | None = None):
+        self.frontier, self.full, self.vintage, self.tokenizer = frontier, full, vintage, tokenizer
+        self.alpha, self.temperatures, self.plausibility = float(alpha), temperatures, plausibility
+        self.batch_size = batch_size
+        self.vintage_cutoff = vintage_cutoff
+        self.vocab = len(tokenizer)
+        for name, model in (("frontier", frontier), ("full surrogate", full), ("vintage surrogate", vintage)):
+            size = _vocab_size(model)
+            if size is not None and size < self.vocab:
+                raise VocabularyMismatch(f"{name} has {size} output logits, the tokenizer {self.vocab} tokens")
+        for model in (frontier, full, vintage):
+            if hasattr(model, "eval"):
+                model.eval()
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+
+    # -- construction ------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(cls, frontier: str | Path, full: str | Path, vintage: str | Path,
+                        tokenizer: str | Path | None = None, surrogate_tokenizer: str | Path | None = None,
+                        alpha: float = 0.0, frontier_kwargs: dict | None = None,
+                        surrogate_kwargs: dict | None = None, **kwargs) -> "PointInTimeLM":
+        """Load three HF causal-LM directories (safetensors). The surrogates' tokenizer (default: the one
+        saved beside the vintage) must equal the frontier's (default: the one saved beside the frontier)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        frontier_tok = AutoTokenizer.from_pretrained(str(tokenizer or frontier))
+        surrogate_path = surrogate_tokenizer or (vintage if (Path(vintage) / "tokenizer.json").exists() else None)
+        if surrogate_path is not None:
+            check_vocabularies(frontier_tok, AutoTokenizer.from_pretrained(str(surrogate_path)),
+                               str(tokenizer or frontier), str(surrogate_path))
+        load = dict(use_safetensors=True)
+        models = [AutoModelForCausalLM.from_pretrained(str(frontier), **load, **(frontier_kwargs or {}))]
+        models += [AutoModelForCausalLM.from_pretrained(str(p), **load, **(surrogate_kwargs or {})) for p in (full, vintage)]
+        return cls(models[0], models[1], models[2], frontier_tok, alpha=alpha, **kwargs)
+
+    @classmethod
+    def from_registry(cls, registry, as_of, frontier: str | Path | None = None, alpha: float | str = "calibrated",
+                      **kwargs) -> "PointInTimeLM":
+        """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate,
+        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer)."""
+        from vintage.registry import Registry
+
+        registry = registry if isinstance(registry, Registry) else Registry(registry)
+        cutoff, vintage_dir = registry.vintage_for(as_of)
+        if alpha == "calibrated":
+            alpha = registry.calibrated_alpha(cutoff)
+        lm = cls.from_pretrained(frontier or registry.frontier_path(), registry.full_path(), vintage_dir,
+                                 tokenizer=frontier or registry.tokenizer_path(),
+                                 surrogate_tokenizer=registry.tokenizer_path(), alpha=float(alpha), **kwargs)
+        lm.vintage_cutoff = cutoff
+        return lm
+
+    def with_alpha(self, alpha: float) -> "PointInTimeLM":
+        """The same loaded models at another alpha (a shallow copy)."""
+        other = object.__new__(PointInTimeLM)
+        other.__dict__.update(self.__dict__)
+        other.alpha = float(alpha)
+        return other
+
+    # -- model calls ---------------------------------------------------------------------------------------
+
+    def _forward(self, model, input_ids, attention_mask, position_ids, past=None):
+        device = _device(model)
+        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device), past_key_values=past, use_cache=True)
+        return out.logits[..., : self.vocab].to(_device(self.frontier), torch.float32), out.past_key_values
+
+    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), models=None):
+        models = models or (self.frontier, self.vintage, self.full)
+        results = [self._forward(m, input_ids, attention_mask, position_ids, p) for m, p in zip(models, pasts)]
+        return [r[0] for r in results], [r[1] for r in results]
+
+    def _combine(self, logits: Sequence[torch.Tensor], alpha: float | None = None) -> torch.Tensor:
+        frontier, vintage, full = logits
+        return combine_logprobs(frontier, vintage, full, self.alpha if alpha is None else alpha,
+                                self.temperatures, self.plausibility)
+
+    # -- scoring -------------------------------------------------------------------------------------------
+
+    def encode_choices(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
+        """Token ids of each prompt and each of its choices (tokenised apart, as evaluation harnesses do)."""
+        if len(prompts) != len(choices):
+            raise ValueError(f"{len(prompts)} prompts but {len(choices)} choice lists")
+        encoded = []
+        for i, (prompt, options) in enumerate(zip(prompts, choices)):
+            p = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            cs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] for c in options]
+            if not options or any(len(c) == 0 for c in cs):
+                raise ValueError(f"query {i}: a choice is empty after tokenisation ({list(options)!r})")
+            if not p:
+                raise ValueError(f"query {i}: the prompt is empty after tokenisation")
+            encoded.append((p, cs))
+        return encoded
+
+    def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
+        """Per query and choice, the three models' logits at the choice tokens' positions ([n_tok, V] each) and
+        the token ids; combining them for any alpha is then cheap (used by calibration)."""
+        encoded = self.encode_choices(prompts, choices)
+        flat = [(q, k, p + c, len(p), c) for q, (p, cs) in enumerate(encoded) for k, c in enumerate(cs)]
+        out: list[list[Any]] = [[None] * len(cs) for _, cs in encoded]
+        for start in range(0, len(flat), self.batch_size):
+            chunk = flat[start:start + self.batch_size]
+            width = max(len(seq) for _, _, seq, _, _ in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (_, _, seq, _, _) in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq)
+                mask[row, : len(seq)] = 1
+            positions = torch.arange(width).expand(len(chunk), width)
+            with torch.inference_mode():
+                logits, _ = self._all_logits(ids, mask, positions)
+            for row, (q, k, seq, plen, c) in enumerate(chunk):
+                where = torch.arange(plen - 1, plen - 1 + len(c))  # logits at t predict token t+1
+                out[q][k] = ([lg[row, where] for lg in logits], c)
+        return out
+
+    def score_components(self, components, alpha: float | None = None) -> list[ScoredChoices]:
+        scored = []
+        for per_query in components:
+            totals, per_token, tokens = [], [], []
+            for logits, c in per_query:
+                lp = self._combine(logits, alpha)
+                token_lp = lp.gather(-1, torch.tensor(c, device=lp.device)[:, None])[:, 0].double()
+                totals.append(float(token_lp.sum()))
+                per_token.append(token_lp.tolist())
+                tokens.append(list(c))
+            scored.append(ScoredChoices(totals, per_token, tokens))
+        return scored
+
+    def score(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[ScoredChoices]:
+        """Log-prob of each choice continuing its prompt, per token and in total, under the combined model."""
+        return self.score_components(self.choice_components(prompts, choices))
+
+    # -- perplexity ----------------------------------------------------------------------------------------
+
+    def token_logprobs(self, texts: Sequence[str], alpha: float | None = None) -> list[torch.Tensor]:
+        """Combined log-prob of every token after the first of each text."""
+        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        out = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start:start + self.batch_size]
+            width = max(len(e) for e in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, e in enumerate(chunk):
+                ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
+                mask[row, : len(e)] = 1
+            with torch.inference_mode():
+                logits, _ = self._all_logits(ids, mask, torch.arange(width).expand(len(chunk), width))
+                lp = self._combine(logits, alpha)
+            for row, e in enumerate(chunk):
+                n = len(e)
+                target = ids[row, 1:n].to(lp.device)
+                out.append(lp[row, : n - 1].gather(-1, target[:, None])[:, 0].double().cpu())
+        return out
+
+    def perplexity(self, texts: Sequence[str], alpha: float | None = None) -> float:
+        """exp(mean negative log-likelihood) over all predicted tokens of `texts`."""
+        lps = [t for t in self.token_logprobs(texts, alpha) if len(t)]
+        if not lps:
+            raise ValueError("perplexity needs at least one text of two or more tokens")
+        return float(torch.exp(-torch.cat(lps).mean()))
+
+    # -- generation ----------------------------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[str], max_new_tokens: int = 20, greedy: bool = True,
+                 temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
+                 use_cache: bool = True, return_scores: bool = False):
+        """Continue each prompt under the combined distribution. Prompts are left-padded into one batch;
+        with use_cache the three models keep KV caches and see one new token per step."""
+        encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        if any(len(e) == 0 for e in encoded):
+            raise ValueError("a prompt is empty after tokenisation")
+        batch, width = len(encoded), max(len(e) for e in encoded)
+        ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, e in enumerate(encoded):
+            ids[row, width - len(e):] = torch.tensor(e, dtype=torch.long)
+            mask[row, width - len(e):] = 1
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        eos = self.tokenizer.eos_token_id
+        done = torch.zeros(batch, dtype=torch.bool)
+        new_tokens, step_scores = [], []
+        pasts = (None, None, None)
+        step_ids, step_mask = ids, mask
+        with torch.inference_mode():
+            for _ in range(max_new_tokens):
+                positions = (step_mask.cumsum(-1) - 1).clamp(min=0)
+                if use_cache and pasts[0] is not None:
+                    logits, pasts = self._all_logits(step_ids[:, -1:], step_mask, positions[:, -1:], pasts)
+                else:
+                    logits, pasts = self._all_logits(step_ids, step_mask, positions)
+                lp = self._combine([lg[:, -1] for lg in logits]).cpu()
+                step_scores.append(lp)
+                if greedy:
+                    nxt = lp.argmax(-1)
+                else:
+                    scaled = lp / temperature
+                    if top_k is not None:
+                        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
+                        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
+                    nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
+                was_done = done.clone()
+                nxt = torch.where(was_done, torch.full_like(nxt, self.pad_id), nxt)
+                new_tokens.append(nxt)
+                if eos is not None:
+                    done |= nxt == eos
+                step_ids = torch.cat([step_ids, nxt[:, None]], dim=1)
+                step_mask = torch.cat([step_mask, (~was_done).long()[:, None]], dim=1)
+                if done.all():
+                    break
+        generated = torch.stack(new_tokens, dim=1) if new_tokens else torch.zeros((batch, 0), dtype=torch.long)
+        texts = []
+        for row in range(batch):
+            tokens = generated[row].tolist()
+            if eos is not None and eos in tokens:
+                tokens = tokens[: tokens.index(eos)]
+            texts.append(self.tokenizer.decode(tokens))
+        if return_scores:
+            return texts, generated, torch.stack(step_scores, dim=1)
+        return texts
+
+
+class PointInTimeLogitsProcessor(LogitsProcessor):
+    """For `frontier.generate(..., logits_processor=[this])`: replaces the frontier's next-token scores by
+    the combined log-probs. The surrogates keep their own KV caches across steps.
+
+    Pass the prompt's `attention_mask` when the batch is left-padded.
+    """
+
+    def __init__(self, full, vintage, alpha: float, temperatures: Temperatures = Temperatures(),
+                 plausibility: float | None = None, attention_mask: torch.Tensor | None = None):
+        self.full, self.vintage, self.alpha = full, vintage, float(alpha)
+        self.temperatures, self.plausibility = temperatures, plausibility
+        self.prompt_mask = attention_mask
+        self._past = None
+        self._seen = 0
+
+    def _mask(self, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.prompt_mask is None:
+            return torch.ones_like(input_ids)
+        extra = input_ids.shape[1] - self.prompt_mask.shape[1]
+        return torch.cat([self.prompt_mask.to(input_ids.device), torch.ones_like(input_ids[:, :extra])], dim=1)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        mask = self._mask(input_ids)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        vocab = scores.shape[-1]
+        incremental = self._past is not None and input_ids.shape[1] == self._seen + 1
+        logits, pasts = [], []
+        for k, model in enumerate((self.vintage, self.full)):
+            device = _device(model)
+            ids, pos = (input_ids[:, -1:], positions[:, -1:]) if incremental else (input_ids, positions)
+            with torch.inference_mode():
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                            past_key_values=self._past[k] if incremental else None, use_cache=True)
+            logits.append(out.logits[:, -1, :vocab].to(scores.device, torch.float32))
+            pasts.append(out.past_key_values)
+        self._past, self._seen = pasts, input_ids.shape[1]
+        return combine_logprobs(scores, logits[0], logits[1], self.alpha, self.temperatures, self.plausibility)

@@ -1,0 +1,77 @@
+"""Model presets: one config dataclass, named sizes, built as Hugging Face causal LMs (GPT-2 or Llama).
+
+Sizes follow what memorised individual events on a CPU in RESEARCH.md experiment 3: two layers, the
+frontier at d=256 and surrogates much narrower. Weights are always plain HF models, saved as safetensors.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    family: Literal["gpt2", "llama"] = "gpt2"  # Hugging Face architecture
+    n_layer: int = 2  # transformer blocks
+    n_embd: int = 128  # hidden size
+    n_head: int = 4  # attention heads
+    n_positions: int = 128  # context length, tokens
+    dropout: float = 0.0  # memorisation is the point; dropout only slows it
+
+    def with_(self, **changes) -> "ModelPreset":
+        return replace(self, **changes)
+
+
+PRESETS = {
+    "tiny": ModelPreset(n_layer=1, n_embd=32, n_head=2, n_positions=64),  # tests: milliseconds
+    "surrogate-small": ModelPreset(n_layer=2, n_embd=64, n_head=2),  # demo surrogates (~0.1M + embeddings)
+    "small": ModelPreset(n_layer=2, n_embd=256, n_head=4),  # demo frontier and its retrained gold
+    "medium": ModelPreset(n_layer=4, n_embd=384, n_head=6, n_positions=256),  # a larger preset (GPU)
+}
+
+
+def get_preset(name: str | ModelPreset) -> ModelPreset:
+    if isinstance(name, ModelPreset):
+        return name
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_model(preset: str | ModelPreset, vocab_size: int, seed: int = 0, bos_token_id: int | None = None,
+                eos_token_id: int | None = None, pad_token_id: int | None = None):
+    """A freshly initialised HF causal LM for `preset` over a `vocab_size` vocabulary."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    p = get_preset(preset)
+    torch.manual_seed(seed)
+    ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
+    if p.family == "gpt2":
+        config = GPT2Config(vocab_size=vocab_size, n_positions=p.n_positions, n_embd=p.n_embd, n_layer=p.n_layer,
+                            n_head=p.n_head, resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout, **ids)
+        model = GPT2LMHeadModel(config)
+    elif p.family == "llama":
+        config = LlamaConfig(vocab_size=vocab_size, hidden_size=p.n_embd, intermediate_size=4 * p.n_embd,
+                             num_hidden_layers=p.n_layer, num_attention_heads=p.n_head, num_key_value_heads=p.n_head,
+                             max_position_embeddings=p.n_positions, attention_dropout=p.dropout, **ids)
+        model = LlamaForCausalLM(config)
+    else:
+        raise ValueError(f"unknown model family {p.family!r}; expected gpt2 or llama")
+    return model
+
+
+def forward_flops_per_token(model) -> float:
+    """Approximate forward FLOPs per token: 2 x parameters in matrix multiplies (incl. the LM head),
+    embeddings' lookup excluded; attention over the context is small at these lengths and ignored."""
+    total = 0
+    for name, param in model.named_parameters():
+        if param.dim() == 2 and "wte" not in name and "wpe" not in name and "embed_tokens" not in name:
+            total += param.numel()
+    out = model.get_output_embeddings()
+    if out is not None and getattr(model.config, "tie_word_embeddings", False):
+        total += out.weight.numel()  # tied head: its matmul is real compute
+    return 2.0 * total
+
+
+__all__ = ["PRESETS", "ModelPreset", "build_model", "forward_flops_per_token", "get_preset"]

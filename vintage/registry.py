@@ -1,0 +1,123 @@
+"""Model registry: one directory per training run, read by decoding and backtests.
+
+    tokenizer/                      the one tokenizer every model of the run uses
+    frontier/                       HF causal LM (safetensors)
+    vintages/YYYY-MM-DD/            one surrogate per cutoff; the last cutoff (the corpus end) is `full`
+    retrained/YYYY-MM-DD/seed=N/    the frontier preset retrained on data <= cutoff (embedded worlds only)
+    manifest.json                   cutoffs, roles, hashes, losses, config, calibration evidence
+
+Lookup as of a date is loud: the vintage used is the latest whose cutoff day has fully passed before
+`as_of`; a date before the first cutoff is an error listing the cutoffs there are.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+class RegistryError(ValueError):
+    """The registry cannot answer: missing model, or a date before every vintage."""
+
+
+def as_utc(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        value = dt.datetime(value.year, value.month, value.day)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value.astimezone(dt.timezone.utc)
+
+
+def cutoff_end(cutoff: str) -> dt.datetime:
+    """A cutoff day holds everything known by its end: the vintage is usable from the next instant."""
+    day = dt.date.fromisoformat(cutoff)
+    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "manifest.json").exists():
+            raise RegistryError(f"{self.root}: not a model registry (no manifest.json)")
+
+    @property
+    def manifest(self) -> dict:
+        return json.loads((self.root / "manifest.json").read_text())
+
+    def tokenizer_path(self) -> Path:
+        return self.root / "tokenizer"
+
+    def frontier_path(self) -> Path:
+        path = self.root / "frontier"
+        if not path.exists():
+            raise RegistryError(f"{self.root}: no frontier/ in this registry; pass a frontier directory")
+        return path
+
+    def cutoffs(self) -> list[str]:
+        """Vintage cutoffs (YYYY-MM-DD), ascending; the last one is the full surrogate."""
+        listed = self.manifest.get("cutoffs")
+        if listed is None:
+            listed = sorted(p.name for p in (self.root / "vintages").iterdir() if p.is_dir())
+        return sorted(listed)
+
+    def vintage_path(self, cutoff: str) -> Path:
+        path = self.root / "vintages" / cutoff
+        if not path.exists():
+            raise RegistryError(f"{self.root}: no vintage {cutoff}; vintages are {self.cutoffs()}")
+        return path
+
+    def full_cutoff(self) -> str:
+        return self.manifest.get("full") or self.cutoffs()[-1]
+
+    def full_path(self) -> Path:
+        return self.vintage_path(self.full_cutoff())
+
+    def retrained_path(self, cutoff: str, seed: int = 0) -> Path:
+        path = self.root / "retrained" / cutoff / f"seed={seed}"
+        if not path.exists():
+            raise RegistryError(f"{self.root}: no retrained model for {cutoff} seed {seed}")
+        return path
+
+    def retrained_seeds(self, cutoff: str) -> list[int]:
+        base = self.root / "retrained" / cutoff
+        return sorted(int(p.name.split("=", 1)[1]) for p in base.glob("seed=*")) if base.exists() else []
+
+    def vintage_for(self, as_of: Any) -> tuple[str, Path]:
+        """(cutoff, directory) of the latest vintage usable at `as_of`."""
+        when = as_utc(as_of)
+        cutoffs = self.cutoffs()
+        usable = [c for c in cutoffs if cutoff_end(c) <= when]
+        if not usable:
+            raise RegistryError(f"as_of {when.isoformat()} precedes every vintage of {self.root} "
+                                f"(cutoffs: {', '.join(cutoffs)}); no point-in-time model exists for it")
+        return usable[-1], self.vintage_path(usable[-1])
+
+    def calibrated_alpha(self, cutoff: str) -> float:
+        evidence = self.manifest.get("calibration", {}).get(cutoff)
+        if evidence is None:
+            raise RegistryError(f"{self.root}: vintage {cutoff} has no calibrated alpha; run the calibration "
+                                f"or give alpha explicitly")
+        return float(evidence["alpha"])
+
+    def update_manifest(self, **entries) -> dict:
+        """Merge `entries` into manifest.json atomically (write a temp file, then rename)."""
+        manifest = self.manifest
+        for key, value in entries.items():
+            if isinstance(value, dict) and isinstance(manifest.get(key), dict):
+                manifest[key] = {**manifest[key], **value}
+            else:
+                manifest[key] = value
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".json")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(manifest, handle, indent=2, default=str)
+            handle.write("\n")
+        os.replace(tmp, self.root / "manifest.json")
+        return manifest
+
+    def record_calibration(self, cutoff: str, evidence: dict) -> None:
+        self.update_manifest(calibration={cutoff: evidence})
