@@ -216,3 +216,13 @@ def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
     registry.record_calibration("2019-06-30", result.evidence())
     assert registry.calibrated_alpha("2019-06-30") == result.alpha
     assert PointInTimeLM.from_registry(registry, "2019-08-01").alpha == result.alpha
+
+
+def test_llama_directories_load_as_frontier_and_surrogates(tmp_path):
+    tok = word_tokenizer()
+    paths = [save(tiny_model(tok, "llama", seed=s), tok, tmp_path / name)
+             for s, name in enumerate(("frontier", "full", "vintage"))]
+    lm = PointInTimeLM.from_pretrained(*paths, alpha=0.5)
+    (scored,) = lm.score([PROMPTS[0]], [CHOICES[0]])
+    assert all(math.isfinite(x) for x in scored.choice_logprobs)
+    assert type(lm.frontier).__name__ == "LlamaForCausalLM"

@@ -37,9 +37,7 @@ def run(f, rows):
     b = batch(rows)
     context = None
     if f.key is not None:
-        reduced = f.reduce(f.observe(b))
-        fetch = lambda ids: b.filter(pa.compute.is_in(b["doc_id"], pa.array(ids)))  # noqa: E731
-        context = f.finalize(reduced, fetch=fetch) if isinstance(f, Duplicates) else f.finalize(reduced)
+        context = f.finalize(f.reduce(f.observe(b)))
     return f.apply(b, context).to_pylist()
 
 
@@ -123,6 +121,23 @@ def test_duplicates_drop_later_copies_and_keep_templated_siblings():
     assert out["upper"]["drop"] == "exact_duplicate"  # equal after normalising case and punctuation
     assert (out["near"]["drop"], out["near"]["evidence"]) == ("near_duplicate", "copy of orig")
     assert all(o["date"] is None for o in out.values())
+
+
+def test_lsh_finds_an_edit_inside_a_long_document_and_reduce_works_group_by_group():
+    words = [f"word{i}" for i in range(120)]
+    original = " ".join(words)
+    edited = " ".join(words[:60] + ["changed"] + words[61:])
+    rows = [("a", day(2021, 1, 1), original), ("b", day(2021, 1, 5), edited),
+            ("c", day(2021, 1, 2), " ".join(reversed(words)))]
+    f = Duplicates()
+    out = dict(zip("abc", run(f, rows)))
+    assert (out["b"]["drop"], out["b"]["evidence"]) == ("near_duplicate", "copy of a")
+    assert out["a"]["drop"] is None and out["c"]["drop"] is None
+    # reducing each bucket group apart (as Ray's groupby does) gives the same pairs as reducing them all at once
+    obs = f.observe(batch(rows))
+    groups = [obs.filter(pa.compute.equal(obs["bucket"], key)) for key in obs["bucket"].unique().to_pylist()]
+    apart = pa.concat_tables([f.reduce(g) for g in groups])
+    assert f.finalize(apart) == f.finalize(f.reduce(obs))
 
 
 def test_unknown_filter_and_bad_params_are_named():

@@ -177,15 +177,22 @@ class PointInTimeLM:
                     position_ids=position_ids.to(device), past_key_values=past, use_cache=True)
         return out.logits[..., : self.vocab].to(_device(self.frontier), torch.float32), out.past_key_values
 
-    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), models=None):
-        models = models or (self.frontier, self.vintage, self.full)
+    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), everything=False):
+        """Logits of frontier, vintage and full (in that order). At alpha = 0 the surrogates are skipped
+        (their slots are None) unless `everything`: the combination is then the frontier alone."""
+        models = (self.frontier, self.vintage, self.full) if (everything or self.alpha != 0) else (self.frontier,)
         results = [self._forward(m, input_ids, attention_mask, position_ids, p) for m, p in zip(models, pasts)]
+        results += [(None, None)] * (3 - len(results))
         return [r[0] for r in results], [r[1] for r in results]
 
     def _combine(self, logits: Sequence[torch.Tensor], alpha: float | None = None) -> torch.Tensor:
         frontier, vintage, full = logits
-        return combine_logprobs(frontier, vintage, full, self.alpha if alpha is None else alpha,
-                                self.temperatures, self.plausibility)
+        alpha = self.alpha if alpha is None else alpha
+        if alpha == 0:
+            return F.log_softmax(frontier.float() / self.temperatures.frontier, dim=-1)
+        if vintage is None or full is None:
+            raise ValueError("surrogate logits were not computed (alpha was 0 when they were scored)")
+        return combine_logprobs(frontier, vintage, full, alpha, self.temperatures, self.plausibility)
 
     # -- scoring -------------------------------------------------------------------------------------------
 
@@ -204,7 +211,7 @@ class PointInTimeLM:
             encoded.append((p, cs))
         return encoded
 
-    def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]):
+    def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]], everything: bool = True):
         """Per query and choice, the three models' logits at the choice tokens' positions ([n_tok, V] each) and
         the token ids; combining them for any alpha is then cheap (used by calibration)."""
         encoded = self.encode_choices(prompts, choices)
@@ -220,10 +227,10 @@ class PointInTimeLM:
                 mask[row, : len(seq)] = 1
             positions = torch.arange(width).expand(len(chunk), width)
             with torch.inference_mode():
-                logits, _ = self._all_logits(ids, mask, positions)
+                logits, _ = self._all_logits(ids, mask, positions, everything=everything)
             for row, (q, k, seq, plen, c) in enumerate(chunk):
                 where = torch.arange(plen - 1, plen - 1 + len(c))  # logits at t predict token t+1
-                out[q][k] = ([lg[row, where] for lg in logits], c)
+                out[q][k] = ([None if lg is None else lg[row, where] for lg in logits], c)
         return out
 
     def score_components(self, components, alpha: float | None = None) -> list[ScoredChoices]:
@@ -241,7 +248,7 @@ class PointInTimeLM:
 
     def score(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[ScoredChoices]:
         """Log-prob of each choice continuing its prompt, per token and in total, under the combined model."""
-        return self.score_components(self.choice_components(prompts, choices))
+        return self.score_components(self.choice_components(prompts, choices, everything=False))
 
     # -- perplexity ----------------------------------------------------------------------------------------
 
@@ -258,7 +265,8 @@ class PointInTimeLM:
                 ids[row, : len(e)] = torch.tensor(e, dtype=torch.long)
                 mask[row, : len(e)] = 1
             with torch.inference_mode():
-                logits, _ = self._all_logits(ids, mask, torch.arange(width).expand(len(chunk), width))
+                logits, _ = self._all_logits(ids, mask, torch.arange(width).expand(len(chunk), width),
+                                             everything=alpha is not None and alpha != 0)
                 lp = self._combine(logits, alpha)
             for row, e in enumerate(chunk):
                 n = len(e)
@@ -277,7 +285,7 @@ class PointInTimeLM:
 
     def generate(self, prompts: Sequence[str], max_new_tokens: int = 20, greedy: bool = True,
                  temperature: float = 1.0, top_k: int | None = None, seed: int | None = None,
-                 use_cache: bool = True, return_scores: bool = False):
+                 use_cache: bool = True, return_scores: bool = False, stop_at_eos: bool = True):
         """Continue each prompt under the combined distribution. Prompts are left-padded into one batch;
         with use_cache the three models keep KV caches and see one new token per step."""
         encoded = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -290,7 +298,7 @@ class PointInTimeLM:
             ids[row, width - len(e):] = torch.tensor(e, dtype=torch.long)
             mask[row, width - len(e):] = 1
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
-        eos = self.tokenizer.eos_token_id
+        eos = self.tokenizer.eos_token_id if stop_at_eos else None
         done = torch.zeros(batch, dtype=torch.bool)
         new_tokens, step_scores = [], []
         pasts = (None, None, None)

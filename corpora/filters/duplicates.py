@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import polars as pl
@@ -28,6 +27,11 @@ from corpora.schema import UTC_TIMESTAMP
 
 _NON_WORD = re.compile(r"[^\w]+")
 WHOLE, TRIMMED, BAND = 0, 1, 2  # kinds of observation rows
+REDUCED_SCHEMA = pa.schema([
+    pa.field("later", pa.string()), pa.field("earlier", pa.string()),
+    pa.field("later_date", UTC_TIMESTAMP), pa.field("earlier_date", UTC_TIMESTAMP),
+    pa.field("kind", pa.string()), pa.field("candidates", pa.int64()), pa.field("skipped_buckets", pa.int64()),
+])
 
 
 @dataclass
@@ -38,11 +42,11 @@ class Params:
     containment: float = doc("share of the shorter text's shingles the other must contain", 0.95)
     threshold: float = doc("and the shingle Jaccard at least this", 0.5)
     max_trim_words: int = doc("header/footer words a syndicated copy may add at each end", 3)
-    bands: int = doc("LSH bands (0: no MinHash candidates)", 8)
-    rows_per_band: int = doc("MinHash values per band (bands x rows = permutations)", 3)
+    bands: int = doc("LSH bands (0: no MinHash candidates)", 4)
+    rows_per_band: int = doc("MinHash values per band (bands x rows = permutations)", 4)
     shingle: int = doc("words per shingle", 3)
     seed: int = doc("seed of the MinHash permutations", 0)
-    max_bucket: int = doc("LSH buckets larger than this are template text and not paired", 16)
+    max_bucket: int = doc("LSH buckets larger than this are template text and not paired", 8)
 
     def __post_init__(self):
         if not (0 < self.threshold <= 1 and 0 < self.containment <= 1) or min(
@@ -76,6 +80,25 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
+def _words(text: pl.Expr) -> pl.Expr:
+    """`normalise(text).split()` as a polars expression."""
+    return text.str.to_lowercase().str.replace_all(r"[^\w]+", " ").str.strip_chars().str.split(" ") \
+        .list.eval(pl.element().filter(pl.element() != ""))
+
+
+def _shingle_table(texts: pl.Series, size: int) -> pl.DataFrame:
+    """(row, hash) of every distinct word shingle of every text, sorted by row; a text of at most `size`
+    words is one shingle (its whole text), as in `shingles`."""
+    words = pl.DataFrame({"words": texts.to_frame().select(_words(pl.col("text")))["text"]}).with_row_index("row")
+    words = words.with_columns(pl.col("words").list.len().alias("n"))
+    short = words.filter(pl.col("n") <= size).select("row", pl.col("words").list.join(" ").alias("shingle"))
+    long = words.filter(pl.col("n") > size).explode("words").with_columns(
+        pl.concat_str([pl.col("words").shift(-k).over("row") for k in range(size)], separator=" ").alias("shingle"))
+    long = long.filter(pl.col("shingle").is_not_null()).select("row", "shingle")
+    table = pl.concat([short, long]).unique().select("row", pl.col("shingle").hash(seed=2).alias("hash"))
+    return table.sort("row")
+
+
 def similarity(a: str, b: str, size: int) -> tuple[float, float]:
     """(Jaccard, containment of the smaller shingle set) of two texts."""
     return _similarity(shingles(a, size), shingles(b, size))
@@ -99,102 +122,130 @@ class Duplicates(Filter):
 
     def signatures(self, texts: list[str]) -> np.ndarray:
         """MinHash signatures, one row per text: per permutation i, min over shingles of mix(h ^ seed_i)."""
-        hashes, offsets = [], [0]
-        for text in texts:
-            hashes.extend(_hash64(s) for s in shingles(text, self.params.shingle))
-            offsets.append(len(hashes))
-        h = np.asarray(hashes, dtype=np.int64).view(np.uint64)
+        shingle_table = _shingle_table(pl.Series("text", texts, pl.String), self.params.shingle)
+        h = shingle_table["hash"].to_numpy()
+        rows = shingle_table["row"].to_numpy()
+        starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
         permuted = _mix64(h[:, None] ^ self._seeds[None, :])
-        return np.minimum.reduceat(permuted, np.asarray(offsets[:-1]), axis=0)
+        return np.minimum.reduceat(permuted, starts, axis=0)
 
     def observe(self, batch: pa.Table) -> pa.Table:
-        texts = batch["text"].to_pylist()
-        ids = batch["doc_id"].to_pylist()
-        dates = batch["published_at"].to_pylist()
-        buckets, doc_ids, published, kinds = [], [], [], []
-
-        def emit(bucket, doc_id, date, kind):
-            buckets.append(bucket)
-            doc_ids.append(doc_id)
-            published.append(date)
-            kinds.append(kind)
-
+        """Rows (bucket, doc_id, date, kind, words, trim, text): whole and trimmed cores carry word counts,
+        band rows carry the text, so that the reduce step can verify its candidates where they meet.
+        Vectorised in polars; keys are polars' seeded 64-bit hashes (stable within one polars version)."""
+        docs = pl.from_arrow(batch.select(["doc_id", "published_at", "text"])).rename({"published_at": "date"})
+        docs = docs.with_columns(_words(pl.col("text")).alias("words")).with_columns(
+            pl.col("words").list.len().cast(pl.Int32).alias("n"))
+        parts = [docs.select("doc_id", "date", pl.col("words").list.join(" ").alias("core"),
+                             pl.lit(WHOLE, pl.Int8).alias("kind"), pl.col("n").alias("words"),
+                             pl.lit(0, pl.Int8).alias("trim"))]
         trim = self.params.max_trim_words if self.params.near else 0
-        for doc_id, date, text in zip(ids, dates, texts):
-            words = normalise(text).split()
-            emit(_hash64("core:" + " ".join(words)), doc_id, date, WHOLE)
-            for head in range(trim + 1):
-                for tail in range(trim + 1):
-                    if (head or tail) and len(words) - head - tail >= self.params.shingle:
-                        emit(_hash64("core:" + " ".join(words[head:len(words) - tail])), doc_id, date, TRIMMED)
-        if self.params.near and self.params.bands and texts:
-            sig = self.signatures(texts)
+        for head in range(trim + 1):
+            for tail in range(trim + 1):
+                if not (head or tail):
+                    continue
+                keep = docs.filter(pl.col("n") - head - tail >= self.params.shingle)
+                parts.append(keep.select(
+                    "doc_id", "date", pl.col("words").list.slice(head, pl.col("n") - head - tail).list.join(" ")
+                    .alias("core"), pl.lit(TRIMMED, pl.Int8).alias("kind"), pl.col("n").alias("words"),
+                    pl.lit(head + tail, pl.Int8).alias("trim")))
+        cores = pl.concat(parts).select(
+            pl.concat_str([pl.lit("core:"), pl.col("core")]).hash(seed=1).reinterpret(signed=True).alias("bucket"),
+            "doc_id", "date", "kind", "words", "trim", pl.lit(None, pl.String).alias("text"))
+        frames = [cores]
+        if self.params.near and self.params.bands and docs.height:
+            sig = self.signatures(docs["text"].to_list())
             r = self.params.rows_per_band
             for band in range(self.params.bands):
                 block = np.ascontiguousarray(sig[:, band * r:(band + 1) * r])
-                for doc_id, date, row in zip(ids, dates, block):
-                    emit(_hash64(f"band{band}:" + row.tobytes().hex()), doc_id, date, BAND)
-        return pa.table({"bucket": pa.array(buckets, pa.int64()), "doc_id": pa.array(doc_ids, pa.string()),
-                         "date": pa.array(published, UTC_TIMESTAMP), "kind": pa.array(kinds, pa.int8())})
+                keys = _mix64(np.bitwise_xor.reduce(_mix64(block + np.arange(r, dtype=np.uint64)), axis=1)
+                              ^ np.uint64(band))
+                frames.append(docs.select(
+                    pl.Series("bucket", keys.view(np.int64)), "doc_id", "date", pl.lit(BAND, pl.Int8).alias("kind"),
+                    pl.lit(0, pl.Int32).alias("words"), pl.lit(0, pl.Int8).alias("trim"), "text"))
+        out = pl.concat(frames).to_arrow()
+        return out.cast(pa.schema([("bucket", pa.int64()), ("doc_id", pa.string()), ("date", UTC_TIMESTAMP),
+                                   ("kind", pa.int8()), ("words", pa.int32()), ("trim", pa.int8()),
+                                   ("text", pa.string())]))
 
     def reduce(self, observations: pa.Table) -> pa.Table:
-        """Candidate pairs (later, earlier, kind) from complete bucket groups."""
-        frame = pl.from_arrow(observations).unique(["bucket", "doc_id", "kind"]).sort(["bucket", "date", "doc_id"])
+        """Verified duplicate pairs (later, earlier, their dates, kind) from complete bucket groups."""
+        size = self.params.shingle
+        frame = pl.from_arrow(observations)
+        frame = frame.filter(pl.len().over("bucket") > 1)  # most buckets hold one document: nothing to pair
+        frame = frame.unique(["bucket", "doc_id", "kind"], keep="first").sort(["bucket", "date", "doc_id"])
         frame = frame.with_columns(pl.int_range(pl.len()).over("bucket").alias("rank"))
-        core = frame.filter(pl.col("kind") != BAND)
+        core = frame.filter(pl.col("kind") != BAND).drop("text")
         whole = core.filter(pl.col("kind") == WHOLE)
         # every member of a core bucket against every whole-text member (never trimmed with trimmed)
         pairs = core.join(whole, on="bucket", suffix="_w").filter(pl.col("doc_id") != pl.col("doc_id_w"))
         pairs = pairs.filter((pl.col("kind") == TRIMMED) | (pl.col("rank") > pl.col("rank_w")))
-        pairs = pairs.select(
-            pl.when(pl.col("rank") > pl.col("rank_w")).then(pl.col("doc_id")).otherwise(pl.col("doc_id_w")).alias("later"),
-            pl.when(pl.col("rank") > pl.col("rank_w")).then(pl.col("doc_id_w")).otherwise(pl.col("doc_id")).alias("earlier"),
-            ((pl.col("kind") == WHOLE)).alias("exact"),
+        # A trimmed core equal to a whole text: the whole text's shingles are all inside the longer one
+        # (containment 1); their Jaccard is the ratio of shingle counts.
+        shingle_count = lambda n: pl.max_horizontal(n - (size - 1), pl.lit(1))  # noqa: E731
+        pairs = pairs.with_columns(
+            (shingle_count(pl.col("words") - pl.col("trim")) / shingle_count(pl.col("words"))).alias("jaccard"))
+        pairs = pairs.filter((pl.col("kind") == WHOLE) | (pl.col("jaccard") >= self.params.threshold))
+        later_is_member = pl.col("rank") > pl.col("rank_w")
+        core_pairs = pairs.select(
+            pl.when(later_is_member).then(pl.col("doc_id")).otherwise(pl.col("doc_id_w")).alias("later"),
+            pl.when(later_is_member).then(pl.col("doc_id_w")).otherwise(pl.col("doc_id")).alias("earlier"),
+            pl.when(later_is_member).then(pl.col("date")).otherwise(pl.col("date_w")).alias("later_date"),
+            pl.when(later_is_member).then(pl.col("date_w")).otherwise(pl.col("date")).alias("earlier_date"),
+            pl.when(pl.col("kind") == WHOLE).then(pl.lit("exact_duplicate")).otherwise(pl.lit("near_duplicate"))
+            .alias("kind"),
         )
         band = frame.filter(pl.col("kind") == BAND).with_columns(pl.len().over("bucket").alias("size"))
         small = band.filter((pl.col("size") > 1) & (pl.col("size") <= self.params.max_bucket))
-        band_pairs = small.join(small.select("bucket", "doc_id", "rank"), on="bucket", suffix="_e") \
-            .filter(pl.col("rank_e") < pl.col("rank")) \
-            .select(pl.col("doc_id").alias("later"), pl.col("doc_id_e").alias("earlier"), pl.lit(False).alias("exact"))
+        candidates = small.join(small.select("bucket", "doc_id", "rank", "date", "text"), on="bucket", suffix="_e") \
+            .filter(pl.col("rank_e") < pl.col("rank")).unique(["doc_id", "doc_id_e"])
+        band_pairs = self._verify(candidates, core_pairs.schema)
         skipped = band.filter(pl.col("size") > self.params.max_bucket).select("bucket").unique().height
-        out = pl.concat([pairs, band_pairs]).group_by(["later", "earlier"]).agg(pl.col("exact").any())
-        out = out.sort(["later", "earlier"]).with_columns(pl.lit(0, pl.Int64).alias("skipped_buckets"))
-        if skipped:
-            out = pl.concat([out, pl.DataFrame({"later": [None], "earlier": [None], "exact": [None],
-                                                "skipped_buckets": [skipped]},
-                                               schema=out.schema)])
-        return out.to_arrow().cast(pa.schema([pa.field("later", pa.string()), pa.field("earlier", pa.string()),
-                                              pa.field("exact", pa.bool_()), pa.field("skipped_buckets", pa.int64())]))
+        out = pl.concat([core_pairs, band_pairs]).unique(["later", "earlier", "kind"]).sort(["later", "earlier", "kind"])
+        first_row = pl.int_range(pl.len()) == 0  # counters on one row, so that sums over partitions add up
+        out = out.with_columns(pl.when(first_row).then(pl.lit(candidates.height)).cast(pl.Int64).alias("candidates"),
+                               pl.when(first_row).then(pl.lit(skipped)).cast(pl.Int64).alias("skipped_buckets"))
+        if out.height == 0:  # keep the counters even when nothing was found
+            out = pl.DataFrame({"later": [None], "earlier": [None], "later_date": [None], "earlier_date": [None],
+                                "kind": [None], "candidates": [candidates.height], "skipped_buckets": [skipped]},
+                               schema=out.schema)
+        return out.to_arrow().cast(REDUCED_SCHEMA)
 
-    def finalize(self, reduced: pa.Table, fetch: Callable[[list[str]], pa.Table] | None = None) -> dict:
-        """Verify near candidates on their shingles, then cluster: every copy points to its cluster's earliest."""
+    def _verify(self, candidates: pl.DataFrame, schema) -> pl.DataFrame:
+        """Shingle Jaccard and containment of candidate pairs, vectorised: shared shingles by a join."""
+        if candidates.height == 0:
+            return pl.DataFrame(schema=schema)
+        candidates = candidates.select("doc_id", "doc_id_e", "date", "date_e", "text", "text_e")
+        texts = pl.concat([candidates.select("doc_id", "text"),
+                           candidates.select(pl.col("doc_id_e").alias("doc_id"), pl.col("text_e").alias("text"))]) \
+            .unique("doc_id").with_row_index("row")
+        table = _shingle_table(texts["text"], self.params.shingle).join(
+            texts.select("row", "doc_id"), on="row").select("doc_id", "hash")
+        sizes = table.group_by("doc_id").agg(pl.len().alias("size"))
+        shared = candidates.select("doc_id", "doc_id_e") \
+            .join(table, on="doc_id").join(table.rename({"doc_id": "doc_id_e"}), on=["doc_id_e", "hash"]) \
+            .group_by("doc_id", "doc_id_e").agg(pl.len().alias("shared"))
+        scored = candidates.join(shared, on=["doc_id", "doc_id_e"]) \
+            .join(sizes, on="doc_id").join(sizes.rename({"doc_id": "doc_id_e", "size": "size_e"}), on="doc_id_e") \
+            .with_columns((pl.col("shared") / (pl.col("size") + pl.col("size_e") - pl.col("shared"))).alias("jaccard"),
+                          (pl.col("shared") / pl.min_horizontal("size", "size_e")).alias("containment"))
+        accepted = scored.filter((pl.col("jaccard") >= self.params.threshold)
+                                 & (pl.col("containment") >= self.params.containment))
+        return accepted.select(pl.col("doc_id").alias("later"), pl.col("doc_id_e").alias("earlier"),
+                               pl.col("date").alias("later_date"), pl.col("date_e").alias("earlier_date"),
+                               pl.lit("near_duplicate").alias("kind")).cast(schema)
+
+    def finalize(self, reduced: pa.Table) -> dict:
+        """Cluster verified pairs: every copy points to its cluster's earliest (published_at, doc_id)."""
         frame = pl.from_arrow(reduced)
-        self.skipped_buckets = int(frame["skipped_buckets"].sum() or 0)
-        frame = frame.drop_nulls("later").group_by(["later", "earlier"]).agg(pl.col("exact").any())
-        if frame.height == 0:
-            return {}
-        if fetch is None:
-            raise ValueError("duplicates.finalize needs `fetch` to read candidate texts and dates")
-        ids = sorted(set(frame["later"].to_list()) | set(frame["earlier"].to_list()))
-        docs = fetch(ids)
-        text = dict(zip(docs["doc_id"].to_pylist(), docs["text"].to_pylist()))
-        order = {d: (p, d) for d, p in zip(docs["doc_id"].to_pylist(), docs["published_at"].to_pylist())}
-        sets: dict[str, set] = {}
-
-        def shingle_set(doc_id):
-            if doc_id not in sets:
-                sets[doc_id] = shingles(text[doc_id], self.params.shingle)
-            return sets[doc_id]
-
-        accepted = []
-        for a, b, exact in frame.select(["later", "earlier", "exact"]).iter_rows():
-            if exact:
-                accepted.append((a, b, "exact_duplicate"))
-                continue
-            jaccard, containment = _similarity(shingle_set(a), shingle_set(b))
-            if jaccard >= self.params.threshold and containment >= self.params.containment:
-                accepted.append((a, b, "near_duplicate"))
-        parent = {x: x for x in ids}
+        self.stats = {"candidates_verified": int(frame["candidates"].sum() or 0),
+                      "skipped_template_buckets": int(frame["skipped_buckets"].sum() or 0)}
+        frame = frame.drop_nulls("later")
+        order = {}
+        for doc_id, date in zip(frame["later"].to_list() + frame["earlier"].to_list(),
+                                frame["later_date"].to_list() + frame["earlier_date"].to_list()):
+            order[doc_id] = (date, doc_id)
+        parent = {x: x for x in order}
 
         def root(x):
             while parent[x] != x:
@@ -202,6 +253,7 @@ class Duplicates(Filter):
                 x = parent[x]
             return x
 
+        accepted = list(frame.select("later", "earlier", "kind").iter_rows())
         for a, b, _ in accepted:
             ra, rb = root(a), root(b)
             if ra != rb:
@@ -211,7 +263,7 @@ class Duplicates(Filter):
         for a, _, k in accepted:  # an exact match wins over a near one for the label
             kind[a] = "exact_duplicate" if "exact_duplicate" in (k, kind.get(a)) else k
         out = {}
-        for x in ids:
+        for x in order:
             r = root(x)
             if r != x:
                 out[x] = (kind.get(x, "near_duplicate"), f"copy of {r}")
