@@ -29,14 +29,16 @@ from vintage.presets import build_model, forward_flops_per_token  # noqa: E402
 from vintage.tokenizer import train_bpe  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def timed_pair(a, b, repeats: int) -> tuple[float, float]:
+    """Median times of `a` and `b`, run alternately so that drift in the machine hits both alike."""
+    a(), b()  # warm-up
+    times_a, times_b = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        for fn, times in ((a, times_a), (b, times_b)):
+            started = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times_a), statistics.median(times_b)
 
 
 def main() -> None:
@@ -47,7 +49,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -77,8 +79,7 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for batch in args.batches:
         p, c = prompts[:batch], choices[:batch]
-        t_alone = timed(lambda: alone.score(p, c), args.repeats)
-        t_pit = timed(lambda: pit.score(p, c), args.repeats)
+        t_alone, t_pit = timed_pair(lambda: alone.score(p, c), lambda: pit.score(p, c), args.repeats)
         print(f"| scoring (queries/s) | {batch} | {batch / t_alone:,.1f} | {batch / t_pit:,.1f} | "
               f"{t_pit / t_alone:.2f} | {1 + flop_ratio:.2f} |", flush=True)
     for batch in args.batches:
@@ -87,8 +88,7 @@ def main() -> None:
         def gen(lm):
             return lambda: lm.generate(p, max_new_tokens=args.new_tokens, stop_at_eos=False)
 
-        t_alone = timed(gen(alone), args.repeats)
-        t_pit = timed(gen(pit), args.repeats)
+        t_alone, t_pit = timed_pair(gen(alone), gen(pit), args.repeats)
         tokens = batch * args.new_tokens
         print(f"| generation (tokens/s) | {batch} | {tokens / t_alone:,.1f} | {tokens / t_pit:,.1f} | "
               f"{t_pit / t_alone:.2f} | {1 + flop_ratio:.2f} |", flush=True)

@@ -3,6 +3,7 @@
     vintage world --name synthetic-market --preset tiny --seed 0 --out out/world
     vintage validate --config configs/corpora/example.yaml --out out/validated
     vintage split --config configs/split/synthetic_small.yaml
+    vintage train --config configs/train/tiny.yaml
 """
 from __future__ import annotations
 
@@ -61,6 +62,12 @@ def _split(args) -> int:
     return split_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
 
 
+def _train(args) -> int:
+    from pipelines.train import main as train_main
+
+    return train_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vintage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,6 +90,11 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--config", required=True, help="YAML with a SplitConfig")
     split.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     split.set_defaults(func=_split)
+
+    train = commands.add_parser("train", help="train vintage surrogates into a model registry (Ray Train)")
+    train.add_argument("--config", required=True, help="YAML with a TrainConfig")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    train.set_defaults(func=_train)
     return parser
 
 

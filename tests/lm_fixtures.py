@@ -37,4 +37,4 @@ class BigramMock(torch.nn.Module):
         self.config = SimpleNamespace(vocab_size=table.shape[1])
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=False):
-        return SimpleNamespace(logits=self.table[input_ids], past_key_values=None)
+        return SimpleNamespace(logits=self.table[input_ids], past_key_values=None, cache=None)

@@ -133,6 +133,15 @@ def test_alpha_zero_scores_and_perplexity_are_the_frontiers(real_lm):
     assert scored.choice_logprobs[0] == pytest.approx(float(lp[beat]), abs=1e-5)
 
 
+def test_alpha_zero_generation_is_the_frontiers_greedy_generation(real_lm):
+    tok = real_lm.tokenizer
+    ids = torch.tensor([tok(PROMPTS[1], add_special_tokens=False)["input_ids"]])
+    out = real_lm.frontier.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                                    pad_token_id=tok.pad_token_id)
+    lm0 = real_lm.with_alpha(0.0)
+    assert lm0.generate([PROMPTS[1]], max_new_tokens=5) == [tok.decode(out[0, ids.shape[1]:])]
+
+
 def test_logits_processor_matches_point_in_time_generation(real_lm):
     tok = real_lm.tokenizer
     ids = torch.tensor([tok(PROMPTS[0], add_special_tokens=False)["input_ids"]])

@@ -71,6 +71,31 @@ def _vocab_size(model) -> int | None:
     return getattr(config, "vocab_size", None)
 
 
+def call_with_cache(model, input_ids, attention_mask, position_ids, cache, logits_to_keep: int | None = None):
+    """A forward pass that returns its KV cache; transformers 5 names the argument `cache` (older
+    releases and custom models `past_key_values`). `logits_to_keep` where the model supports it."""
+    import inspect
+
+    spec = getattr(model, "_vintage_call_spec", None)
+    if spec is None:
+        params = inspect.signature(model.forward).parameters
+        spec = ("cache" if "cache" in params else "past_key_values", "logits_to_keep" in params)
+        try:
+            model._vintage_call_spec = spec
+        except AttributeError:  # pragma: no cover - exotic modules without attribute assignment
+            pass
+    extra = {spec[0]: cache}
+    if logits_to_keep is not None and spec[1]:
+        extra["logits_to_keep"] = logits_to_keep
+    return model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True,
+                 **extra)
+
+
+def returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def check_vocabularies(frontier_tokenizer, surrogate_tokenizer, frontier_name: str = "frontier",
                        surrogate_name: str = "surrogate") -> None:
     """Same size and the same token strings at the same ids, or a VocabularyMismatch naming both."""
@@ -99,6 +124,14 @@ class ScoredChoices:
     def probabilities(self) -> list[float]:
         """Choice probabilities renormalised over the choices."""
         return torch.softmax(torch.tensor(self.choice_logprobs, dtype=torch.float64), 0).tolist()
+
+
+@dataclass
+class ChoiceComponents:
+    logits: list  # frontier, vintage, full: [T, V] float32 (None where not computed)
+    targets: torch.Tensor  # [T] the choice tokens
+    spans: list[list[tuple[int, int]]]  # per query, per choice: its tokens' [start, end) in T
+    tokens: list[list[list[int]]]
 
 
 class PointInTimeLM:
@@ -171,17 +204,23 @@ class PointInTimeLM:
 
     # -- model calls ---------------------------------------------------------------------------------------
 
-    def _forward(self, model, input_ids, attention_mask, position_ids, past=None):
+    def _forward(self, model, input_ids, attention_mask, position_ids, past=None, last_only=False):
         device = _device(model)
-        out = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    position_ids=position_ids.to(device), past_key_values=past, use_cache=True)
-        return out.logits[..., : self.vocab].to(_device(self.frontier), torch.float32), out.past_key_values
+        out = call_with_cache(model, input_ids.to(device), attention_mask.to(device), position_ids.to(device), past,
+                              logits_to_keep=1 if last_only else None)
+        return out.logits[..., : self.vocab], returned_cache(out)
 
-    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), everything=False):
-        """Logits of frontier, vintage and full (in that order). At alpha = 0 the surrogates are skipped
-        (their slots are None) unless `everything`: the combination is then the frontier alone."""
+    def _float(self, logits: torch.Tensor | None) -> torch.Tensor | None:
+        """Logits moved to the frontier's device in float32 (after gathering what is needed: cheaper)."""
+        return None if logits is None else logits.to(_device(self.frontier), torch.float32)
+
+    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), everything=False,
+                    last_only=False):
+        """Raw logits of frontier, vintage and full (in that order), each on its model's device and dtype.
+        At alpha = 0 the surrogates are skipped (their slots are None) unless `everything`."""
         models = (self.frontier, self.vintage, self.full) if (everything or self.alpha != 0) else (self.frontier,)
-        results = [self._forward(m, input_ids, attention_mask, position_ids, p) for m, p in zip(models, pasts)]
+        results = [self._forward(m, input_ids, attention_mask, position_ids, p, last_only)
+                   for m, p in zip(models, pasts)]
         results += [(None, None)] * (3 - len(results))
         return [r[0] for r in results], [r[1] for r in results]
 
@@ -211,39 +250,49 @@ class PointInTimeLM:
             encoded.append((p, cs))
         return encoded
 
-    def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]], everything: bool = True):
-        """Per query and choice, the three models' logits at the choice tokens' positions ([n_tok, V] each) and
-        the token ids; combining them for any alpha is then cheap (used by calibration)."""
+    def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]],
+                          everything: bool = True) -> "ChoiceComponents":
+        """The three models' logits at every choice token's position (gathered, [T, V] each), the target
+        tokens and where each (query, choice) sits among them; combining them for any alpha is then one
+        vectorised call (calibration sweeps alpha on these)."""
         encoded = self.encode_choices(prompts, choices)
         flat = [(q, k, p + c, len(p), c) for q, (p, cs) in enumerate(encoded) for k, c in enumerate(cs)]
-        out: list[list[Any]] = [[None] * len(cs) for _, cs in encoded]
+        parts: list[list[torch.Tensor]] = [[], [], []]
+        targets, spans = [], [[None] * len(cs) for _, cs in encoded]
+        offset = 0
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start:start + self.batch_size]
             width = max(len(seq) for _, _, seq, _, _ in chunk)
             ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for row, (_, _, seq, _, _) in enumerate(chunk):
+            rows, cols = [], []
+            for row, (q, k, seq, plen, c) in enumerate(chunk):
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
+                rows += [row] * len(c)
+                cols += range(plen - 1, plen - 1 + len(c))  # logits at t predict token t+1
+                targets += c
+                spans[q][k] = (offset, offset + len(c))
+                offset += len(c)
             positions = torch.arange(width).expand(len(chunk), width)
             with torch.inference_mode():
                 logits, _ = self._all_logits(ids, mask, positions, everything=everything)
-            for row, (q, k, seq, plen, c) in enumerate(chunk):
-                where = torch.arange(plen - 1, plen - 1 + len(c))  # logits at t predict token t+1
-                out[q][k] = ([None if lg is None else lg[row, where] for lg in logits], c)
-        return out
+                r, c_ = torch.tensor(rows), torch.tensor(cols)
+                for m, lg in enumerate(logits):
+                    if lg is not None:
+                        parts[m].append(self._float(lg[r.to(lg.device), c_.to(lg.device)]))
+        gathered = [torch.cat(p) if p else None for p in parts]
+        return ChoiceComponents(gathered, torch.tensor(targets, dtype=torch.long), spans,
+                                [[list(c) for c in cs] for _, cs in encoded])
 
-    def score_components(self, components, alpha: float | None = None) -> list[ScoredChoices]:
+    def score_components(self, components: "ChoiceComponents", alpha: float | None = None) -> list[ScoredChoices]:
+        with torch.inference_mode():
+            lp = self._combine(components.logits, alpha)
+            token_lp = lp.gather(-1, components.targets.to(lp.device)[:, None])[:, 0].double().cpu().tolist()
         scored = []
-        for per_query in components:
-            totals, per_token, tokens = [], [], []
-            for logits, c in per_query:
-                lp = self._combine(logits, alpha)
-                token_lp = lp.gather(-1, torch.tensor(c, device=lp.device)[:, None])[:, 0].double()
-                totals.append(float(token_lp.sum()))
-                per_token.append(token_lp.tolist())
-                tokens.append(list(c))
-            scored.append(ScoredChoices(totals, per_token, tokens))
+        for spans, tokens in zip(components.spans, components.tokens):
+            per_token = [token_lp[a:b] for a, b in spans]
+            scored.append(ScoredChoices([float(sum(t)) for t in per_token], per_token, tokens))
         return scored
 
     def score(self, prompts: Sequence[str], choices: Sequence[Sequence[str]]) -> list[ScoredChoices]:
@@ -267,7 +316,7 @@ class PointInTimeLM:
             with torch.inference_mode():
                 logits, _ = self._all_logits(ids, mask, torch.arange(width).expand(len(chunk), width),
                                              everything=alpha is not None and alpha != 0)
-                lp = self._combine(logits, alpha)
+                lp = self._combine([self._float(lg) for lg in logits], alpha)
             for row, e in enumerate(chunk):
                 n = len(e)
                 target = ids[row, 1:n].to(lp.device)
@@ -307,10 +356,11 @@ class PointInTimeLM:
             for _ in range(max_new_tokens):
                 positions = (step_mask.cumsum(-1) - 1).clamp(min=0)
                 if use_cache and pasts[0] is not None:
-                    logits, pasts = self._all_logits(step_ids[:, -1:], step_mask, positions[:, -1:], pasts)
+                    logits, pasts = self._all_logits(step_ids[:, -1:], step_mask, positions[:, -1:], pasts,
+                                                     last_only=True)
                 else:
-                    logits, pasts = self._all_logits(step_ids, step_mask, positions)
-                lp = self._combine([lg[:, -1] for lg in logits]).cpu()
+                    logits, pasts = self._all_logits(step_ids, step_mask, positions, last_only=True)
+                lp = self._combine([self._float(None if lg is None else lg[:, -1]) for lg in logits]).cpu()
                 step_scores.append(lp)
                 if greedy:
                     nxt = lp.argmax(-1)
@@ -372,9 +422,9 @@ class PointInTimeLogitsProcessor(LogitsProcessor):
             device = _device(model)
             ids, pos = (input_ids[:, -1:], positions[:, -1:]) if incremental else (input_ids, positions)
             with torch.inference_mode():
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                            past_key_values=self._past[k] if incremental else None, use_cache=True)
+                out = call_with_cache(model, ids.to(device), mask.to(device), pos.to(device),
+                                      self._past[k] if incremental else None, logits_to_keep=1)
             logits.append(out.logits[:, -1, :vocab].to(scores.device, torch.float32))
-            pasts.append(out.past_key_values)
+            pasts.append(returned_cache(out))
         self._past, self._seen = pasts, input_ids.shape[1]
         return combine_logprobs(scores, logits[0], logits[1], self.alpha, self.temperatures, self.plausibility)
