@@ -96,6 +96,11 @@ def returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+def has_tokenizer(directory: str | Path) -> bool:
+    directory = Path(directory)
+    return any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+
+
 def check_vocabularies(frontier_tokenizer, surrogate_tokenizer, frontier_name: str = "frontier",
                        surrogate_name: str = "surrogate") -> None:
     """Same size and the same token strings at the same ids, or a VocabularyMismatch naming both."""
@@ -168,8 +173,11 @@ class PointInTimeLM:
         saved beside the vintage) must equal the frontier's (default: the one saved beside the frontier)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        frontier_tok = AutoTokenizer.from_pretrained(str(tokenizer or frontier))
-        surrogate_path = surrogate_tokenizer or (vintage if (Path(vintage) / "tokenizer.json").exists() else None)
+        tokenizer_dir = Path(tokenizer or frontier)
+        if not has_tokenizer(tokenizer_dir):
+            raise VocabularyMismatch(f"{tokenizer_dir}: no tokenizer files there; pass tokenizer= (the frontier's)")
+        frontier_tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        surrogate_path = surrogate_tokenizer or (vintage if has_tokenizer(vintage) else None)
         if surrogate_path is not None:
             check_vocabularies(frontier_tok, AutoTokenizer.from_pretrained(str(surrogate_path)),
                                str(tokenizer or frontier), str(surrogate_path))
@@ -189,8 +197,9 @@ class PointInTimeLM:
         cutoff, vintage_dir = registry.vintage_for(as_of)
         if alpha == "calibrated":
             alpha = registry.calibrated_alpha(cutoff)
-        lm = cls.from_pretrained(frontier or registry.frontier_path(), registry.full_path(), vintage_dir,
-                                 tokenizer=frontier or registry.tokenizer_path(),
+        frontier_dir = Path(frontier) if frontier else registry.frontier_path()
+        lm = cls.from_pretrained(frontier_dir, registry.full_path(), vintage_dir,
+                                 tokenizer=frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path(),
                                  surrogate_tokenizer=registry.tokenizer_path(), alpha=float(alpha), **kwargs)
         lm.vintage_cutoff = cutoff
         return lm
