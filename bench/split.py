@@ -1,6 +1,6 @@
 """Split benchmark: leak precision/recall, Ray Data at 1 and 2 CPUs vs single-process polars, crossover.
 
-    python bench/split.py                          # small + bench presets (about 20 minutes on 2 cores)
+    python bench/split.py                          # small + bench presets (about 25 minutes on 2 cores)
     python bench/split.py --preset small --sizes 2000 20000
 
 Every engine runs the same filter code on the same files in the same run; each Ray measurement runs in a
@@ -53,7 +53,9 @@ result = run_split(config)
 print("RESULT" + json.dumps({{"seconds": time.perf_counter() - started, "documents": result.manifest["documents"],
                              "rows_read": result.manifest["rows_read"]}}))
 """
-    env = dict(os.environ, OMP_NUM_THREADS="1", RAY_DATA_DISABLE_PROGRESS_BARS="1", PYTHONPATH=str(ROOT))
+    # One thread per process: polars would otherwise use every core inside a "1 CPU" Ray worker.
+    env = dict(os.environ, OMP_NUM_THREADS="1", POLARS_MAX_THREADS="1", RAY_DATA_DISABLE_PROGRESS_BARS="1",
+               PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     if proc.returncode or not lines:
@@ -83,7 +85,7 @@ def yearly_cutoffs(world) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="bench", help="world preset for the throughput runs")
-    parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 300_000],
+    parser.add_argument("--sizes", type=int, nargs="*", default=[20_000, 200_000],
                         help="corpus sizes (documents) for the Ray-vs-polars crossover; the full preset is added")
     parser.add_argument("--workdir", default=str(ROOT / "out" / "bench-split"))
     args = parser.parse_args()

@@ -453,7 +453,7 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
     import ray.data
 
     if not ray.is_initialized():
-        ray.init()
+        ray.init(runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1"}})
     stages = _Stages("ray")
     context = ray.data.DataContext.get_current()
     context.shuffle_strategy = config.shuffle

@@ -21,7 +21,10 @@ def main(argv: list[str] | None = None) -> int:
     if config.engine == "ray":
         import ray
 
-        ray.init(ignore_reinit_error=True)  # no address: local, or the cluster under `ray job submit`
+        # no address: local, or the cluster under `ray job submit`; one thread per worker (polars would
+        # otherwise start a thread per core in every task)
+        ray.init(ignore_reinit_error=True,
+                 runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1"}})
     result = run_split(config)
     m = result.manifest
     print(f"split → {result.output}: {m['documents']:,} documents in {len(m['slices'])} slices; "
