@@ -357,18 +357,25 @@ def _code_version() -> str:
         return "unknown"
 
 
-def _summarise(quarantine: pa.Table, slices: pa.Table, filters, rows_read: int, cutoffs) -> dict:
+def _summarise(quarantine: pa.Table, slice_counts: dict, redated: dict, filters, rows_read: int, cutoffs) -> dict:
     from collections import Counter
 
-    redated = Counter(name for names in slices["redated_by"].to_pylist() for name in (names or []))
-    per_slice = Counter(slices["slice"].to_pylist())
     return {
         "rows_read": rows_read,
-        "documents": slices.num_rows,
+        "documents": int(sum(slice_counts.values())),
         "quarantined": dict(sorted(Counter(quarantine["reason"].to_pylist()).items())),
-        "redated_by_filter": {f.name: redated.get(f.name, 0) for f in filters},
-        "slices": {c.isoformat(): per_slice.get(c.isoformat(), 0) for c in cutoffs},
+        "redated_by_filter": {f.name: int(redated.get(f.name, 0)) for f in filters},
+        "slices": {c.isoformat(): int(slice_counts.get(c.isoformat(), 0)) for c in cutoffs},
     }
+
+
+def _counts(slices: pa.Table) -> tuple[dict, dict]:
+    """Documents per slice, and re-dated documents per filter, of written slice rows."""
+    from collections import Counter
+
+    per_slice = Counter(slices["slice"].to_pylist())
+    redated = Counter(name for names in slices["redated_by"].to_pylist() for name in (names or []))
+    return dict(per_slice), dict(redated)
 
 
 def _write_outputs(staging: Path, quarantine: pa.Table, dated: pa.Table, filters) -> None:
@@ -401,7 +408,7 @@ def _polars_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict
     pads.write_dataset(slices, staging / "slices", format="parquet", partitioning=["slice"],
                        partitioning_flavor="hive", basename_template="part-{i}.parquet")
     _write_outputs(staging, quarantine, dated, filters)
-    return {**_summarise(quarantine, slices, filters, checked.num_rows, cutoffs), "nodes": 1}
+    return {**_summarise(quarantine, *_counts(slices), filters, checked.num_rows, cutoffs), "nodes": 1}
 
 
 def _count(column) -> dict:
@@ -472,7 +479,7 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
     quarantine = _quarantine_from_checked(quarantine) if quarantine.num_rows else QUARANTINE_SCHEMA.empty_table()
     valid_ds = checked.map_batches(_where, fn_kwargs={"column": "__reason", "null": True}, batch_format="pyarrow")
     # A doc_id repeated across units: the id column is small enough to check in the driver.
-    ids = _to_table(valid_ds.select_columns(["doc_id", "__file", "__row"]), None)
+    ids = _to_table(valid_ds.select_columns(["doc_id"]), None)
     if ids.num_rows == 0:
         raise SplitError(f"{corpus.path}: no valid document after validation: "
                          f"{dict(sorted(_count(quarantine['reason']).items()))}")
@@ -517,21 +524,54 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
     rest = _to_table(dated_ds.map_batches(_where_kept, fn_kwargs={"keep": False}, batch_format="pyarrow"), None)
     if rest.num_rows:
         quarantine = pa.concat_tables([quarantine, _quarantine_from_dated(rest)])
-    compact = _to_table(dated_ds.select_columns(["doc_id", "slice", "redated_by", "__drop", "evidence", "__node",
-                                                 "__read_node"]), None)
-    slices_summary = compact.filter(pc.and_(pc.is_null(compact["__drop"]), pc.is_valid(compact["slice"])))
-    _write_outputs(staging, quarantine, compact, filters)
+    # Only what the report needs comes back to the driver: documents a filter acted on, and per-batch counts.
+    acted = _to_table(dated_ds.map_batches(_acted_on, batch_format="pyarrow"), None)
+    tallies = _to_table(dated_ds.map_batches(_tally, batch_format="pyarrow"), None)
+    _write_outputs(staging, quarantine, acted if acted.num_rows else _empty_acted(), filters)
     stages.done("write slices + report")
-    nodes = sorted(set(compact["__node"].to_pylist()) | set(compact["__read_node"].to_pylist()))
-    return {**_summarise(quarantine, slices_summary, filters, ids.num_rows + quarantine.num_rows, cutoffs),
+    slice_counts, redated, nodes = {}, {}, set()
+    for kind, key, count in zip(tallies["kind"].to_pylist(), tallies["key"].to_pylist(), tallies["count"].to_pylist()):
+        if kind == "node":
+            nodes.add(key)
+        else:
+            target = slice_counts if kind == "slice" else redated
+            target[key] = target.get(key, 0) + count
+    nodes = sorted(nodes)
+    return {**_summarise(quarantine, slice_counts, redated, filters, ids.num_rows + quarantine.num_rows, cutoffs),
             "nodes": len(nodes), "node_ids": nodes}
 
 
-def _repeated(ids: pa.ChunkedArray) -> list[str]:
-    import numpy as np
+def _acted_on(batch: pa.Table) -> pa.Table:
+    """Rows a filter re-dated or dropped (what the leakage report lists)."""
+    mask = pc.or_(pc.greater(pc.list_value_length(batch["redated_by"]), 0), pc.is_valid(batch["__drop"]))
+    return batch.filter(pc.fill_null(mask, False)).select(["doc_id", "slice", "redated_by", "__drop", "evidence"])
 
-    values, counts = np.unique(ids.to_numpy(zero_copy_only=False), return_counts=True)
-    return values[counts > 1].tolist()
+
+def _empty_acted() -> pa.Table:
+    return pa.table({"doc_id": pa.array([], pa.string()), "slice": pa.array([], pa.string()),
+                     "redated_by": pa.array([], pa.list_(pa.string())), "__drop": pa.array([], pa.string()),
+                     "evidence": pa.array([], pa.string())})
+
+
+def _tally(batch: pa.Table) -> pa.Table:
+    """Per batch: documents per slice and re-dated per filter among written rows, and the nodes involved."""
+    kept = batch.filter(pc.and_(pc.is_null(batch["__drop"]), pc.is_valid(batch["slice"])))
+    kinds, keys, counts = [], [], []
+    for entry in pc.value_counts(kept["slice"]).to_pylist():
+        kinds.append("slice"), keys.append(entry["values"]), counts.append(entry["counts"])
+    flat = pc.list_flatten(kept["redated_by"])
+    if len(flat):
+        for entry in pc.value_counts(flat).to_pylist():
+            kinds.append("redated"), keys.append(entry["values"]), counts.append(entry["counts"])
+    for node in set(batch["__node"].unique().to_pylist()) | set(batch["__read_node"].unique().to_pylist()):
+        kinds.append("node"), keys.append(node), counts.append(0)
+    return pa.table({"kind": pa.array(kinds, pa.string()), "key": pa.array(keys, pa.string()),
+                     "count": pa.array(counts, pa.int64())})
+
+
+def _repeated(ids: pa.ChunkedArray) -> list[str]:
+    counts = pc.value_counts(ids).flatten()  # hash-based, in C++: fast on a million ids
+    return counts[0].filter(pc.greater(counts[1], 1)).to_pylist()
 
 
 def _empty_batch() -> pa.Table:
