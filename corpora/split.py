@@ -494,6 +494,7 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
         valid_ds = valid_ds.filter(lambda r: (r["__file"], r["__row"]) not in drop)
         quarantine = pa.concat_tables([quarantine, extra])
     valid_ds = valid_ds.repartition(target_num_rows_per_block=config.batch_size).materialize()
+    rows_read = checked.count()  # every input row: valid or quarantined by validation
     stages.done("unique ids + repartition", f"{ids.num_rows:,} valid documents")
 
     # Corpus-wide passes: each filter's observations are hash-partitioned on its key, so that every
@@ -537,7 +538,7 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
             target = slice_counts if kind == "slice" else redated
             target[key] = target.get(key, 0) + count
     nodes = sorted(nodes)
-    return {**_summarise(quarantine, slice_counts, redated, filters, ids.num_rows + quarantine.num_rows, cutoffs),
+    return {**_summarise(quarantine, slice_counts, redated, filters, rows_read, cutoffs),
             "nodes": len(nodes), "node_ids": nodes}
 
 

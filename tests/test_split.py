@@ -162,6 +162,7 @@ def test_ray_engine_equals_polars_engine(ray_local, tiny, tmp_path):
     polars_out = run_split(split_config(corpus, tmp_path / "polars")).output
     ray_result = run_split(split_config(corpus, tmp_path / "ray", engine="ray", batch_size=64))
     assert ray_result.manifest["documents"] > 0
+    assert ray_result.manifest["rows_read"] == world.documents.num_rows
     a, b = read_slices(polars_out), read_slices(ray_result.output)
     assert a.equals(b)
     for name in ("quarantine.parquet", "leakage_report.parquet"):
