@@ -16,7 +16,7 @@ def main() -> None:
     parser.add_argument("--presets", nargs="+", default=["tiny", "small", "bench"])
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    print(f"| world | preset | documents | word tokens | events | queries | leaks | first .. last | seconds |")
+    print("| world | preset | documents | word tokens | events | queries | leaks | first .. last | seconds |")
     print("|---|---|---:|---:|---:|---:|---:|---|---:|")
     for name in ("synthetic-market", "real-market"):
         for preset in args.presets:

@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from corpora.split import end_of_day
+
 
 class RegistryError(ValueError):
     """The registry cannot answer: missing model, or a date before every vintage."""
@@ -31,12 +33,6 @@ def as_utc(value: Any) -> dt.datetime:
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value.astimezone(dt.timezone.utc)
-
-
-def cutoff_end(cutoff: str) -> dt.datetime:
-    """A cutoff day holds everything known by its end: the vintage is usable from the next instant."""
-    day = dt.date.fromisoformat(cutoff)
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1)
 
 
 class Registry:
@@ -91,7 +87,8 @@ class Registry:
         """(cutoff, directory) of the latest vintage usable at `as_of`."""
         when = as_utc(as_of)
         cutoffs = self.cutoffs()
-        usable = [c for c in cutoffs if cutoff_end(c) <= when]
+        # a cutoff day holds everything known by its end (as in the split): usable from the next instant
+        usable = [c for c in cutoffs if end_of_day(dt.date.fromisoformat(c)) < when]
         if not usable:
             raise RegistryError(f"as_of {when.isoformat()} precedes every vintage of {self.root} "
                                 f"(cutoffs: {', '.join(cutoffs)}); no point-in-time model exists for it")
