@@ -68,6 +68,37 @@ def _train(args) -> int:
     return train_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
 
 
+def _backtest(args) -> int:
+    from pipelines.backtest import main as backtest_main
+
+    return backtest_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
+
+
+def _report(args) -> int:
+    from backtests.report import write_report
+
+    print(f"report written to {write_report(args.out)}")
+    return 0
+
+
+def _probe_facts(args) -> int:
+    import polars as pl
+
+    from vintage.probe import probe_facts
+
+    result = probe_facts(args.registry, args.world)
+    with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, float_precision=3, tbl_width_chars=160):
+        print(result.table)
+        print(result.checks)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        result.scores.write_parquet(Path(args.out) / "probe_scores.parquet")
+        result.checks.write_parquet(Path(args.out) / "probe_checks.parquet")
+        print(f"scores and checks written to {args.out}")
+    print("all checks passed" if result.passed else "some checks FAILED (see the table above)")
+    return 0 if result.passed or not args.strict else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vintage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -95,6 +126,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--config", required=True, help="YAML with a TrainConfig")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     train.set_defaults(func=_train)
+
+    backtest = commands.add_parser("backtest", help="score queries with every method of a spec (Ray actors)")
+    backtest.add_argument("--config", required=True, help="YAML with a BacktestSpec")
+    backtest.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a spec key")
+    backtest.set_defaults(func=_backtest)
+
+    report = commands.add_parser("report", help="write OUT/report.md and PNG plots from a backtest's results")
+    report.add_argument("out", help="the backtest's output directory")
+    report.set_defaults(func=_report)
+
+    probe = commands.add_parser("probe-facts", help="score every model of a registry on a world's facts, "
+                                                    "before and after each cutoff")
+    probe.add_argument("--registry", required=True, help="model registry directory")
+    probe.add_argument("--world", required=True, help="world directory (queries.parquet with fact queries)")
+    probe.add_argument("--out", help="write probe_scores.parquet and probe_checks.parquet here")
+    probe.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
+    probe.set_defaults(func=_probe_facts)
     return parser
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from corpora.config import doc, load_yaml, parse_overrides
 from corpora.split import DEFAULT_FILTERS, CutoffRule
+from backtests.spec import BacktestSpec
+from vintage.runs import TrainConfig
 
 
 @dataclass
@@ -43,6 +45,10 @@ class EndToEndConfig:
 
     worlds: list[WorldSpec] = doc("worlds to generate, each into OUT/world/<name>")
     split: SplitStage | None = doc("the split stage; omitted: stop after the worlds", None)
+    train: TrainConfig | None = doc("training (split, output and probes are filled in: OUT/split/<world>, "
+                                    "OUT/models, the world's fact queries); omitted: stop after the split", None)
+    backtest: BacktestSpec | None = doc("the backtest (queries, registry and output are filled in: the world's "
+                                        "queries, OUT/models, OUT/backtest); omitted: stop after training", None)
 
 
 def run(config: EndToEndConfig, out: Path) -> None:
@@ -61,6 +67,10 @@ def run(config: EndToEndConfig, out: Path) -> None:
         print_world_summary(world, target, seconds)
     if config.split is not None:
         run_split_stage(config.split, out)
+        if config.train is not None:
+            run_train_stage(config.train, config.split.world, out)
+            if config.backtest is not None:
+                run_backtest_stage(config.backtest, config.split.world, out)
     print(f"done in {time.perf_counter() - started:.1f} s; outputs under {out}")
 
 
@@ -97,6 +107,49 @@ def run_split_stage(stage: SplitStage, out: Path) -> None:
             f"{r['kind']} {r['handled']}/{r['planted']}" for r in scores["by_kind"].to_dicts()))
         print("[split] precision by filter: " + ", ".join(
             f"{r['filter']} {r['precision']:.2f}" for r in scores["by_filter"].to_dicts()), flush=True)
+
+
+def run_train_stage(train: TrainConfig, world: str, out: Path) -> dict:
+    from dataclasses import replace
+
+    from vintage.runs import train_registry
+
+    config = replace(train, split=str(out / "split" / world), output=str(out / "models"),
+                     probes=train.probes or str(out / "world" / world / "queries.parquet"))
+    roles = [f"surrogates ({config.schedule}, {config.surrogate.preset})"]
+    if config.frontier:
+        roles.append(f"frontier ({config.frontier.preset})")
+    if config.retrained:
+        roles.append(f"retrained ({config.retrained.preset}) at {config.retrained_cutoffs} "
+                     f"seeds {config.retrained.seeds}")
+    print(f"[train] {', '.join(roles)}; {config.parallel_runs} runs at once", flush=True)
+    t0 = time.perf_counter()
+    manifest = train_registry(config)
+    print(f"[train] registry {config.output}: {len(manifest['cutoffs'])} vintages, complete={manifest['complete']} "
+          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    if not manifest["complete"]:
+        raise SystemExit("[train] some runs failed; rerun to continue from their checkpoints")
+    return manifest
+
+
+def run_backtest_stage(spec: BacktestSpec, world: str, out: Path) -> None:
+    from dataclasses import replace
+
+    import polars as pl
+
+    from backtests.metrics import headline
+    from backtests.report import latest_run
+    from backtests.runner import read_table
+    from backtests.workflow import run_and_report
+
+    spec = replace(spec, queries=spec.queries or str(out / "world" / world / "queries.parquet"),
+                   registry=spec.registry or str(out / "models"), output=spec.output or str(out / "backtest"))
+    print(f"[backtest] {len(spec.methods)} methods: {[m.key for m in spec.methods]}", flush=True)
+    report = run_and_report(spec)
+    results = latest_run(read_table(Path(spec.output) / "results"), Path(spec.output))
+    with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True, float_precision=3, tbl_width_chars=140):
+        print(headline(results, ("kind", "method") if "kind" in results.columns else ("method",)))
+    print(f"[backtest] report: {report}; plots beside it", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from backtests.spec import BacktestSpec
 from corpora.config import ConfigError, load_yaml
 from corpora.validation import CorpusConfig
 from corpora.split import SplitConfig
@@ -11,7 +12,8 @@ from pipelines.end_to_end import EndToEndConfig
 from vintage.runs import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_CLASSES = {"corpora": CorpusConfig, "split": SplitConfig, "train": TrainConfig, "": EndToEndConfig}
+CONFIG_CLASSES = {"corpora": CorpusConfig, "split": SplitConfig, "train": TrainConfig, "backtest": BacktestSpec,
+                  "": EndToEndConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)

@@ -1,23 +1,29 @@
-"""Surrogate training under Ray Train + DeepSpeed (tiny presets): a registry that decoding can load.
-
-The fuller training issue (two workers, killed-worker resume, memorisation probe) is still open; this
-covers what exists: the chronological schedule with cooldown branches, the registry and its reuse.
-"""
+"""Surrogate training under Ray Train + DeepSpeed on the tiny world: registry contents, reuse, two workers,
+a killed worker, a crashed run continued by a rerun, roles, and the memorisation probe's plumbing."""
 import datetime as dt
 import json
 import os
+import signal
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import ray
+import torch
+from safetensors.torch import load_file
 
 from corpora.split import SplitConfig, run_split
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 from vintage.decoding import PointInTimeLM
+from vintage.registry import Registry, RegistryError
 from vintage.runs import Optimisation, RoleConfig, TrainConfig, train_registry
 
 UTC = dt.timezone.utc
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -28,34 +34,181 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.mark.slow
-def test_chronological_training_writes_a_loadable_registry(ray_local, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory):
+    base = tmp_path_factory.mktemp("tiny")
     world = generate_world("synthetic-market", "tiny", seed=0)
-    (tmp_path / "corpus").mkdir()
-    pq.write_table(world.documents, tmp_path / "corpus" / "documents.parquet")
-    run_split(SplitConfig(corpus=CorpusConfig(path=str(tmp_path / "corpus")), output=str(tmp_path / "split"),
-                          cutoffs=[dt.datetime(2017, 12, 31, tzinfo=UTC), dt.datetime(2019, 12, 31, tzinfo=UTC)],
-                          engine="polars"))
-    config = TrainConfig(split=str(tmp_path / "split"), output=str(tmp_path / "models"), vocab_size=400,
-                         surrogate=RoleConfig(preset="tiny", optim=Optimisation(lr=3e-3, batch_size=16, epochs=1,
-                                                                                  cooldown_steps=3, warmup_steps=2)))
-    manifest = train_registry(config)
-    assert manifest["complete"] and manifest["cutoffs"] == ["2017-12-31", "2019-12-31"]
+    world.write(base / "world")
+    (base / "corpus").mkdir()
+    pq.write_table(world.documents, base / "corpus" / "documents.parquet")
+    run_split(SplitConfig(corpus=CorpusConfig(path=str(base / "corpus")), output=str(base / "split"),
+                          cutoffs=[dt.datetime(2017, 6, 30, tzinfo=UTC), dt.datetime(2017, 12, 31, tzinfo=UTC),
+                                   dt.datetime(2019, 12, 31, tzinfo=UTC)], engine="polars"))
+    return base
+
+
+def tiny_config(base: Path, out: Path, **changes) -> TrainConfig:
+    optim = Optimisation(lr=3e-3, batch_size=16, epochs=2, cooldown_steps=3, warmup_steps=2)
+    config = TrainConfig(split=str(base / "split"), output=str(out), vocab_size=400,
+                         surrogate=RoleConfig(preset="tiny", optim=optim))
+    return replace(config, **changes)
+
+
+def weights(directory: Path) -> dict:
+    return load_file(str(directory / "model.safetensors"))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
+
+
+def roles_config(base: Path, out: Path) -> TrainConfig:
+    """Chronological surrogates plus a frontier and two retrained seeds, two runs at a time."""
+    optim = Optimisation(lr=3e-3, batch_size=16, epochs=2, cooldown_steps=2, warmup_steps=2)
+    return tiny_config(base, out, parallel_runs=2, frontier=RoleConfig(preset="tiny", optim=optim),
+                       retrained=RoleConfig(preset="tiny", optim=optim, seeds=[0, 1]),
+                       retrained_cutoffs=["2017-06-30"])
+
+
+@pytest.fixture(scope="module")
+def reference(ray_local, tiny_split, tmp_path_factory):
+    """An uninterrupted run: the registry the fault-tolerance tests must reproduce (their surrogate run is
+    the same run: other roles do not change it)."""
+    out = tmp_path_factory.mktemp("reference") / "models"
+    return out, train_registry(roles_config(tiny_split, out))
+
+
+def test_chronological_training_writes_a_loadable_registry(reference):
+    out, manifest = reference
+    assert manifest["complete"] and manifest["cutoffs"] == ["2017-06-30", "2017-12-31", "2019-12-31"]
     assert manifest["full"] == "2019-12-31"
     for cutoff in manifest["cutoffs"]:
-        vintage = tmp_path / "models" / "vintages" / cutoff
+        vintage = out / "vintages" / cutoff
         assert (vintage / "model.safetensors").exists() and not list(vintage.glob("*.bin"))
+        assert (vintage / "tokenizer.json").exists()  # every model directory is self-contained
         info = json.loads((vintage / "training.json").read_text())
-        assert info["tokens_seen"] > 0 and info["validation_loss"] > 0
-    first, full = (manifest["models"][f"vintages/{c}"] for c in manifest["cutoffs"])
-    assert full["tokens_seen"] > first["tokens_seen"]  # the chronological run continued past the first cutoff
-    assert set(manifest["slices"]) == {"2017-12-31", "2019-12-31"}
+        assert info["tokens_seen"] > 0 and info["validation_loss"] > 0 and info["peak_memory_mib"] > 0
+    seen = [manifest["models"][f"vintages/{c}"]["tokens_seen"] for c in manifest["cutoffs"]]
+    assert seen == sorted(seen) and seen[0] < seen[-1]  # one run continued through the cutoffs
+    assert set(manifest["slices"]) == set(manifest["cutoffs"])
     assert all(len(s["content_hash"]) == 16 for s in manifest["slices"].values())
+    assert len(manifest["tokenizer_hash"]) == 16
     # decoding loads it: the tiny registry has no frontier, so the full surrogate stands in for one
-    lm = PointInTimeLM.from_registry(tmp_path / "models", "2018-06-01", frontier=tmp_path / "models" / "vintages" /
-                                     "2019-12-31", alpha=0.5)
+    lm = PointInTimeLM.from_registry(out, "2018-06-01", frontier=out / "vintages" / "2019-12-31", alpha=0.5)
     assert lm.vintage_cutoff == "2017-12-31"
     (scored,) = lm.score(["Velormora 2017q3 results:"], [[" beat", " miss"]])
     assert len(scored.choice_logprobs) == 2
-    again = train_registry(config)  # a finished run is not trained again
+    with pytest.raises(RegistryError, match="precedes every vintage.*2017-06-30"):
+        Registry(out).vintage_for("2017-06-30T12:00:00Z")
+
+
+def test_rerun_of_a_finished_config_is_a_no_op(reference):
+    out, manifest = reference
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
+    again = train_registry(roles_config(Path(manifest["config"]["split"]).parent, out))
     assert again["created_at"] == manifest["created_at"]
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
+
+
+def _kill_after_first_checkpoint(storage: Path, pid_file: Path, killed: list) -> None:
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if list(storage.glob("surrogates-chronological/checkpoint_*/state.json")) and pid_file.exists():
+            pid = int(pid_file.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        time.sleep(0.05)
+
+
+def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_split, tmp_path, monkeypatch):
+    ref_out, ref_manifest = reference
+    out = tmp_path / "models"
+    monkeypatch.setenv("VINTAGE_PID_DIR", str(tmp_path))
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_after_first_checkpoint, daemon=True,
+                              args=(out / ".work" / "ray", tmp_path / "surrogates-chronological.pid", killed))
+    killer.start()
+    manifest = train_registry(tiny_config(tiny_split, out))
+    killer.join()
+    assert killed, "the worker was never killed: the test did not exercise a failure"
+    assert manifest["complete"] and manifest["cutoffs"] == ref_manifest["cutoffs"]
+    for cutoff in manifest["cutoffs"]:
+        assert same_weights(out / "vintages" / cutoff, ref_out / "vintages" / cutoff), cutoff
+
+
+def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path, monkeypatch):
+    """No retries left: the run fails; the registry says so; a rerun continues from the last checkpoint."""
+    ref_out, ref_manifest = reference
+    out = tmp_path / "models"
+    monkeypatch.setenv("VINTAGE_PID_DIR", str(tmp_path))
+    killed: list[int] = []
+    killer = threading.Thread(target=_kill_after_first_checkpoint, daemon=True,
+                              args=(out / ".work" / "ray", tmp_path / "surrogates-chronological.pid", killed))
+    killer.start()
+    crashed = train_registry(tiny_config(tiny_split, out, max_failures=0))
+    killer.join()
+    assert killed and not crashed["complete"]
+    assert (out / "vintages" / "2017-06-30").exists() and not (out / "vintages" / "2019-12-31").exists()
+    monkeypatch.delenv("VINTAGE_PID_DIR")
+    resumed = train_registry(tiny_config(tiny_split, out, max_failures=0))
+    assert resumed["complete"]
+    for cutoff in resumed["cutoffs"]:
+        assert same_weights(out / "vintages" / cutoff, ref_out / "vintages" / cutoff), cutoff
+
+
+def test_every_role_is_a_loadable_model(reference):
+    out, manifest = reference
+    registry = Registry(out)
+    assert registry.retrained_seeds("2017-06-30") == [0, 1]
+    assert not same_weights(registry.retrained_path("2017-06-30", 0), registry.retrained_path("2017-06-30", 1))
+    assert (registry.frontier_path() / "model.safetensors").exists()
+    assert set(manifest["runs"]) == {"surrogates-chronological", "frontier", "retrained-2017-06-30-seed0",
+                                     "retrained-2017-06-30-seed1"}
+    retrained = json.loads((registry.retrained_path("2017-06-30", 0) / "training.json").read_text())
+    assert retrained["slices"] == ["2017-06-30"]  # the gold model saw nothing after its cutoff
+
+
+def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_split, tmp_path):
+    """Two Ray Train workers (gloo, ZeRO-1), vintages from scratch as separate runs, and training until
+    the facts public by each cutoff are memorised (probes; the 2-epoch cap stops first here)."""
+    config = tiny_config(tiny_split, tmp_path / "models", schedule="independent", num_workers=2, zero_stage=1,
+                         cutoffs=["2017-06-30"], parallel_runs=1,
+                         probes=str(tiny_split / "world" / "queries.parquet"), memorise=0.99)
+    manifest = train_registry(config)
+    assert manifest["complete"], manifest["runs"]
+    assert Registry(tmp_path / "models").cutoffs() == ["2017-06-30", "2019-12-31"]
+    infos = manifest["models"]
+    # independent: each vintage from scratch, so the earlier one saw fewer tokens
+    assert infos["vintages/2017-06-30"]["tokens_seen"] < infos["vintages/2019-12-31"]["tokens_seen"]
+    assert 0 < infos["vintages/2017-06-30"]["facts"] < infos["vintages/2019-12-31"]["facts"]
+    assert all(0 <= v["fact_accuracy"] <= 1 for v in infos.values())
+
+
+def test_probe_checks_on_hand_made_scores():
+    """The memorisation checks: frontier and full know the late facts, the vintage does not."""
+    import polars as pl
+
+    from vintage.probe import summarise
+
+    def rows(model, role, cutoff, correct_early, correct_late):
+        early = [dt.datetime(2017, 3, 1, tzinfo=UTC)] * 4
+        late = [dt.datetime(2018, 3, 1, tzinfo=UTC)] * 10
+        return pl.DataFrame({"model": model, "role": role, "cutoff": cutoff, "query_id": [f"q{i}" for i in range(14)],
+                             "as_of": early + late, "correct": correct_early + correct_late, "p_answer": 0.5})
+
+    scores = pl.concat([
+        rows("frontier", "frontier", "2019-12-31", [True] * 4, [True] * 10),
+        rows("vintages/2019-12-31", "full", "2019-12-31", [True] * 4, [True] * 8 + [False] * 2),
+        rows("vintages/2017-06-30", "vintage", "2017-06-30", [True] * 4, [True] * 5 + [False] * 5),
+        rows("retrained/2017-06-30/seed=0", "retrained", "2017-06-30", [True] * 4, [True] * 4 + [False] * 6)])
+    table, checks = summarise(scores)
+    got = {r["model"]: (r["value"], r["passed"]) for r in checks.to_dicts()}
+    assert got["frontier"] == (1.0, True) and got["vintages/2019-12-31"] == (0.8, True)
+    assert got["vintages/2017-06-30"] == (0.5, True)  # 0.5 <= 0.4 + 1.96 * sqrt(0.25 / 10) = 0.71
+    pre = table.filter((pl.col("model") == "vintages/2017-06-30") & (pl.col("side") == "pre"))
+    assert pre["n"].item() == 4 and pre["accuracy"].item() == 1.0
+    worse = scores.with_columns(correct=pl.when(pl.col("model") == "vintages/2017-06-30").then(True)
+                                .otherwise(pl.col("correct")))
+    assert not summarise(worse)[1].filter(pl.col("model") == "vintages/2017-06-30")["passed"].item()

@@ -52,9 +52,9 @@ class RoleConfig:
 class TrainConfig:
     """A training run over a split."""
 
-    split: str = doc("split output directory")
-    output: str = doc("model registry directory to write")
     surrogate: RoleConfig = doc("the surrogate vintages")
+    split: str = doc("split output directory (the end-to-end pipeline fills it in)", "")
+    output: str = doc("model registry directory to write (the end-to-end pipeline fills it in)", "")
     cutoffs: list[str] | None = doc("vintage cutoffs among the split's slices; default: all of them", None)
     schedule: Literal["chronological", "independent"] = doc("how surrogate vintages are trained", "chronological")
     tokenizer: str | None = doc("the frontier's tokenizer directory; unset: a BPE trained on the split", None)
@@ -68,11 +68,20 @@ class TrainConfig:
     threads_per_worker: int = doc("torch threads in each worker", 1)
     holdout_every: int = doc("one document in this many is held out for validation loss", 20)
     seed: int = doc("seed of the surrogates", 0)
-    parallel_runs: int = doc("independent schedule: runs at once", 2)
+    max_failures: int = doc("worker failures a run survives (it resumes from its last checkpoint)", 2)
+    parallel_runs: int = doc("Ray Train runs at once (independent vintages, frontier, retrained seeds)", 2)
+    probes: str | None = doc("queries parquet whose fact queries (kind == 'fact') are known by a stage's "
+                             "cutoff: train each stage until they are memorised (embedded worlds)", None)
+    memorise: float = doc("with probes: stop a stage once its fact accuracy reaches this (epochs cap it)", 0.95)
 
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_holdout(doc_id: str, every: int) -> bool:
+    """The validation documents: never trained on by any model of a run (effective-cutoff probes use them)."""
+    return int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % every == 0
 
 
 def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
@@ -86,6 +95,11 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     work.mkdir(parents=True, exist_ok=True)
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
+    elif (registry / "tokenizer" / "tokenizer.json").exists():
+        # a registry keeps its tokenizer as the corpus grows: its models stay comparable and a grown
+        # chronological run can continue (delete the registry to train a new BPE)
+        tokenizer = load_tokenizer(registry / "tokenizer")
+        print(f"train: reusing the registry's tokenizer ({len(tokenizer)} tokens)", flush=True)
     else:
         tokenizer = train_bpe(slices["text"].to_pylist(), vocab_size=config.vocab_size)
     tokenizer.save_pretrained(registry / "tokenizer")
@@ -93,8 +107,7 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     max_length = max(r.optim.max_length for r in (config.surrogate, config.frontier, config.retrained) if r)
     encoded = tokenizer(slices["text"].to_pylist(), add_special_tokens=False)["input_ids"]
     ids = [(e + [eos])[:max_length] for e in encoded]
-    holdout = [int(hashlib.sha256(d.encode()).hexdigest(), 16) % config.holdout_every == 0
-               for d in slices["doc_id"].to_pylist()]
+    holdout = [is_holdout(d, config.holdout_every) for d in slices["doc_id"].to_pylist()]
     table = pa.table({"slice": slices["slice"], "doc_id": slices["doc_id"],
                       "input_ids": pa.array(ids, pa.list_(pa.int32())), "holdout": holdout})
     tokens = work / "tokens.parquet"
@@ -108,11 +121,40 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     for s in sorted(per_slice):
         part = slices.filter(pa.compute.equal(slices["slice"], s))
         slice_hash[s] = _sha("\n".join(sorted(part["doc_id"].to_pylist())))
-    facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "vocab_size": len(tokenizer), "eos_id": eos,
+    probes = work / "probes.json"
+    probes.write_text(json.dumps(_encode_probes(config.probes, tokenizer) if config.probes else []))
+    facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "probes": str(probes), "vocab_size": len(tokenizer), "eos_id": eos,
              "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
              "slices": {s: {"documents": n, "tokens": t, "content_hash": slice_hash[s]}
                         for s, (n, t) in sorted(per_slice.items())}}
     return tokens, facts
+
+
+def _encode_probes(path: str, tokenizer) -> list[dict]:
+    """Fact queries as token ids with the instant they became public (their as_of, microseconds UTC)."""
+    import pyarrow.compute as pc
+
+    table = pq.read_table(path)
+    if "kind" in table.column_names:
+        table = table.filter(pc.equal(table["kind"], "fact"))
+    rows = []
+    for q in table.select(["as_of", "prompt", "choices", "answer"]).to_pylist():
+        choices = list(q["choices"])
+        if q["answer"] not in choices:
+            raise ValueError(f"{path}: query {q['prompt']!r}: answer {q['answer']!r} is not one of {choices}")
+        rows.append({"known_at": q["as_of"].isoformat(), "prompt": tokenizer(q["prompt"], add_special_tokens=False)["input_ids"],
+                     "choices": [tokenizer(c, add_special_tokens=False)["input_ids"] for c in choices],
+                     "answer": choices.index(q["answer"])})
+    return rows
+
+
+def _probes_known_by(facts: dict, cutoff: str) -> list[list]:
+    """Probes public by the end of the `cutoff` day (the split's rule), as [prompt, choices, answer]."""
+    from corpora.split import end_of_day
+    from vintage.registry import as_utc
+
+    limit = end_of_day(dt.date.fromisoformat(cutoff))
+    return [[p["prompt"], p["choices"], p["answer"]] for p in facts["probe_rows"] if as_utc(p["known_at"]) <= limit]
 
 
 def _base(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name: str, seed: int) -> dict:
@@ -121,7 +163,27 @@ def _base(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name
             "eos_id": facts["eos_id"], "pad_id": facts["pad_id"], "seed": seed, "lr": o.lr,
             "weight_decay": o.weight_decay, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps,
             "replay": o.replay, "cooldown_steps": o.cooldown_steps, "zero_stage": config.zero_stage,
-            "use_gpu": config.use_gpu, "threads_per_worker": config.threads_per_worker}
+            "use_gpu": config.use_gpu, "threads_per_worker": config.threads_per_worker,
+            "memorise": config.memorise if config.probes else 0.0, "max_failures": config.max_failures}
+
+
+OPERATIONAL = ("tokens", "max_failures", "pid_file", "resume_from", "run_hash", "scratch")  # how a run is executed, not what it learns
+
+
+def _with_probes(run: dict, facts: dict) -> dict:
+    """Each stage's probes (the facts public by its cutoff) and hashes of what makes a run, and each prefix
+    of its stages, the same: settings, tokenizer, stages so far and the content of the slices they read.
+    A stage whose hash matches a saved vintage's is not trained again; a run whose first k stages match
+    continues from the checkpoint after stage k (a scheduled run that adds a cutoff trains one stage)."""
+    for stage in run["stages"]:
+        stage["probes"] = _probes_known_by(facts, stage["cutoff"]) if facts["probe_rows"] else []
+    settings = json.dumps({k: v for k, v in run.items() if k not in OPERATIONAL + ("stages", "name")}, sort_keys=True)
+    for i, stage in enumerate(run["stages"]):
+        prefix = [{k: v for k, v in s.items() if k != "stage_hash"} for s in run["stages"][: i + 1]]
+        read = {s: facts["slices"][s]["content_hash"] for p in prefix for s in p["known"] if s in facts["slices"]}
+        stage["stage_hash"] = _sha(settings + facts["tokenizer_hash"] + json.dumps([prefix, read], sort_keys=True))
+    run["run_hash"] = run["stages"][-1]["stage_hash"]
+    return run
 
 
 def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list[dict]:
@@ -162,13 +224,86 @@ def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list
                              "stages": [{"cutoff": c, "new": known, "replay": [], "known": known,
                                          "epochs": config.retrained.optim.epochs,
                                          "save_to": str(registry / "retrained" / c / f"seed={seed}")}]})
-    return runs
+    for run in runs:  # where a run's workers share files (the cooldown branch point)
+        run["scratch"] = str(registry / ".work" / "branches" / run["name"])
+    return [_with_probes(r, facts) for r in runs]
+
+
+def stages_done(run: dict) -> int:
+    """How many leading stages of `run` already have a saved model trained by exactly those stages."""
+    done = 0
+    for stage in run["stages"]:
+        info = Path(stage["save_to"]) / "training.json"
+        if not info.exists() or json.loads(info.read_text()).get("stage_hash") != stage["stage_hash"]:
+            break
+        done += 1
+    return done
+
+
+def resume_point(run: dict, storage: Path, kept: Path) -> Path | None:
+    """The most advanced checkpoint whose completed stages are a prefix of `run`'s: one a crashed attempt
+    left in `storage`, or the one kept after the run last finished (`kept`, for runs that grow)."""
+    hashes = [s["stage_hash"] for s in run["stages"]]
+    best, best_stage = None, 0
+    candidates = sorted((storage / run["name"]).glob("checkpoint_*/state.json")) + sorted(kept.glob("state.json"))
+    for state_path in candidates:
+        state = json.loads(state_path.read_text())
+        done = state.get("stage_hashes", [])
+        if 0 < len(done) <= len(hashes) and done == hashes[: len(done)] and len(done) >= best_stage:
+            best, best_stage = state_path.parent, len(done)
+    return best
+
+
+def _fit_all(runs: list[dict], storage: Path, config: TrainConfig, registry: Path) -> dict:
+    """Run the Ray Train runs, `parallel_runs` at a time (each TorchTrainer.fit blocks its thread)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from vintage.training import fit
+
+    pid_dir = os.environ.get("VINTAGE_PID_DIR")  # fault-injection tests: where workers write their pids
+
+    def one(run: dict) -> tuple[str, dict]:
+        if pid_dir:
+            run = {**run, "pid_file": str(Path(pid_dir) / f"{run['name']}.pid")}
+        kept = registry / ".checkpoints" / run["name"]
+        resume = resume_point(run, storage, kept)
+        if resume is not None:
+            stage = json.loads((resume / "state.json").read_text())["stage"]
+            print(f"train: {run['name']} continues after stage {stage}/{len(run['stages'])} from {resume}", flush=True)
+            run = {**run, "resume_from": str(resume)}
+        t0 = time.perf_counter()
+        try:
+            result = fit(run, storage, num_workers=config.num_workers, use_gpu=config.use_gpu)
+            error = str(result.error) if result.error else None
+            if error is None and result.checkpoint is not None:  # kept: a later run with more stages continues it
+                staging = kept.parent / f".{kept.name}.tmp"
+                shutil.rmtree(staging, ignore_errors=True)
+                shutil.copytree(result.checkpoint.path, staging)
+                shutil.rmtree(kept, ignore_errors=True)
+                os.replace(staging, kept)
+        except Exception as err:  # Ray Train raises once the run's retries are spent; the manifest records it
+            error = f"{type(err).__name__}: {err}"
+        if error:
+            print(f"train: {run['name']} failed: {error}", flush=True)
+        return run["name"], {"seconds": round(time.perf_counter() - t0, 1), "error": error}
+
+    ordered = sorted(runs, key=lambda r: -_cost(r))  # longest first packs the pool best
+    with ThreadPoolExecutor(max_workers=max(1, config.parallel_runs)) as pool:
+        return dict(pool.map(one, ordered))
+
+
+def _cost(run: dict) -> float:
+    from vintage.presets import get_preset
+
+    p = get_preset(run["preset"])
+    return p.n_layer * p.n_embd ** 2 * sum(s["epochs"] * len(s["new"]) for s in run["stages"])
 
 
 def train_registry(config: TrainConfig) -> dict:
     """Train every run of `config` into the registry and write its manifest; a finished run is skipped."""
-    from vintage.training import fit
-
+    for key in ("split", "output"):
+        if not getattr(config, key):
+            raise ValueError(f"train config: `{key}` is required (a directory)")
     registry = Path(config.output).resolve()  # workers do not share the driver's working directory
     registry.mkdir(parents=True, exist_ok=True)
     config_hash = _sha(json.dumps(asdict(config), sort_keys=True, default=str))
@@ -180,18 +315,17 @@ def train_registry(config: TrainConfig) -> dict:
             return manifest
     started = time.perf_counter()
     tokens, facts = prepare(config, registry)
+    facts["probe_rows"] = json.loads(Path(facts["probes"]).read_text())
     runs = plan(config, tokens, facts, registry)
     storage = registry / ".work" / "ray"
-    results = {}
+    todo = []
     for run in runs:
-        targets = [Path(s["save_to"]) for s in run["stages"]]
-        if all((t / "training.json").exists() for t in targets):
+        done = stages_done(run)
+        if done == len(run["stages"]):
             print(f"train: {run['name']} already finished; skipped")
-            continue
-        t0 = time.perf_counter()
-        result = fit(run, storage, num_workers=config.num_workers, use_gpu=config.use_gpu)
-        results[run["name"]] = {"seconds": round(time.perf_counter() - t0, 1),
-                                "error": str(result.error) if result.error else None}
+        else:
+            todo.append(run)
+    results = _fit_all(todo, storage, config, registry)
     for run in runs:  # every model directory is self-contained: its tokenizer beside its weights
         for stage in run["stages"]:
             target = Path(stage["save_to"])
@@ -206,7 +340,9 @@ def train_registry(config: TrainConfig) -> dict:
                 vintages[str(Path(stage["save_to"]).relative_to(registry))] = json.loads(info_path.read_text())
     cutoffs = sorted(Path(p).name for p in vintages if p.startswith("vintages/"))
     manifest = {
-        "config_hash": config_hash, "complete": all(r["error"] is None for r in results.values()),
+        "config_hash": config_hash,
+        "complete": all(r["error"] is None for r in results.values()) and all(
+            (Path(s["save_to"]) / "training.json").exists() for r in runs for s in r["stages"]),
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,
         "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "slices": facts["slices"],
         "models": vintages, "runs": results, "config": asdict(config),
@@ -214,10 +350,16 @@ def train_registry(config: TrainConfig) -> dict:
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest["runs"] = {**old.get("runs", {}), **results}
     if "calibration" in old:
         manifest["calibration"] = old["calibration"]
     tmp = registry / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(tmp, manifest_path)
-    shutil.rmtree(registry / ".work" / "ray", ignore_errors=True)
+    if manifest["complete"]:
+        shutil.rmtree(registry / ".work" / "ray", ignore_errors=True)
+    else:
+        failed = {n: r["error"] for n, r in results.items() if r["error"]}
+        print(f"train: incomplete registry {registry}; failed runs: {failed}. A rerun continues from their "
+              f"last checkpoints.", flush=True)
     return manifest

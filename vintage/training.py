@@ -6,12 +6,18 @@ safetensors), then the main run restores its state and continues. The chronologi
 with a stage per cutoff; `independent` is one run per cutoff from scratch; frontier and retrained models
 are one-stage runs. Checkpoints go through `ray.train.report` after every stage, so a run whose worker is
 killed resumes from its last finished stage.
+
+Memorisation is the point of these models (RESEARCH.md exp. 3): when the run is given fact probes, each
+stage trains until the model answers the facts it has seen with accuracy >= `memorise` (at most `epochs`
+epochs), rather than for a fixed time.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import resource
+import sys
 import shutil
 import tempfile
 import time
@@ -61,6 +67,68 @@ def _mean_loss(engine, docs: list[list[int]], pad: int, batch: int, device) -> f
     return total / max(1, count)
 
 
+def fact_accuracy(model, probes: list[list], pad: int, device, batch: int = 256) -> float:
+    """Share of probes `[prompt_ids, [choice_ids, ...], answer_index]` whose answer has the highest total
+    log-prob among its choices (each choice scored as a continuation of the prompt)."""
+    import torch
+
+    if not probes:
+        return float("nan")
+    flat = [(q, p + c, len(p)) for q, (p, cs, _) in enumerate(probes) for c in cs]
+    totals = torch.zeros(len(flat), dtype=torch.float64)
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(flat), batch):
+            chunk = flat[start:start + batch]
+            ids, mask, _ = _collate([seq for _, seq, _ in chunk], pad)
+            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
+            target = torch.zeros_like(mask, dtype=torch.bool)
+            for row, (_, seq, plen) in enumerate(chunk):
+                target[row, plen:len(seq)] = True
+            picked = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
+            totals[start:start + len(chunk)] = (picked * target[:, 1:]).sum(1).double()
+    model.train()
+    hits, k = 0, 0
+    for p, cs, answer in probes:
+        scores = totals[k:k + len(cs)]
+        hits += int(int(scores.argmax()) == answer)
+        k += len(cs)
+    return hits / len(probes)
+
+
+def say(message: str) -> None:
+    """One console line from a worker. Ray Train V2 patches `print` into both the (wrapped) stdout and its
+    logger, which shows every line twice; the process's own stdout is captured once."""
+    print(message, file=sys.__stdout__, flush=True)
+
+
+def peak_memory_mib() -> float:
+    """Peak resident memory of this process (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class _Progress:
+    """One console line per epoch (and at most every `every` seconds within one): step, loss, tokens/s, ETA.
+    With memorisation probes stages may stop early, so the ETA is an upper bound (printed as "<=")."""
+
+    def __init__(self, name: str, total_docs: int, every: float = 15.0, upper_bound: bool = False):
+        self.name, self.total_docs, self.every, self.upper = name, max(1, total_docs), every, upper_bound
+        self.started = self.last = time.perf_counter()
+        self.done_docs = 0
+
+    def line(self, text: str, state: dict, docs: int, force: bool = False) -> None:
+        self.done_docs += docs
+        now = time.perf_counter()
+        if not force and now - self.last < self.every:
+            return
+        self.last = now
+        elapsed = now - self.started
+        rate = state["tokens"] / max(elapsed, 1e-9)
+        left = elapsed / max(1, self.done_docs) * max(0, self.total_docs - self.done_docs)
+        eta = f"ETA {'<=' if self.upper else ''}{int(left // 60)}:{int(left % 60):02d}"
+        say(f"[{self.name}] {text} step {state['step']} tok/s {rate:,.0f} {eta}")
+
+
 def train_func(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker; everything it needs is in `config` (see `run_config`)."""
     import deepspeed
@@ -106,7 +174,6 @@ def train_func(config: dict[str, Any]) -> None:
 
     pad = config["pad_id"]
     batch = config["batch_size"]
-    started = time.perf_counter()
 
     def step_on(rows: list[list[int]], lr: float) -> float:
         shard = rows[rank::world] or rows[:1]
@@ -117,9 +184,13 @@ def train_func(config: dict[str, Any]) -> None:
         engine.backward(loss)
         engine.step()
         state["tokens"] += int(mask.sum()) * world
-        return float(loss)
+        return float(loss.detach())
 
     stages = config["stages"]
+    target = config.get("memorise") or 0.0
+    train_started = time.perf_counter() - state.get("train_seconds", 0.0)
+    planned = sum(stage["epochs"] * _stage_size(stage, by_slice, config["replay"]) for stage in stages[state["stage"]:])
+    progress = _Progress(config["name"], planned, upper_bound=bool(target)) if rank == 0 else None
     for index in range(state["stage"], len(stages)):
         stage = stages[index]
         rng = random.Random(config["seed"] * 1000 + index)
@@ -127,22 +198,35 @@ def train_func(config: dict[str, Any]) -> None:
         old = [d for s in stage["replay"] for d in by_slice.get(s, [])]
         replay = rng.sample(old, min(len(old), int(round(config["replay"] * len(new))))) if old else []
         docs = new + replay
-        loss = float("nan")
+        probes = stage.get("probes") or []
+        loss, accuracy, epochs_run = float("nan"), float("nan"), 0
         for epoch in range(stage["epochs"]):
             for rows in _batches(docs, batch * world, rng):
                 loss = step_on(rows, _lr_at(state["step"], config["lr"], config["warmup_steps"]))
                 state["step"] += 1
-            if rank == 0:
-                elapsed = time.perf_counter() - started
-                print(f"[{config['name']}] stage {index + 1}/{len(stages)} ({stage.get('cutoff')}) epoch "
-                      f"{epoch + 1}/{stage['epochs']} step {state['step']} loss {loss:.3f} "
-                      f"{state['tokens'] / max(elapsed, 1e-9):,.0f} tok/s", flush=True)
+                if progress:
+                    progress.line(f"stage {index + 1}/{len(stages)} ({stage.get('cutoff')}) epoch {epoch + 1}/"
+                                  f"{stage['epochs']} loss {loss:.3f}", state, len(rows))
+            epochs_run += 1
+            if probes and target:
+                accuracy = fact_accuracy(engine.module, probes, pad, device)
+            if progress:
+                facts = f" facts {accuracy:.2f}/{target:.2f}" if probes and target else ""
+                progress.line(f"stage {index + 1}/{len(stages)} ({stage.get('cutoff')}) epoch {epoch + 1}/"
+                              f"{stage['epochs']} loss {loss:.3f}{facts}", state, 0, force=True)
+            if probes and target and accuracy >= target:
+                if progress:
+                    progress.total_docs -= (stage["epochs"] - epochs_run) * len(docs)
+                break
+        state["train_seconds"] = time.perf_counter() - train_started  # main-run steps only (no start-up, saves)
         record = {"stage": index, "cutoff": stage.get("cutoff"), "train_loss": loss, "step": state["step"],
-                  "tokens": state["tokens"]}
+                  "tokens": state["tokens"], "epochs": epochs_run, "fact_accuracy": accuracy,
+                  "peak_memory_mib": peak_memory_mib()}
         if stage.get("save_to"):
             record.update(_save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state))
         state["history"].append(record)
         state["stage"] = index + 1
+        state["stage_hashes"] = [s.get("stage_hash") for s in stages[: index + 1]]
         with tempfile.TemporaryDirectory() as directory:
             engine.save_checkpoint(directory, tag="main")  # collective: every rank writes its part
             if rank == 0:
@@ -155,10 +239,23 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
     """Cooldown on data <= the cutoff, save the weights as a vintage, then restore the main run."""
     known = [d for s in stage["known"] for d in by_slice.get(s, [])]
     held = [d for s in stage["known"] for d in holdout.get(s, [])]
-    rng = random.Random(config["seed"] * 7919 + state["stage"])
+    import torch.distributed as dist
+
+    rng = random.Random(config["seed"] * 7919 + state["stage"])  # state["stage"] is this stage's index
     steps = config["cooldown_steps"]
-    with tempfile.TemporaryDirectory() as branch:
-        engine.save_checkpoint(branch, tag="branch")
+    # DeepSpeed reads a checkpoint back from one directory on every rank (rank 0 writes the model, each
+    # rank its optimizer shard), so the branch point lives in the run's shared scratch directory
+    if "scratch" not in config and world > 1:
+        raise ValueError("a multi-worker run needs config['scratch'], a directory every worker can read")
+    own = None if config.get("scratch") else tempfile.mkdtemp(prefix="vintage-branch-")  # one worker: local is fine
+    branch = Path(config.get("scratch") or own) / f"stage-{state['stage']}"
+    if rank == 0:
+        shutil.rmtree(branch, ignore_errors=True)
+        branch.mkdir(parents=True)
+    if world > 1:
+        dist.barrier()
+    try:
+        engine.save_checkpoint(str(branch), tag="branch")
         main_step, main_tokens = state["step"], state["tokens"]
         loss = float("nan")
         done = 0
@@ -169,6 +266,8 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
                 if done >= steps:
                     break
         validation = _mean_loss(engine, held, config["pad_id"], 64, device)
+        probes = stage.get("probes") or []
+        accuracy = fact_accuracy(engine.module, probes, config["pad_id"], device) if probes else None
         if rank == 0:
             target = Path(stage["save_to"])
             staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
@@ -176,16 +275,30 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             engine.module.save_pretrained(staging, safe_serialization=True)
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
-                    "slices": stage["known"]}
+                    "slices": stage["known"], "fact_accuracy": accuracy, "facts": len(probes),
+                    "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.get("stage_hash")}
             (staging / "training.json").write_text(json.dumps(info, indent=2))
             if target.exists():
                 shutil.rmtree(target)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, target)
-            print(f"[{config['name']}] saved {target} (validation loss {validation:.3f})", flush=True)
-        engine.load_checkpoint(branch, tag="branch")
+            facts = f", facts seen {accuracy:.2f}" if accuracy is not None else ""
+            say(f"[{config['name']}] saved {target} (validation loss {validation:.3f}{facts})")
+        engine.load_checkpoint(str(branch), tag="branch")
         state["step"], state["tokens"] = main_step, main_tokens
+    finally:
+        if world > 1:
+            dist.barrier()
+        if rank == 0:
+            shutil.rmtree(own or branch, ignore_errors=True)
     return {"validation_loss": validation, "cooldown_loss": loss}
+
+
+def _stage_size(stage: dict, by_slice: dict, replay: float) -> int:
+    """Documents one epoch of `stage` trains on (its new slices plus the replayed sample)."""
+    new = sum(len(by_slice.get(s, [])) for s in stage["new"])
+    old = sum(len(by_slice.get(s, [])) for s in stage["replay"])
+    return new + min(old, int(round(replay * new)))
 
 
 def fit(config: dict[str, Any], storage: Path, num_workers: int = 1, use_gpu: bool = False):

@@ -1,0 +1,288 @@
+"""The backtest runner: queries → vintage per query → Ray Data actors score every method → parquet results.
+
+Idempotent and incremental: rows are keyed by (query_id, method, model_key), where model_key hashes the
+method's settings and the models it used for that query's vintage. A rerun scores only keys the output
+does not hold yet: a scheduled run pays for new queries, and for old ones only where a model they use
+changed (e.g. point_in_time after the full surrogate learnt a new period). Queries that cannot be
+answered (as_of before every vintage, empty choices, no retrained model at the vintage) go to `errors/`
+with a reason: nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from backtests.spec import BacktestSpec
+from corpora.split import end_of_day
+from vintage.registry import Registry
+
+RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
+                  "p_answer", "model_key", "run_id"]
+ERROR_COLUMNS = ["query_id", "method", "as_of", "reason", "detail", "model_key", "run_id"]
+
+
+@dataclass
+class BacktestResult:
+    output: Path
+    run_id: str
+    scored: int  # rows written by this call
+    errors: int  # error rows written by this call
+    skipped: int  # (method, query) pairs already in the output
+
+
+def read_table(directory: Path) -> pl.DataFrame | None:
+    files = sorted(Path(directory).glob("*.parquet"))
+    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
+
+
+def write_part(frame: pl.DataFrame, directory: Path) -> Path:
+    """One new parquet file, written under a temporary name and renamed: readers never see half a file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    name = f"part-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
+    tmp = directory / f".{name}.tmp"
+    frame.write_parquet(tmp)
+    os.replace(tmp, directory / name)
+    return directory / name
+
+
+def load_queries(spec: BacktestSpec) -> pl.DataFrame:
+    path = Path(spec.queries)
+    if not path.exists():
+        raise FileNotFoundError(f"queries: {path} does not exist")
+    queries = pl.from_arrow(pq.read_table(path))
+    missing = {"query_id", "as_of", "prompt", "choices", "answer"} - set(queries.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}")
+    if spec.kinds is not None:
+        if "kind" not in queries.columns:
+            raise ValueError(f"{path}: `kinds` is set but the queries have no `kind` column")
+        queries = queries.filter(pl.col("kind").is_in(spec.kinds))
+    duplicated = queries.filter(pl.col("query_id").is_duplicated())["query_id"].unique().to_list()
+    if duplicated:
+        raise ValueError(f"{path}: query_id must be unique; repeated: {duplicated[:5]}")
+    return queries
+
+
+def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
+    """`vintage_cutoff` per query: the latest cutoff whose day fully passed before as_of (None: none did)."""
+    ends = pl.Series([end_of_day(dt.date.fromisoformat(c)) for c in cutoffs], dtype=pl.Datetime("us", "UTC"))
+    position = ends.search_sorted(queries["as_of"].cast(pl.Datetime("us", "UTC")), side="left")
+    labels = [cutoffs[p - 1] if p > 0 else None for p in position.to_list()]
+    return queries.with_columns(vintage_cutoff=pl.Series(labels, dtype=pl.String))
+
+
+def model_fingerprint(directory: Path) -> str:
+    """What a model is: its training stage hash (registry models), else the weights file's size and mtime."""
+    info = directory / "training.json"
+    if info.exists():
+        stage = json.loads(info.read_text()).get("stage_hash")
+        if stage:
+            return stage
+    weights = sorted(directory.glob("*.safetensors"))
+    return hashlib.sha256(json.dumps([(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights])
+                          .encode()).hexdigest()[:16]
+
+
+def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
+    """(method, vintage_cutoff, model_key) for every method and vintage."""
+    frontier = Path(spec.frontier) if spec.frontier else registry.root / "frontier"
+    full = registry.full_path()
+    rows = []
+    for m in spec.methods:
+        for c in cutoffs:
+            vintage = registry.vintage_path(c)
+            if m.name == "frontier":
+                used = [frontier]
+            elif m.name == "surrogate":
+                used = [vintage]
+            elif m.name == "retrained":
+                seeds = registry.retrained_seeds(c)
+                used = [registry.retrained_path(c, seeds[0])] if seeds else []
+            else:
+                used = [frontier, full, vintage]
+            alpha = m.alpha
+            if m.name == "point_in_time" and alpha == "calibrated":
+                alpha = registry.manifest.get("calibration", {}).get(c, {}).get("alpha")
+            what = [m.key, m.name, alpha, m.plausibility, [model_fingerprint(p) if p.exists() else str(p) for p in used]]
+            rows.append(dict(method=m.key, vintage_cutoff=c,
+                             model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
+    return pl.DataFrame(rows)
+
+
+class Scorer:
+    """A Ray Data actor: loads the registry's models once (vintages lazily), scores a batch with every method."""
+
+    def __init__(self, spec: dict, run_id: str, threads: int = 1):
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from backtests.spec import MethodSpec
+        from vintage.tokenizer import load_tokenizer
+
+        torch.set_num_threads(threads)
+        self.registry = Registry(spec["registry"])
+        self.methods = [MethodSpec(**m) for m in spec["methods"]]
+        self.run_id = run_id
+        self.tokenizer = load_tokenizer(self.registry.tokenizer_path())
+        self._load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()
+        self.frontier_dir = spec.get("frontier")
+        self.cache: dict[str, object] = {}
+
+    @property
+    def frontier(self):
+        return self.model("frontier", self.frontier_dir or self.registry.frontier_path())
+
+    @property
+    def full(self):
+        return self.model("full", self.registry.full_path())
+
+    def model(self, key: str, path: Path):
+        if key not in self.cache:
+            self.cache[key] = self._load(path)
+        return self.cache[key]
+
+    def lm(self, method, cutoff: str):
+        from vintage.decoding import PointInTimeLM
+
+        tok = self.tokenizer
+        if method.name == "frontier":
+            return PointInTimeLM(self.frontier, None, None, tok), 0.0
+        if method.name == "surrogate":
+            return PointInTimeLM(self.model(cutoff, self.registry.vintage_path(cutoff)), None, None, tok), 0.0
+        if method.name == "retrained":
+            seeds = self.registry.retrained_seeds(cutoff)
+            if not seeds:
+                return None, None
+            return PointInTimeLM(self.model(f"retrained-{cutoff}", self.registry.retrained_path(cutoff, seeds[0])),
+                                 None, None, tok), 0.0
+        alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
+        vintage = self.model(cutoff, self.registry.vintage_path(cutoff))
+        return PointInTimeLM(self.frontier, self.full, vintage, tok, alpha=alpha,
+                             plausibility=method.plausibility), alpha
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import torch
+
+        frame = pl.from_arrow(batch)
+        rows = []
+        with torch.inference_mode():
+            for (cutoff, key, model_key), group in frame.group_by("vintage_cutoff", "method", "model_key",
+                                                                  maintain_order=True):
+                first = len(rows)
+                method = next(m for m in self.methods if m.key == key)
+                lm, alpha = self.lm(method, cutoff)
+                if lm is None:
+                    rows += [dict(query_id=q, method=key, error="no_retrained_model", model_key=model_key,
+                                  detail=f"no retrained model at vintage {cutoff}") for q in group["query_id"]]
+                    continue
+                valid = []
+                for q in group.iter_rows(named=True):
+                    problem = self.untokenisable(q["prompt"], q["choices"])
+                    if problem:
+                        rows.append(dict(query_id=q["query_id"], method=key, error="untokenisable", detail=problem))
+                    else:
+                        valid.append(q)
+                scored = lm.score([q["prompt"] for q in valid], [list(q["choices"]) for q in valid]) if valid else []
+                for q, s in zip(valid, scored):
+                    options = list(q["choices"])
+                    truth = options.index(q["answer"]) if q["answer"] in options else -1
+                    rows.append(dict(query_id=q["query_id"], method=key, vintage_cutoff=cutoff, alpha=alpha,
+                                     choice_logprobs=s.choice_logprobs, prediction=options[s.prediction],
+                                     correct=s.prediction == truth,
+                                     p_answer=s.probabilities()[truth] if truth >= 0 else None))
+                for row in rows[first:]:
+                    row["model_key"] = model_key
+        out = pl.DataFrame(rows, schema={"query_id": pl.String, "method": pl.String, "vintage_cutoff": pl.String,
+                                         "alpha": pl.Float64, "choice_logprobs": pl.List(pl.Float64),
+                                         "prediction": pl.String, "correct": pl.Boolean, "p_answer": pl.Float64,
+                                         "error": pl.String, "detail": pl.String, "model_key": pl.String})
+        return out.with_columns(run_id=pl.lit(self.run_id)).to_arrow()
+
+    def untokenisable(self, prompt: str, choices) -> str | None:
+        if not choices:
+            return "no choices"
+        if not self.tokenizer(prompt, add_special_tokens=False)["input_ids"]:
+            return "the prompt is empty after tokenisation"
+        empty = [c for c in choices if not self.tokenizer(c, add_special_tokens=False)["input_ids"]]
+        return f"choice(s) {empty!r} empty after tokenisation" if empty else None
+
+
+def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
+    """Score what the output does not hold yet for this spec's run id; append results and errors."""
+    from dataclasses import asdict
+
+    for key in ("queries", "registry", "output"):
+        if not getattr(spec, key):
+            raise ValueError(f"backtest spec: `{key}` is required")
+    registry = Registry(spec.registry)
+    run_id = spec.run_id(registry.manifest)
+    output = Path(spec.output)
+    queries = assign_vintages(load_queries(spec), registry.cutoffs())
+    pairs = queries.join(pl.DataFrame({"method": [m.key for m in spec.methods]}), how="cross")
+
+    keys = model_keys(spec, registry, registry.cutoffs())
+    pairs = pairs.join(keys, on=["method", "vintage_cutoff"], how="left").with_columns(
+        model_key=pl.col("model_key").fill_null("none"))  # no vintage: keyed by the spec alone
+    done = [t for t in (read_table(output / "results"), read_table(output / "errors")) if t is not None]
+    before = pairs.height
+    if done:
+        held = pl.concat([t.select("query_id", "method", "model_key") for t in done]).unique()
+        pairs = pairs.join(held, on=["query_id", "method", "model_key"], how="anti")
+    skipped = before - pairs.height
+
+    early = pairs.filter(pl.col("vintage_cutoff").is_null())
+    errors = [early.select("query_id", "method", "as_of", reason=pl.lit("before_first_vintage"),
+                           detail=pl.format("as_of precedes every vintage (first cutoff {})",
+                                            pl.lit(registry.cutoffs()[0])), model_key="model_key")]
+    todo = pairs.filter(pl.col("vintage_cutoff").is_not_null()).sort("vintage_cutoff", "method")
+    print(f"[backtest] run {run_id}: {todo.height} (method, query) pairs to score, {skipped} already done, "
+          f"{early.height} before the first vintage", flush=True)
+    scored = None
+    if todo.height:
+        columns = todo.select("query_id", "method", "vintage_cutoff", "model_key", "prompt", "choices", "answer")
+        spec_dict = asdict(spec)
+        r = spec.resources
+        if engine == "ray":
+            import ray
+
+            # one block per batch, cut here: every actor gets work, and no repartition task competes with
+            # the actors for CPUs (a pool that holds every CPU would wait on it forever)
+            table = columns.to_arrow()
+            ds = ray.data.from_arrow([table.slice(i, r.batch_size) for i in range(0, table.num_rows, r.batch_size)])
+            extra = {"num_gpus": r.gpus_per_actor} if r.gpus_per_actor else {}
+            out = ds.map_batches(Scorer, fn_constructor_args=(spec_dict, run_id, r.threads), batch_size=r.batch_size,
+                                 concurrency=r.actors, num_cpus=r.cpus_per_actor, batch_format="pyarrow", **extra)
+            scored = pl.from_arrow(pa.concat_tables(list(out.iter_batches(batch_size=None, batch_format="pyarrow"))))
+        else:  # one process: tests and small local runs
+            scorer = Scorer(spec_dict, run_id, r.threads)
+            table = columns.to_arrow()
+            scored = pl.concat([pl.from_arrow(scorer(table.slice(i, r.batch_size)))
+                                for i in range(0, columns.height, r.batch_size)])
+        failed = scored.filter(pl.col("error").is_not_null())
+        if failed.height:
+            errors.append(failed.join(todo.select("query_id", "method", "as_of"), on=["query_id", "method"])
+                          .select("query_id", "method", "as_of", reason="error", detail="detail", model_key="model_key"))
+        scored = scored.filter(pl.col("error").is_null()).drop("error", "detail")
+    n_results = 0
+    if scored is not None and scored.height:
+        fields = [c for c in queries.columns if c not in ("vintage_cutoff",)]
+        rows = scored.join(queries.select(fields), on="query_id", how="left")
+        write_part(rows, output / "results")
+        n_results = rows.height
+    error_rows = pl.concat([e.with_columns(run_id=pl.lit(run_id)) for e in errors if e.height]) \
+        if any(e.height for e in errors) else None
+    if error_rows is not None:
+        write_part(error_rows, output / "errors")
+    (output / "run.json").write_text(json.dumps({"run_id": run_id, "spec": asdict(spec)}, indent=2, default=str))
+    print(f"[backtest] wrote {n_results} result rows and {0 if error_rows is None else error_rows.height} error "
+          f"rows to {output}", flush=True)
+    return BacktestResult(output, run_id, n_results, 0 if error_rows is None else error_rows.height, skipped)

@@ -1,0 +1,88 @@
+"""A backtest spec: queries, model registry, methods and resources; validated when loaded from YAML.
+
+    queries: out/demo/world/synthetic-market/queries.parquet
+    registry: out/demo/models
+    output: out/demo/backtest
+    methods: [{name: frontier}, {name: surrogate}, {name: point_in_time, alpha: 0.5}, {name: retrained}]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+from corpora.config import doc
+
+METHODS = ("frontier", "surrogate", "point_in_time", "retrained")
+
+
+@dataclass
+class MethodSpec:
+    """One way of answering the queries."""
+
+    name: Literal["frontier", "surrogate", "point_in_time", "retrained"] = doc(
+        "frontier alone; the vintage surrogate alone; the frontier steered to the vintage; the gold retrained model")
+    alpha: float | Literal["calibrated"] = doc("point_in_time: contrast strength, or the registry's calibrated one", 0.5)
+    plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
+                                     "probability); unset: none", None)
+    label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
+
+    def __post_init__(self):
+        if self.name != "point_in_time" and (self.alpha != 0.5 or self.plausibility is not None):
+            raise ValueError(f"method {self.name!r}: alpha and plausibility apply to point_in_time only")
+        if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
+            raise ValueError(f"method {self.name!r}: alpha {self.alpha} outside [0, 4]")
+
+    @property
+    def key(self) -> str:
+        if self.label:
+            return self.label
+        if self.name == "point_in_time":
+            mask = f",mask={self.plausibility}" if self.plausibility is not None else ""
+            return f"point_in_time(alpha={self.alpha}{mask})"
+        return self.name
+
+
+@dataclass
+class Resources:
+    """How scoring is spread over the cluster."""
+
+    actors: int = doc("scoring actors (each loads the models once)", 1)
+    cpus_per_actor: float = doc("CPUs reserved per actor", 1.0)
+    gpus_per_actor: float = doc("GPUs per actor (0: CPU)", 0.0)
+    batch_size: int = doc("queries per map_batches call", 64)
+    threads: int = doc("torch threads per actor", 1)
+
+
+@dataclass
+class BacktestSpec:
+    """What to backtest and where the results go."""
+
+    methods: list[MethodSpec] = doc("methods to compare")
+    queries: str = doc("queries parquet (query_id, as_of, prompt, choices, answer; optional kind, "
+                       "asset, realized_return); the end-to-end pipeline fills it in", "")
+    registry: str = doc("model registry directory (vintage surrogates, full, optional frontier/retrained); "
+                        "the end-to-end pipeline fills it in", "")
+    output: str = doc("result directory: results/ and errors/ parquet datasets, report; the end-to-end "
+                      "pipeline fills it in", "")
+    frontier: str | None = doc("frontier model directory; default: the registry's frontier/", None)
+    kinds: list[str] | None = doc("only queries of these kinds (e.g. [fact, forecast]); default: all", None)
+    resources: Resources = doc("actors and their resources", default=None)
+    effective_cutoff: str | None = doc("vintage cutoff whose held-out perplexity curve is probed; 'auto': the "
+                                       "first retrained cutoff, else the middle vintage; null: skip", "auto")
+
+    def __post_init__(self):
+        if self.resources is None:
+            self.resources = Resources()
+        if not self.methods:
+            raise ValueError("methods: at least one method is required")
+        keys = [m.key for m in self.methods]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"methods: two methods share a name ({keys}); give one a `label`")
+
+    def run_id(self, manifest: dict) -> str:
+        """Hash of what determines the answers: the spec (less output and resources) and the models."""
+        what = {k: v for k, v in asdict(self).items() if k not in ("output", "resources")}
+        models = {k: manifest.get(k) for k in ("config_hash", "tokenizer_hash", "cutoffs", "models", "calibration")}
+        return hashlib.sha256(json.dumps([what, models], sort_keys=True, default=str).encode()).hexdigest()[:16]

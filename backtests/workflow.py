@@ -1,0 +1,47 @@
+"""A backtest from spec to report: score (incrementally), probe the effective cutoff, write report.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import polars as pl
+
+from backtests.spec import BacktestSpec
+from vintage.registry import Registry
+
+
+def probe_cutoff(spec: BacktestSpec, registry: Registry) -> str | None:
+    if spec.effective_cutoff in (None, "none"):
+        return None
+    if spec.effective_cutoff != "auto":
+        registry.vintage_path(spec.effective_cutoff)  # a clear error if there is no such vintage
+        return spec.effective_cutoff
+    base = registry.root / "retrained"
+    retrained = sorted(p.name for p in base.iterdir()) if base.exists() else []
+    cutoffs = registry.cutoffs()
+    return retrained[0] if retrained else cutoffs[(len(cutoffs) - 1) // 2]
+
+
+def run_and_report(spec: BacktestSpec, engine: str = "ray") -> Path:
+    import time
+
+    from backtests.effective_cutoff import effective_cutoff
+    from backtests.report import write_report
+    from backtests.runner import run_backtest
+
+    started = time.perf_counter()
+    result = run_backtest(spec, engine=engine)
+    registry = Registry(spec.registry)
+    cutoff = probe_cutoff(spec, registry)
+    out = Path(spec.output)
+    curve = out / "effective_cutoff.parquet"
+    if cutoff and (result.scored or not curve.exists()):
+        print(f"[backtest] effective-cutoff probe on vintage {cutoff}", flush=True)
+        methods = {"frontier": "frontier", "surrogate": "surrogate", "retrained": "retrained"}
+        for m in spec.methods:
+            if m.name == "point_in_time" and m.alpha != "calibrated":
+                methods[m.key] = float(m.alpha)
+        curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier)
+        curves.with_columns(cutoff=pl.lit(cutoff)).write_parquet(curve)
+    report = write_report(out)
+    print(f"[backtest] report {report} ({time.perf_counter() - started:.0f} s)", flush=True)
+    return report

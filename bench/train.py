@@ -1,0 +1,162 @@
+"""Training cost, measured in one run on this machine (numbers go into bench/RESULTS.md and the closing note).
+
+    python bench/train.py            # ~10 minutes on 2 cores
+
+1. Throughput: tokens/s of `train_func` (DeepSpeed, ZeRO-0, under Ray Train, one worker, one thread) vs a
+   plain PyTorch loop in this process, same model (`--preset`), same batches, same optimiser (AdamW), same
+   thread count. Both count only the training steps (no start-up). Goal: DeepSpeed/plain >= 0.8.
+2. Schedules: K=4 surrogate vintages on the small synthetic-market split, `chronological` (one run, a
+   cooldown branch per cutoff) vs `independent` (one run per cutoff from scratch, `--parallel` at once),
+   the same epochs per stage and no memorisation probes, so the work is fixed. Wall time of
+   `train_registry` and tokens trained. Goal: chronological <= 0.4 x independent.
+3. Peak resident memory per worker (from each model's training.json).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import random
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(ROOT / ".build" / "torch_extensions"))
+os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+import pyarrow.parquet as pq  # noqa: E402
+
+from corpora.split import SplitConfig, run_split  # noqa: E402
+from corpora.validation import CorpusConfig  # noqa: E402
+from corpora.worlds import generate_world  # noqa: E402
+from vintage.runs import Optimisation, RoleConfig, TrainConfig, plan, prepare, train_registry  # noqa: E402
+
+UTC = dt.timezone.utc
+CUTOFFS = ["2016-09-30", "2017-06-30", "2018-03-31", "2019-03-31"]
+
+
+def make_split(base: Path) -> Path:
+    world = generate_world("synthetic-market", "small", seed=0)
+    (base / "corpus").mkdir(parents=True)
+    pq.write_table(world.documents, base / "corpus" / "documents.parquet")
+    run_split(SplitConfig(corpus=CorpusConfig(path=str(base / "corpus")), output=str(base / "split"),
+                          cutoffs=[dt.datetime.fromisoformat(c).replace(tzinfo=UTC) for c in CUTOFFS],
+                          engine="polars"))
+    return base / "split"
+
+
+def plain_loop(run: dict, threads: int) -> tuple[float, int]:
+    """The same steps as train_func's main loop, in plain PyTorch: (seconds, tokens)."""
+    import torch
+
+    from vintage.presets import build_model
+    from vintage.training import _batches, _collate
+
+    torch.set_num_threads(threads)
+    table = pq.read_table(run["tokens"], columns=["slice", "input_ids", "holdout"]).to_pylist()
+    stage = run["stages"][0]
+    docs = [r["input_ids"] for r in table if not r["holdout"] and r["slice"] in stage["new"]]
+    model = build_model(run["preset"], run["vocab_size"], seed=run["seed"], eos_token_id=run["eos_id"],
+                        pad_token_id=run["pad_id"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"], betas=(0.9, 0.95))
+    rng = random.Random(run["seed"] * 1000)
+    tokens, started = 0, time.perf_counter()
+    for _ in range(stage["epochs"]):
+        for rows in _batches(docs, run["batch_size"], rng):
+            ids, mask, labels = _collate(rows, run["pad_id"])
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            tokens += int(mask.sum())
+    return time.perf_counter() - started, tokens
+
+
+def throughput(split: Path, work: Path, preset: str, epochs: int, threads: int) -> dict:
+    from vintage.training import fit
+
+    config = TrainConfig(split=str(split), output=str(work / "throughput"), vocab_size=2048, cutoffs=[CUTOFFS[-1]],
+                         threads_per_worker=threads,
+                         surrogate=RoleConfig(preset=preset, optim=Optimisation(
+                             lr=1e-3, batch_size=32, epochs=epochs, cooldown_steps=0, warmup_steps=20)))
+    registry = Path(config.output).resolve()
+    tokens_path, facts = prepare(config, registry)
+    facts["probe_rows"] = []
+    (run,) = plan(config, tokens_path, facts, registry)
+    fit(run, registry / ".work" / "ray")
+    info = json.loads((registry / "vintages" / CUTOFFS[-1] / "training.json").read_text())
+    ds_rate = info["tokens_seen"] / info["train_seconds"]
+    plain_seconds, plain_tokens = plain_loop(run, threads)
+    plain_rate = plain_tokens / plain_seconds
+    return {"preset": preset, "epochs": epochs, "threads": threads, "deepspeed_tokens": info["tokens_seen"],
+            "deepspeed_seconds": info["train_seconds"], "deepspeed_tokens_per_s": ds_rate,
+            "plain_tokens": plain_tokens, "plain_seconds": plain_seconds, "plain_tokens_per_s": plain_rate,
+            "ratio": ds_rate / plain_rate, "peak_memory_mib": info["peak_memory_mib"]}
+
+
+def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int) -> dict:
+    results = {}
+    for schedule in ("chronological", "independent"):
+        config = TrainConfig(split=str(split), output=str(work / schedule), vocab_size=2048, cutoffs=CUTOFFS,
+                             schedule=schedule, parallel_runs=parallel,
+                             surrogate=RoleConfig(preset=preset, optim=Optimisation(
+                                 lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=30, warmup_steps=20)))
+        started = time.perf_counter()
+        manifest = train_registry(config)
+        seconds = time.perf_counter() - started
+        assert manifest["complete"], manifest["runs"]
+        models = manifest["models"].values()
+        if schedule == "chronological":
+            tokens = max(m["tokens_seen"] for m in models)  # one run: the last vintage saw every token
+        else:
+            tokens = sum(m["tokens_seen"] for m in models)  # one run per vintage
+        results[schedule] = {"seconds": seconds, "tokens": tokens, "vintages": len(manifest["cutoffs"]),
+                             "peak_memory_mib": max(m["peak_memory_mib"] for m in models)}
+    results["wall_ratio"] = results["chronological"]["seconds"] / results["independent"]["seconds"]
+    results["token_ratio"] = results["chronological"]["tokens"] / results["independent"]["tokens"]
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="small", help="model for the throughput comparison")
+    parser.add_argument("--surrogate", default="surrogate-small", help="model for the schedule comparison")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--schedule-epochs", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--parallel", type=int, default=2, help="independent runs at once (2 cores here)")
+    parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
+    args = parser.parse_args()
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    try:
+        split = make_split(work)
+        ray.init(num_cpus=2, include_dashboard=False)
+        result = {"throughput": throughput(split, work, args.preset, args.epochs, args.threads),
+                  "schedules": schedules(split, work, args.surrogate, args.schedule_epochs, args.parallel)}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2))
+    t, s = result["throughput"], result["schedules"]
+    print("\n| measure | DeepSpeed under Ray Train | plain PyTorch | ratio |\n|---|---:|---:|---:|")
+    print(f"| tokens/s, `{t['preset']}`, batch 32, {t['threads']} thread | {t['deepspeed_tokens_per_s']:,.0f} | "
+          f"{t['plain_tokens_per_s']:,.0f} | {t['ratio']:.2f} |")
+    print("\n| K=4 vintages | wall s | tokens trained | peak MiB per worker |\n|---|---:|---:|---:|")
+    for name in ("chronological", "independent"):
+        r = s[name]
+        print(f"| {name} | {r['seconds']:.0f} | {r['tokens']:,} | {r['peak_memory_mib']:.0f} |")
+    print(f"| ratio chronological / independent | {s['wall_ratio']:.2f} | {s['token_ratio']:.2f} | |")
+    print(f"\nwritten to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

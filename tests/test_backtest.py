@@ -1,0 +1,233 @@
+"""Backtest runner and metrics: idempotence, incremental runs, the errors table, Ray actors, report, and every
+metric against hand-computed values. The registry is hand-made from tiny random models (no training)."""
+import datetime as dt
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import ray
+
+from backtests import metrics
+from backtests.report import write_report
+from backtests.runner import read_table, run_backtest
+from backtests.spec import BacktestSpec, MethodSpec, Resources
+from corpora.config import ConfigError, load_yaml
+from tests.lm_fixtures import tiny_model, word_tokenizer
+
+UTC = dt.timezone.utc
+CUTOFFS = ["2019-03-31", "2019-06-30", "2019-09-30"]
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory):
+    root = tmp_path_factory.mktemp("registry")
+    tok = word_tokenizer()
+    tok.save_pretrained(root / "tokenizer")
+    for i, cutoff in enumerate(CUTOFFS):
+        model = tiny_model(tok, seed=i)
+        model.save_pretrained(root / "vintages" / cutoff)
+        tok.save_pretrained(root / "vintages" / cutoff)
+    tiny_model(tok, seed=10, n_embd=48).save_pretrained(root / "frontier")
+    tok.save_pretrained(root / "frontier")
+    tiny_model(tok, seed=20, n_embd=48).save_pretrained(root / "retrained" / "2019-06-30" / "seed=0")
+    (root / "manifest.json").write_text(json.dumps({"cutoffs": CUTOFFS, "full": CUTOFFS[-1], "config_hash": "x",
+                                                    "config": {"split": "unused"}}))
+    return root
+
+
+def queries(rows):
+    table = pa.table({
+        "query_id": [r[0] for r in rows], "kind": [r[1] for r in rows],
+        "as_of": pa.array([r[2] for r in rows], pa.timestamp("us", tz="UTC")),
+        "prompt": [r[3] for r in rows], "choices": [r[4] for r in rows], "answer": [r[5] for r in rows],
+        "realized_return": [r[6] for r in rows]})
+    return table
+
+
+def base_rows():
+    d = lambda *a: dt.datetime(*a, tzinfo=UTC)  # noqa: E731
+    return [
+        ("q1", "fact", d(2019, 4, 10), "Acme 2019q1 results :", [" beat", " miss"], " beat", 0.02),
+        ("q2", "forecast", d(2019, 7, 2), "Brio 2019q2 results :", [" beat", " miss"], " miss", -0.01),
+        ("q3", "fact", d(2019, 3, 31, 12), "Acme 2019q1 results :", [" beat", " miss"], " miss", 0.01),  # early
+        ("q4", "fact", d(2019, 8, 1), "Brio 2019q2 results :", [" beat", " "], " beat", None),  # empty choice
+    ]
+
+
+def make_spec(tmp_path, registry, rows, methods=None, **kw) -> BacktestSpec:
+    pq.write_table(queries(rows), tmp_path / "queries.parquet")
+    methods = methods or [MethodSpec(name="frontier"), MethodSpec(name="surrogate"),
+                          MethodSpec(name="point_in_time", alpha=0.5), MethodSpec(name="retrained")]
+    return BacktestSpec(queries=str(tmp_path / "queries.parquet"), registry=str(registry),
+                        output=str(tmp_path / "out"), methods=methods, effective_cutoff=None, **kw)
+
+
+def test_results_errors_idempotence_and_increments(tmp_path, registry):
+    spec = make_spec(tmp_path, registry, base_rows())
+    first = run_backtest(spec, engine="local")
+    results = read_table(tmp_path / "out" / "results")
+    errors = read_table(tmp_path / "out" / "errors")
+    # q1 (vintage 2019-03-31) and q2 (2019-06-30) scored by 4 methods, except retrained exists for 06-30 only
+    assert sorted(results.select("query_id", "method").rows()) == sorted(
+        [("q1", m) for m in ("frontier", "surrogate", "point_in_time(alpha=0.5)")]
+        + [("q2", m) for m in ("frontier", "surrogate", "point_in_time(alpha=0.5)", "retrained")])
+    assert set(results.filter(pl.col("query_id") == "q1")["vintage_cutoff"]) == {"2019-03-31"}
+    reasons = {(r["query_id"], r["method"]): r["reason"] for r in errors.to_dicts()}
+    assert reasons[("q1", "retrained")] == "no_retrained_model"
+    assert all(reasons[("q3", m.key)] == "before_first_vintage" for m in spec.methods)
+    assert all(reasons[("q4", m.key)] == "untokenisable" for m in spec.methods if m.name != "retrained")
+    assert len(reasons) == first.errors == 1 + 4 + 4  # every (query, method) pair is a result or an error
+    assert first.scored + first.errors == 4 * 4
+    for column in ("method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct", "run_id",
+                   "as_of", "prompt", "answer", "realized_return"):
+        assert column in results.columns
+    row = results.filter((pl.col("query_id") == "q2") & (pl.col("method") == "frontier")).row(0, named=True)
+    assert row["prediction"] == [" beat", " miss"][int(np.argmax(row["choice_logprobs"]))]
+    assert row["correct"] == (row["prediction"] == " miss")
+    assert row["p_answer"] == pytest.approx(metrics._softmax(row["choice_logprobs"])[1])
+
+    again = run_backtest(spec, engine="local")  # the same spec: nothing new
+    assert again.scored == 0 and again.errors == 0 and again.skipped == 16
+    assert read_table(tmp_path / "out" / "results").height == results.height
+
+    rows = base_rows() + [("q5", "fact", dt.datetime(2019, 10, 5, tzinfo=UTC), "Acme 2019q2 results :",
+                           [" beat", " miss"], " beat", 0.03)]
+    more = run_backtest(make_spec(tmp_path, registry, rows), engine="local")  # one new query: only it is scored
+    assert more.skipped == 16 and more.scored == 3 and more.errors == 1  # no retrained model at 2019-09-30
+    assert read_table(tmp_path / "out" / "results").filter(pl.col("query_id") == "q5").height == 3
+    assert more.run_id == first.run_id  # the spec's content (less the query file's rows) did not change
+
+
+def test_report_writes_tables_and_plots(tmp_path, registry):
+    spec = make_spec(tmp_path, registry, base_rows())
+    run_backtest(spec, engine="local")
+    path = write_report(tmp_path / "out")
+    text = path.read_text()
+    assert "## Headline" in text and "| fact | frontier |" in text and "Look-ahead gap" in text
+    assert (tmp_path / "out" / "equity.png").stat().st_size > 1000
+    import duckdb
+    import pandas as pd
+
+    files = str(tmp_path / "out" / "results" / "*.parquet")
+    assert duckdb.sql(f"select count(*) from read_parquet('{files}')").fetchall()[0][0] == 7
+    assert len(pd.concat(pd.read_parquet(f) for f in (tmp_path / "out" / "results").glob("*.parquet"))) == 7
+
+
+def test_spec_errors_name_the_key(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: point_in_time, alfa: 1}]\n")
+    with pytest.raises(ConfigError, match=r"methods\[0\]: unknown key\(s\) \['alfa'\]"):
+        load_yaml(path, BacktestSpec)
+    path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: oracle}]\n")
+    with pytest.raises(ConfigError, match=r"methods\[0\].name: 'oracle' is not one of"):
+        load_yaml(path, BacktestSpec)
+    path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: frontier, alpha: 2.0}]\n")
+    with pytest.raises(ConfigError, match="alpha and plausibility apply to point_in_time only"):
+        load_yaml(path, BacktestSpec)
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    yield
+    ray.shutdown()
+
+
+def test_ray_actors_give_the_same_rows_as_one_process(tmp_path, registry, ray_local):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    local = make_spec(tmp_path / "a", registry, base_rows())
+    distributed = make_spec(tmp_path / "b", registry, base_rows(), resources=Resources(actors=2, batch_size=2))
+    run_backtest(local, engine="local")
+    run_backtest(distributed, engine="ray")
+    key = ["query_id", "method"]
+    a = read_table(tmp_path / "a" / "out" / "results").sort(key)
+    b = read_table(tmp_path / "b" / "out" / "results").sort(key)
+    assert a.select(key).equals(b.select(key))
+    assert np.allclose(np.concatenate(a["choice_logprobs"].to_list()), np.concatenate(b["choice_logprobs"].to_list()),
+                       atol=1e-5)
+    assert read_table(tmp_path / "b" / "out" / "errors").height == read_table(tmp_path / "a" / "out" / "errors").height
+
+
+# -- metrics against hand-computed values --------------------------------------------------------------------
+
+def hand_results():
+    lp = lambda p: [math.log(p), math.log(1 - p)]  # noqa: E731  (choice 0 = " beat")
+    day = lambda m: dt.datetime(2019, m, 1, tzinfo=UTC)  # noqa: E731
+    return pl.DataFrame({
+        "query_id": ["a", "b", "c", "d"] * 2,
+        "method": ["frontier"] * 4 + ["retrained"] * 4,
+        "as_of": [day(1), day(2), day(4), day(5)] * 2,
+        "choices": [[" beat", " miss"]] * 8,
+        "answer": [" beat", " miss", " beat", " miss"] * 2,
+        "choice_logprobs": [lp(0.9), lp(0.2), lp(0.6), lp(0.7), lp(0.5), lp(0.5), lp(0.4), lp(0.3)],
+        "p_answer": [0.9, 0.8, 0.6, 0.3, 0.5, 0.5, 0.4, 0.7],
+        "correct": [True, True, True, False, True, False, False, True],
+        "realized_return": [0.02, -0.01, 0.03, -0.02] * 2,
+    })
+
+
+def test_accuracy_brier_log_loss():
+    front = hand_results().filter(pl.col("method") == "frontier")
+    assert metrics.accuracy(front) == 0.75
+    assert metrics.brier(front) == pytest.approx((0.1 ** 2 + 0.2 ** 2 + 0.4 ** 2 + 0.7 ** 2) / 4)
+    assert metrics.log_loss(front) == pytest.approx(-(math.log(0.9) + math.log(0.8) + math.log(0.6) + math.log(0.3)) / 4)
+    table = metrics.headline(hand_results())
+    assert table.filter(pl.col("method") == "retrained")["accuracy"].item() == 0.5
+
+
+def test_lookahead_gap_overall_and_per_period():
+    gap = metrics.lookahead_gap(hand_results())
+    assert gap["gap"].item() == pytest.approx(0.75 - 0.5) and gap["n"].item() == 4
+    per_q = metrics.lookahead_gap(hand_results(), period="1q")
+    assert per_q["gap"].to_list() == pytest.approx([1.0 - 0.5, 0.5 - 0.5])  # Q1: a, b; Q2: c, d
+
+
+def test_calibration_by_decile():
+    cal = metrics.calibration_by_decile(hand_results().filter(pl.col("method") == "frontier"))
+    # confidences 0.9, 0.8, 0.6, 0.7 -> deciles 9, 8, 6, 7, one query each
+    assert cal["decile"].to_list() == [6, 7, 8, 9] and cal["n"].to_list() == [1, 1, 1, 1]
+    assert cal["confidence"].to_list() == pytest.approx([0.6, 0.7, 0.8, 0.9])
+
+
+def test_strategy_and_risk_analysis():
+    trades = metrics.strategy_returns(hand_results().filter(pl.col("method") == "frontier"))
+    # p(beat) 0.9, 0.2, 0.6, 0.7 -> long, short, long, long on returns 0.02, -0.01, 0.03, -0.02
+    assert trades["position"].to_list() == [1.0, -1.0, 1.0, 1.0]
+    assert trades["return"].to_list() == pytest.approx([0.02, 0.01, 0.03, -0.02])
+    weighted = metrics.strategy_returns(hand_results().filter(pl.col("method") == "frontier"), "probability")
+    assert weighted["position"].to_list() == pytest.approx([0.8, -0.6, 0.2, 0.4])
+    r = np.array([0.02, 0.01, 0.03, -0.02])
+    risk = metrics.risk_analysis(r, periods_per_year=4)
+    assert risk["mean"] == pytest.approx(0.01) and risk["hit_rate"] == 0.75
+    assert risk["sharpe"] == pytest.approx(0.01 / r.std(ddof=1) * 2)
+    equity = np.cumprod(1 + r)  # 1.02, 1.0302, 1.061106, 1.03988388: drawdown at the end
+    assert risk["max_drawdown"] == pytest.approx(equity[-1] / equity[-2] - 1)
+
+
+def test_forget_quality_is_the_ks_p_value():
+    from scipy import stats
+
+    p = metrics.forget_quality(hand_results(), "frontier")
+    assert p == pytest.approx(stats.ks_2samp([0.9, 0.8, 0.6, 0.3], [0.5, 0.5, 0.4, 0.7]).pvalue)
+
+
+def test_a_changed_model_rescoring_only_the_methods_that_use_it(tmp_path, registry):
+    import shutil
+
+    copy = tmp_path / "registry"
+    shutil.copytree(registry, copy)
+    spec = make_spec(tmp_path, copy, base_rows())
+    run_backtest(spec, engine="local")
+    tiny_model(word_tokenizer(), seed=99).save_pretrained(copy / "vintages" / CUTOFFS[-1])  # the full surrogate
+    again = run_backtest(spec, engine="local")
+    rows = read_table(tmp_path / "out" / "results")
+    # only point_in_time uses the full surrogate: its two answered queries are scored again (and q4's
+    # untokenisable error is recorded under the new key), nothing else
+    assert again.scored == 2 and again.errors == 1
+    assert set(rows.group_by("query_id", "method").len().filter(pl.col("len") > 1)["method"]) == {
+        "point_in_time(alpha=0.5)"}
