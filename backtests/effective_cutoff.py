@@ -23,7 +23,7 @@ def heldout_documents(registry: Registry) -> pl.DataFrame:
 
 
 def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: dict[str, float],
-                     frontier: str | Path | None = None, period: str = "1q") -> pl.DataFrame:
+                     frontier: str | Path | None = None, period: str = "1mo") -> pl.DataFrame:
     """Rows (period, method, documents, perplexity) for the vintage at `cutoff`. `methods` maps a name to
     how it is scored: "frontier", "surrogate", "retrained", or an alpha for the point-in-time combination
     (no plausibility mask: perplexity must not depend on it, RESEARCH.md exp. 2)."""
@@ -33,13 +33,13 @@ def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: dict
     from vintage.tokenizer import load_tokenizer
 
     registry = registry if isinstance(registry, Registry) else Registry(registry)
-    docs = heldout_documents(registry).with_columns(period=pl.col("knowledge_date").dt.truncate(period))
+    docs = heldout_documents(registry)
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
     tok = load_tokenizer(registry.tokenizer_path())
     front = load(frontier or registry.frontier_path())
     full, vintage = load(registry.full_path()), load(registry.vintage_path(cutoff))
     seeds = registry.retrained_seeds(cutoff)
-    rows = []
+    scorers = {}
     for name, how in methods.items():
         if how == "frontier":
             lm = PointInTimeLM(front, None, None, tok)
@@ -51,7 +51,17 @@ def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: dict
             lm = PointInTimeLM(load(registry.retrained_path(cutoff, seeds[0])), None, None, tok)
         else:
             lm = PointInTimeLM(front, full, vintage, tok, alpha=float(how))
+        scorers[name] = lm.perplexity
+    return perplexity_by_period(docs, scorers, period)
+
+
+def perplexity_by_period(docs: pl.DataFrame, scorers: dict, period: str = "1mo") -> pl.DataFrame:
+    """Rows (period, method, documents, perplexity): each scorer (texts -> perplexity) on the documents of
+    each `period` of knowledge_date ("1mo", "1q", ...)."""
+    docs = docs.with_columns(period=pl.col("knowledge_date").dt.truncate(period))
+    rows = []
+    for name, perplexity in scorers.items():
         for (when,), part in docs.group_by("period", maintain_order=True):
             rows.append(dict(period=when, method=name, documents=part.height,
-                             perplexity=lm.perplexity(part["text"].to_list())))
+                             perplexity=float(perplexity(part["text"].to_list()))))
     return pl.DataFrame(rows).sort("method", "period")

@@ -126,7 +126,7 @@ def write_report(out: str | Path) -> Path:
         _plot_lines(curves, "period", "perplexity", f"Effective cutoff: held-out perplexity (vintage {cutoff})",
                     "perplexity", out / "effective_cutoff.png", cutoff=cutoff, log=True)
         plots.append("effective_cutoff.png")
-        sections += ["## Effective-cutoff probe (held-out perplexity per quarter)\n",
+        sections += ["## Effective-cutoff probe (held-out perplexity per period of knowledge date)\n",
                      _markdown(curves.pivot(on="method", index="period", values="perplexity").sort("period"))]
     if errors is not None:
         counts = errors.group_by("method", "reason").agg(n=pl.len()).sort("method", "reason")

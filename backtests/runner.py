@@ -112,7 +112,7 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
             alpha = m.alpha
             if m.name == "point_in_time" and alpha == "calibrated":
                 alpha = registry.manifest.get("calibration", {}).get(c, {}).get("alpha")
-            what = [m.key, m.name, alpha, m.plausibility, [model_fingerprint(p) if p.exists() else str(p) for p in used]]
+            what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, [model_fingerprint(p) if p.exists() else str(p) for p in used]]
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
     return pl.DataFrame(rows)
@@ -164,8 +164,11 @@ class Scorer:
                 return None, None
             return PointInTimeLM(self.model(f"retrained-{cutoff}", self.registry.retrained_path(cutoff, seeds[0])),
                                  None, None, tok), 0.0
-        alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         vintage = self.model(cutoff, self.registry.vintage_path(cutoff))
+        if method.mode == "rank":  # alpha only switches the steering on
+            return PointInTimeLM(self.frontier, self.full, vintage, tok, alpha=1.0, rank_k=method.k,
+                                 rank_margin=method.margin, plausibility=method.plausibility), None
+        alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         return PointInTimeLM(self.frontier, self.full, vintage, tok, alpha=alpha,
                              plausibility=method.plausibility), alpha
 
@@ -260,7 +263,8 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
             ds = ray.data.from_arrow([table.slice(i, r.batch_size) for i in range(0, table.num_rows, r.batch_size)])
             extra = {"num_gpus": r.gpus_per_actor} if r.gpus_per_actor else {}
             out = ds.map_batches(Scorer, fn_constructor_args=(spec_dict, run_id, r.threads), batch_size=r.batch_size,
-                                 concurrency=r.actors, num_cpus=r.cpus_per_actor, batch_format="pyarrow", **extra)
+                                 compute=ray.data.ActorPoolStrategy(size=r.actors), num_cpus=r.cpus_per_actor,
+                                 batch_format="pyarrow", **extra)
             scored = pl.from_arrow(pa.concat_tables(list(out.iter_batches(batch_size=None, batch_format="pyarrow"))))
         else:  # one process: tests and small local runs
             scorer = Scorer(spec_dict, run_id, r.threads)

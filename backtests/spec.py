@@ -26,11 +26,18 @@ class MethodSpec:
     alpha: float | Literal["calibrated"] = doc("point_in_time: contrast strength, or the registry's calibrated one", 0.5)
     plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
                                      "probability); unset: none", None)
+    mode: Literal["linear", "rank"] = doc("point_in_time: linear contrast (alpha) or rank (ban the k tokens "
+                                          "the full surrogate prefers most over the vintage)", "linear")
+    k: int = doc("rank mode: tokens banned per step", 1)
+    margin: float = doc("rank mode: minimum log p_full - log p_vintage to ban a token", 0.0)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
-        if self.name != "point_in_time" and (self.alpha != 0.5 or self.plausibility is not None):
-            raise ValueError(f"method {self.name!r}: alpha and plausibility apply to point_in_time only")
+        if self.name != "point_in_time" and (self.alpha != 0.5 or self.plausibility is not None
+                                             or self.mode != "linear"):
+            raise ValueError(f"method {self.name!r}: alpha, plausibility and mode apply to point_in_time only")
+        if self.k < 1:
+            raise ValueError(f"method {self.name!r}: k must be >= 1, got {self.k}")
         if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
             raise ValueError(f"method {self.name!r}: alpha {self.alpha} outside [0, 4]")
 
@@ -40,6 +47,8 @@ class MethodSpec:
             return self.label
         if self.name == "point_in_time":
             mask = f",mask={self.plausibility}" if self.plausibility is not None else ""
+            if self.mode == "rank":
+                return f"point_in_time(rank,k={self.k},margin={self.margin}{mask})"
             return f"point_in_time(alpha={self.alpha}{mask})"
         return self.name
 
@@ -71,6 +80,7 @@ class BacktestSpec:
     resources: Resources = doc("actors and their resources", default=None)
     effective_cutoff: str | None = doc("vintage cutoff whose held-out perplexity curve is probed; 'auto': the "
                                        "first retrained cutoff, else the middle vintage; null: skip", "auto")
+    effective_cutoff_period: str = doc("bucket of the effective-cutoff curve (polars duration: 1mo, 1q, 1y)", "1mo")
 
     def __post_init__(self):
         if self.resources is None:

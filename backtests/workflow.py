@@ -38,9 +38,10 @@ def run_and_report(spec: BacktestSpec, engine: str = "ray") -> Path:
         print(f"[backtest] effective-cutoff probe on vintage {cutoff}", flush=True)
         methods = {"frontier": "frontier", "surrogate": "surrogate", "retrained": "retrained"}
         for m in spec.methods:
-            if m.name == "point_in_time" and m.alpha != "calibrated":
+            if m.name == "point_in_time" and m.mode == "linear" and m.alpha != "calibrated":
                 methods[m.key] = float(m.alpha)
-        curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier)
+        curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier,
+                                  period=spec.effective_cutoff_period)
         curves.with_columns(cutoff=pl.lit(cutoff)).write_parquet(curve)
     report = write_report(out)
     print(f"[backtest] report {report} ({time.perf_counter() - started:.0f} s)", flush=True)

@@ -87,7 +87,8 @@ def _probe_facts(args) -> int:
     from vintage.probe import probe_facts
 
     result = probe_facts(args.registry, args.world)
-    with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, float_precision=3, tbl_width_chars=160):
+    with pl.Config(tbl_rows=200, tbl_hide_dataframe_shape=True, float_precision=3, tbl_width_chars=200,
+                   fmt_str_lengths=60):
         print(result.table)
         print(result.checks)
     if args.out:

@@ -126,7 +126,7 @@ def test_spec_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"methods\[0\].name: 'oracle' is not one of"):
         load_yaml(path, BacktestSpec)
     path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: frontier, alpha: 2.0}]\n")
-    with pytest.raises(ConfigError, match="alpha and plausibility apply to point_in_time only"):
+    with pytest.raises(ConfigError, match="alpha, plausibility and mode apply to point_in_time only"):
         load_yaml(path, BacktestSpec)
 
 
@@ -231,3 +231,29 @@ def test_a_changed_model_rescoring_only_the_methods_that_use_it(tmp_path, regist
     assert again.scored == 2 and again.errors == 1
     assert set(rows.group_by("query_id", "method").len().filter(pl.col("len") > 1)["method"]) == {
         "point_in_time(alpha=0.5)"}
+
+
+def test_effective_cutoff_curve_by_period():
+    from backtests.effective_cutoff import perplexity_by_period
+
+    day = lambda m, d: dt.datetime(2019, m, d, tzinfo=UTC)  # noqa: E731
+    docs = pl.DataFrame({"knowledge_date": [day(1, 5), day(1, 20), day(2, 3), day(4, 1)],
+                         "text": ["a", "bb", "ccc", "dddd"]})
+    mean_length = lambda texts: sum(map(len, texts)) / len(texts)  # noqa: E731  a stand-in "perplexity"
+    curve = perplexity_by_period(docs, {"m": mean_length}, "1mo")
+    assert curve["documents"].to_list() == [2, 1, 1]
+    assert curve["perplexity"].to_list() == [1.5, 3.0, 4.0]
+    assert perplexity_by_period(docs, {"m": mean_length}, "1q")["documents"].to_list() == [3, 1]
+
+
+def test_rank_mode_method_scores_and_is_keyed_apart(tmp_path, registry):
+    rank = MethodSpec(name="point_in_time", mode="rank", k=1, plausibility=0.1)
+    assert rank.key == "point_in_time(rank,k=1,margin=0.0,mask=0.1)"
+    spec = make_spec(tmp_path, registry, base_rows()[:2], methods=[MethodSpec(name="frontier"), rank])
+    run_backtest(spec, engine="local")
+    rows = read_table(tmp_path / "out" / "results")
+    assert sorted(rows["method"].unique().to_list()) == ["frontier", rank.key]
+    ranked = rows.filter(pl.col("method") == rank.key)
+    assert ranked["alpha"].is_null().all() and ranked["choice_logprobs"].list.len().to_list() == [2, 2]
+    with pytest.raises(ValueError, match="apply to point_in_time only"):
+        MethodSpec(name="frontier", mode="rank")

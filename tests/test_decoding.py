@@ -235,3 +235,35 @@ def test_llama_directories_load_as_frontier_and_surrogates(tmp_path):
     (scored,) = lm.score([PROMPTS[0]], [CHOICES[0]])
     assert all(math.isfinite(x) for x in scored.choice_logprobs)
     assert type(lm.frontier).__name__ == "LlamaForCausalLM"
+
+
+def test_rank_mode_bans_exactly_the_most_divergent_plausible_tokens():
+    from vintage.decoding import rank_logprobs
+
+    frontier = torch.log(torch.tensor([[0.40, 0.30, 0.20, 0.07, 0.03]]))
+    vintage = torch.log(torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20]]))
+    # full - vintage divergence: token 1 most (learnt after the cutoff), then token 4 (implausible), token 0
+    full = torch.log(torch.tensor([[0.25, 0.45, 0.02, 0.01, 0.27]]))
+    out = rank_logprobs(frontier, vintage, full, k=1, plausibility=0.1)
+    assert out[0, 1] == float("-inf")
+    keep = [0, 2, 3, 4]
+    expected = torch.tensor([0.40, 0.20, 0.07, 0.03]) / 0.70  # the frontier, renormalised over the rest
+    assert torch.allclose(out[0, keep].exp(), expected, atol=1e-6)
+    # with k=2 the next eligible token is token 0 (token 4 is below 0.1 x the frontier's top: not eligible)
+    two = rank_logprobs(frontier, vintage, full, k=2, plausibility=0.1)
+    assert torch.isinf(two[0, [0, 1]]).all() and torch.isfinite(two[0, [2, 3, 4]]).all()
+    # without the plausibility restriction token 4 (divergence log(0.27/0.2)) outranks token 0 (log(1.25))
+    loose = rank_logprobs(frontier, vintage, full, k=2, plausibility=None)
+    assert torch.isinf(loose[0, [1, 4]]).all() and torch.isfinite(loose[0, [0, 2, 3]]).all()
+    # a margin above every divergence bans nothing: the frontier itself
+    assert torch.allclose(rank_logprobs(frontier, vintage, full, k=3, margin=5.0), F.log_softmax(frontier, -1))
+    assert torch.allclose(rank_logprobs(frontier, vintage, full, k=0), F.log_softmax(frontier, -1))
+
+
+def test_temperature_fit_recovers_a_known_temperature():
+    from vintage.decoding import fit_temperature
+
+    torch.manual_seed(0)
+    logits = torch.randn(200, 50) * 3
+    assert fit_temperature(logits, logits / 2.5) == pytest.approx(2.5, rel=1e-3)
+    assert fit_temperature(logits, logits * 1.6) == pytest.approx(1 / 1.6, rel=1e-3)

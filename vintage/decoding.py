@@ -12,6 +12,8 @@ set keep the frontier's own log-prob rather than -inf: held-out perplexity stays
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -57,6 +59,59 @@ def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.
         threshold = lp_frontier.max(dim=-1, keepdim=True).values + torch.log(torch.tensor(plausibility))
         contrast = torch.where(lp_frontier >= threshold, contrast, torch.zeros_like(contrast))
     return F.log_softmax(lp_frontier + contrast, dim=-1)
+
+
+def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, k: int = 1,
+                  margin: float = 0.0, plausibility: float | None = 0.1,
+                  temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+    """Divergence Decoding's rank rule (Merchant & Levy 2025): forbid the `k` tokens whose
+    `log p_full - log p_vintage` is largest (and above `margin`), among the tokens the frontier finds
+    plausible (probability >= `plausibility` x its top one; None: all tokens), and otherwise keep the
+    frontier's distribution untouched (renormalised over what is left). Magnitudes of the surrogates never
+    enter, only their ranking, so it does not depend on their confidence matching the frontier's; and no
+    token outside the banned set ever loses probability relative to the others (RESEARCH.md exp. 3)."""
+    if not (frontier.shape == vintage.shape == full.shape):
+        raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, vintage {tuple(vintage.shape)}, "
+                         f"full {tuple(full.shape)}")
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    lp_frontier = F.log_softmax(frontier.float() / temperatures.frontier, dim=-1)
+    if k == 0:
+        return lp_frontier
+    divergence = (F.log_softmax(full.float() / temperatures.full, dim=-1)
+                  - F.log_softmax(vintage.float() / temperatures.vintage, dim=-1))
+    eligible = divergence > margin
+    if plausibility is not None:
+        threshold = lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
+        eligible &= lp_frontier >= threshold
+    ranked = torch.where(eligible, divergence, torch.full_like(divergence, float("-inf")))
+    top = ranked.topk(min(k, ranked.shape[-1]), dim=-1)
+    banned = torch.zeros_like(eligible).scatter(-1, top.indices, torch.isfinite(top.values))
+    # never ban every token: the frontier's top token survives if everything else is banned
+    everything = banned.all(dim=-1, keepdim=True)
+    banned &= ~(everything & (lp_frontier == lp_frontier.max(dim=-1, keepdim=True).values))
+    return F.log_softmax(lp_frontier.masked_fill(banned, float("-inf")), dim=-1)
+
+
+def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tensor,
+                    bounds: tuple[float, float] = (0.05, 20.0)) -> float:
+    """Confidence matching: the temperature T minimising the mean KL(frontier || softmax(surrogate / T))
+    over positions [N, V] (pre-cutoff calibration text, where both should know the same). Surrogates that
+    memorised are far more confident than the frontier (RESEARCH.md exp. 2: log-odds 6-7.6 vs 0.3), which
+    makes any fixed alpha overshoot; dividing their logits by T > 1 brings them to the frontier's scale."""
+    from scipy.optimize import minimize_scalar
+
+    target = F.log_softmax(frontier_logits.double(), dim=-1)
+    p_target = target.exp()
+    logits = surrogate_logits.double()
+
+    def kl(log_t: float) -> float:
+        lp = F.log_softmax(logits / math.exp(log_t), dim=-1)
+        return float((p_target * (target - lp)).sum(-1).mean())
+
+    result = minimize_scalar(kl, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
+                             options={"xatol": 1e-6})
+    return float(math.exp(result.x))
 
 
 def _device(model) -> torch.device:
@@ -147,8 +202,12 @@ class PointInTimeLM:
 
     def __init__(self, frontier, full, vintage, tokenizer, alpha: float = 0.0,
                  temperatures: Temperatures = Temperatures(), plausibility: float | None = None,
-                 batch_size: int = 32, vintage_cutoff: str | None = None):
+                 batch_size: int = 32, vintage_cutoff: str | None = None, rank_k: int | None = None,
+                 rank_margin: float = 0.0):
+        """`rank_k` set: rank mode (`rank_logprobs`: ban the k most divergent plausible tokens) instead of
+        the linear contrast; alpha then only switches it on (non-zero) or off (0: the frontier alone)."""
         self.frontier, self.full, self.vintage, self.tokenizer = frontier, full, vintage, tokenizer
+        self.rank_k, self.rank_margin = rank_k, rank_margin
         self.alpha, self.temperatures, self.plausibility = float(alpha), temperatures, plausibility
         self.batch_size = batch_size
         self.vintage_cutoff = vintage_cutoff
@@ -240,6 +299,9 @@ class PointInTimeLM:
             return F.log_softmax(frontier.float() / self.temperatures.frontier, dim=-1)
         if vintage is None or full is None:
             raise ValueError("surrogate logits were not computed (alpha was 0 when they were scored)")
+        if self.rank_k is not None:
+            return rank_logprobs(frontier, vintage, full, self.rank_k, self.rank_margin, self.plausibility,
+                                 self.temperatures)
         return combine_logprobs(frontier, vintage, full, alpha, self.temperatures, self.plausibility)
 
     # -- scoring -------------------------------------------------------------------------------------------

@@ -188,7 +188,6 @@ def train_func(config: dict[str, Any]) -> None:
 
     stages = config["stages"]
     target = config.get("memorise") or 0.0
-    train_started = time.perf_counter() - state.get("train_seconds", 0.0)
     planned = sum(stage["epochs"] * _stage_size(stage, by_slice, config["replay"]) for stage in stages[state["stage"]:])
     progress = _Progress(config["name"], planned, upper_bound=bool(target)) if rank == 0 else None
     for index in range(state["stage"], len(stages)):
@@ -200,6 +199,7 @@ def train_func(config: dict[str, Any]) -> None:
         docs = new + replay
         probes = stage.get("probes") or []
         loss, accuracy, epochs_run = float("nan"), float("nan"), 0
+        stage_started = time.perf_counter()
         for epoch in range(stage["epochs"]):
             for rows in _batches(docs, batch * world, rng):
                 loss = step_on(rows, _lr_at(state["step"], config["lr"], config["warmup_steps"]))
@@ -218,7 +218,8 @@ def train_func(config: dict[str, Any]) -> None:
                 if progress:
                     progress.total_docs -= (stage["epochs"] - epochs_run) * len(docs)
                 break
-        state["train_seconds"] = time.perf_counter() - train_started  # main-run steps only (no start-up, saves)
+        # main-run steps only: no start-up, cooldown branches or saves
+        state["train_seconds"] = state.get("train_seconds", 0.0) + time.perf_counter() - stage_started
         record = {"stage": index, "cutoff": stage.get("cutoff"), "train_loss": loss, "step": state["step"],
                   "tokens": state["tokens"], "epochs": epochs_run, "fact_accuracy": accuracy,
                   "peak_memory_mib": peak_memory_mib()}
@@ -276,7 +277,8 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
                     "slices": stage["known"], "fact_accuracy": accuracy, "facts": len(probes),
-                    "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.get("stage_hash")}
+                    "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.get("stage_hash"),
+                    "train_seconds": round(state.get("train_seconds", 0.0), 2), "world_size": world}
             (staging / "training.json").write_text(json.dumps(info, indent=2))
             if target.exists():
                 shutil.rmtree(target)
