@@ -2,6 +2,7 @@
 a killed worker, a crashed run continued by a rerun, roles, and the memorisation probe's plumbing."""
 import datetime as dt
 import json
+import math
 import os
 import signal
 import threading
@@ -206,7 +207,9 @@ def test_probe_checks_on_hand_made_scores():
     table, checks = summarise(scores)
     got = {r["model"]: (r["value"], r["passed"]) for r in checks.to_dicts()}
     assert got["frontier"] == (1.0, True) and got["vintages/2019-12-31"] == (0.8, True)
-    assert got["vintages/2017-06-30"] == (0.5, True)  # 0.5 <= 0.4 + 1.96 * sqrt(0.25 / 10) = 0.71
+    assert got["vintages/2017-06-30"] == (0.5, True)  # 0.5 <= 0.4 + 1.96 * sqrt(0.25 / 10 + 0.25 / 10) = 0.84
+    bound = checks.filter(pl.col("model") == "vintages/2017-06-30")["bound"].item()
+    assert bound == pytest.approx(0.4 + 1.96 * math.sqrt(0.05))
     pre = table.filter((pl.col("model") == "vintages/2017-06-30") & (pl.col("side") == "pre"))
     assert pre["n"].item() == 4 and pre["accuracy"].item() == 1.0
     worse = scores.with_columns(correct=pl.when(pl.col("model") == "vintages/2017-06-30").then(True)

@@ -9,8 +9,9 @@ surrogate know the post-cutoff facts while a vintage does not; the checks below 
 - frontier accuracy on facts after the first vintage cutoff >= 0.9;
 - full surrogate accuracy on the same facts >= 0.8;
 - each vintage (not the full one) on facts after its cutoff no better than the retrained models at that
-  cutoff (or, where none was retrained, than chance 0.5), allowing its own binomial noise (1.96 standard
-  errors at p = 0.5, so a vintage that guesses is never flagged).
+  cutoff (or, where none was retrained, than chance 0.5), allowing for noise: 1.96 standard errors of the
+  difference of two accuracies near 0.5 (the vintage's and the retrained models', both estimated on
+  these facts; against chance only the vintage's), so a vintage that guesses is not flagged.
 """
 from __future__ import annotations
 
@@ -116,7 +117,8 @@ def summarise(scores: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
             continue
         gold = retrained.filter((pl.col("cutoff") == cutoff) & _after(cutoff))
         reference = float(gold["correct"].mean()) if gold.height else 0.5
-        noise = 1.96 * math.sqrt(0.25 / part.height)
+        # 95% bound on the difference of two accuracies near 0.5; chance (no gold model) is exact
+        noise = 1.96 * math.sqrt(0.25 / part.height + (0.25 / gold.height if gold.height else 0.0))
         value = float(part["correct"].mean())
         checks.append(dict(check=f"vintage {cutoff} on facts after it <= "
                                  f"{'retrained' if gold.height else 'chance'} + noise",
