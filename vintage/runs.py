@@ -333,16 +333,15 @@ def train_registry(config: TrainConfig) -> dict:
                 for item in (registry / "tokenizer").iterdir():
                     shutil.copy2(item, target / item.name)
     vintages = {}
-    for run in runs:
-        for stage in run["stages"]:
+    for run in runs:  # only models trained by this config's stages (a stale one from an older config is not)
+        for stage in run["stages"][: stages_done(run)]:
             info_path = Path(stage["save_to"]) / "training.json"
-            if info_path.exists():
-                vintages[str(Path(stage["save_to"]).relative_to(registry))] = json.loads(info_path.read_text())
+            vintages[str(Path(stage["save_to"]).relative_to(registry))] = json.loads(info_path.read_text())
     cutoffs = sorted(Path(p).name for p in vintages if p.startswith("vintages/"))
     manifest = {
         "config_hash": config_hash,
-        "complete": all(r["error"] is None for r in results.values()) and all(
-            (Path(s["save_to"]) / "training.json").exists() for r in runs for s in r["stages"]),
+        "complete": all(r["error"] is None for r in results.values())
+                    and all(stages_done(r) == len(r["stages"]) for r in runs),
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,
         "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "slices": facts["slices"],
         "models": vintages, "runs": results, "config": asdict(config),
