@@ -3,35 +3,25 @@ new vintage is trained (the chronological run continues from its kept checkpoint
 scored, and everything equals a from-scratch run where the two overlap."""
 import datetime as dt
 import json
-import os
 import time
 
 import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from backtests.runner import read_table, run_backtest
 from backtests.spec import BacktestSpec, MethodSpec
 from corpora.split import SplitConfig, run_split
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
-from tests.test_training import same_weights, tiny_config
+from tests.test_training import ray_local, same_weights, tiny_config  # noqa: F401 (ray_local: fixture)
 from vintage.runs import train_registry
 
 UTC = dt.timezone.utc
 FIRST = [dt.datetime(2017, 6, 30, tzinfo=UTC), dt.datetime(2017, 12, 31, tzinfo=UTC)]
 GROWN = FIRST + [dt.datetime(2018, 6, 30, tzinfo=UTC)]
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".build/torch_extensions"))
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def split(corpus, out, cutoffs):

@@ -123,14 +123,20 @@ def _kill_after_first_checkpoint(storage: Path, pid_file: Path, killed: list) ->
         time.sleep(0.05)
 
 
-def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_split, tmp_path, monkeypatch):
-    ref_out, ref_manifest = reference
-    out = tmp_path / "models"
+def start_killer(out: Path, tmp_path: Path, monkeypatch) -> tuple[threading.Thread, list]:
+    """Workers write their pids under tmp_path; a thread kills the surrogate run's after its first checkpoint."""
     monkeypatch.setenv("VINTAGE_PID_DIR", str(tmp_path))
     killed: list[int] = []
     killer = threading.Thread(target=_kill_after_first_checkpoint, daemon=True,
                               args=(out / ".work" / "ray", tmp_path / "surrogates-chronological.pid", killed))
     killer.start()
+    return killer, killed
+
+
+def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_split, tmp_path, monkeypatch):
+    ref_out, ref_manifest = reference
+    out = tmp_path / "models"
+    killer, killed = start_killer(out, tmp_path, monkeypatch)
     manifest = train_registry(tiny_config(tiny_split, out))
     killer.join()
     assert killed, "the worker was never killed: the test did not exercise a failure"
@@ -143,11 +149,7 @@ def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path, 
     """No retries left: the run fails; the registry says so; a rerun continues from the last checkpoint."""
     ref_out, ref_manifest = reference
     out = tmp_path / "models"
-    monkeypatch.setenv("VINTAGE_PID_DIR", str(tmp_path))
-    killed: list[int] = []
-    killer = threading.Thread(target=_kill_after_first_checkpoint, daemon=True,
-                              args=(out / ".work" / "ray", tmp_path / "surrogates-chronological.pid", killed))
-    killer.start()
+    killer, killed = start_killer(out, tmp_path, monkeypatch)
     crashed = train_registry(tiny_config(tiny_split, out, max_failures=0))
     killer.join()
     assert killed and not crashed["complete"]
