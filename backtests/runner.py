@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from backtests.spec import BacktestSpec
 from corpora.split import end_of_day
-from vintage.registry import Registry
+from vintage.registry import Registry, model_fingerprint
 
 RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
                   "p_answer", "model_key", "run_id"]
@@ -80,39 +80,40 @@ def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
     return queries.with_columns(vintage_cutoff=pl.Series(labels, dtype=pl.String))
 
 
-def model_fingerprint(directory: Path) -> str:
-    """What a model is: its training stage hash (registry models), else the weights file's size and mtime."""
-    info = directory / "training.json"
-    if info.exists():
-        stage = json.loads(info.read_text()).get("stage_hash")
-        if stage:
-            return stage
-    weights = sorted(directory.glob("*.safetensors"))
-    return hashlib.sha256(json.dumps([(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights])
-                          .encode()).hexdigest()[:16]
-
-
 def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
     """(method, vintage_cutoff, model_key) for every method and vintage."""
+    from vintage.ngram import ngram_fingerprint
+
     frontier = Path(spec.frontier) if spec.frontier else registry.root / "frontier"
-    full = registry.full_path()
+    frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
+    manifest = registry.manifest
+    ngram_dir = registry.root / "ngram"
+
+    def surrogate_fp(m, cutoff: str) -> str:
+        if m.surrogate == "ngram":
+            return ngram_fingerprint(ngram_dir, cutoff) if (ngram_dir / "manifest.json").exists() else "no-ngram"
+        return model_fingerprint(registry.vintage_path(cutoff))
+
     rows = []
     for m in spec.methods:
         for c in cutoffs:
-            vintage = registry.vintage_path(c)
             if m.name == "frontier":
-                used = [frontier]
+                used = [frontier_fp]
             elif m.name == "surrogate":
-                used = [vintage]
+                used = [surrogate_fp(m, c)]
             elif m.name == "retrained":
                 seeds = registry.retrained_seeds(c)
-                used = [registry.retrained_path(c, seeds[0])] if seeds else []
+                used = [model_fingerprint(registry.retrained_path(c, seeds[0]))] if seeds else []
             else:
-                used = [frontier, full, vintage]
+                used = [frontier_fp, surrogate_fp(m, registry.full_cutoff()), surrogate_fp(m, c)]
             alpha = m.alpha
             if m.name == "point_in_time" and alpha == "calibrated":
-                alpha = registry.manifest.get("calibration", {}).get(c, {}).get("alpha")
-            what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, [model_fingerprint(p) if p.exists() else str(p) for p in used]]
+                alpha = manifest.get("calibration", {}).get(c, {}).get("alpha")
+            temperatures = None
+            if m.confidence == "matched":
+                fitted = manifest.get("temperatures", {}).get(m.surrogate, {})
+                temperatures = [fitted.get(c, {}).get("temperature"), fitted.get(registry.full_cutoff(), {}).get("temperature")]
+            what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, m.surrogate, temperatures, used]
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
     return pl.DataFrame(rows)
@@ -141,14 +142,34 @@ class Scorer:
     def frontier(self):
         return self.model("frontier", self.frontier_dir or self.registry.frontier_path())
 
-    @property
-    def full(self):
-        return self.model("full", self.registry.full_path())
-
     def model(self, key: str, path: Path):
         if key not in self.cache:
             self.cache[key] = self._load(path)
         return self.cache[key]
+
+    def surrogate(self, kind: str, cutoff: str):
+        """The vintage surrogate at `cutoff` of this kind (neural: the trained model; ngram: the counts)."""
+        if kind == "ngram":
+            from vintage.ngram import NgramLM
+
+            key = f"ngram-{cutoff}"
+            if key not in self.cache:
+                self.cache[key] = NgramLM.from_registry(self.registry, cutoff)
+            return self.cache[key]
+        return self.model(cutoff, self.registry.vintage_path(cutoff))
+
+    def temperatures(self, method, cutoff: str):
+        from vintage.decoding import Temperatures
+
+        if method.confidence == "raw":
+            return Temperatures()
+        fitted = self.registry.manifest.get("temperatures", {}).get(method.surrogate, {})
+        missing = [c for c in (cutoff, self.registry.full_cutoff()) if c not in fitted]
+        if missing:
+            raise ValueError(f"{self.registry.root}: no fitted {method.surrogate} temperature for {missing}; run "
+                             f"`vintage fit-temperatures --registry {self.registry.root} --split SPLIT`")
+        return Temperatures(vintage=fitted[cutoff]["temperature"],
+                            full=fitted[self.registry.full_cutoff()]["temperature"])
 
     def lm(self, method, cutoff: str):
         from vintage.decoding import PointInTimeLM
@@ -157,20 +178,23 @@ class Scorer:
         if method.name == "frontier":
             return PointInTimeLM(self.frontier, None, None, tok), 0.0
         if method.name == "surrogate":
-            return PointInTimeLM(self.model(cutoff, self.registry.vintage_path(cutoff)), None, None, tok), 0.0
+            return PointInTimeLM(self.surrogate(method.surrogate, cutoff), None, None, tok), 0.0
         if method.name == "retrained":
             seeds = self.registry.retrained_seeds(cutoff)
             if not seeds:
                 return None, None
             return PointInTimeLM(self.model(f"retrained-{cutoff}", self.registry.retrained_path(cutoff, seeds[0])),
                                  None, None, tok), 0.0
-        vintage = self.model(cutoff, self.registry.vintage_path(cutoff))
+        vintage = self.surrogate(method.surrogate, cutoff)
+        full = self.surrogate(method.surrogate, self.registry.full_cutoff())
+        temperatures = self.temperatures(method, cutoff)
         if method.mode == "rank":  # alpha only switches the steering on
-            return PointInTimeLM(self.frontier, self.full, vintage, tok, alpha=1.0, rank_k=method.k,
-                                 rank_margin=method.margin, plausibility=method.plausibility), None
+            return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, rank_k=method.k,
+                                 rank_margin=method.margin, plausibility=method.plausibility,
+                                 temperatures=temperatures), None
         alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
-        return PointInTimeLM(self.frontier, self.full, vintage, tok, alpha=alpha,
-                             plausibility=method.plausibility), alpha
+        return PointInTimeLM(self.frontier, full, vintage, tok, alpha=alpha, plausibility=method.plausibility,
+                             temperatures=temperatures), alpha
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
@@ -219,6 +243,21 @@ class Scorer:
         return f"choice(s) {empty!r} empty after tokenisation" if empty else None
 
 
+def check_registry(spec: BacktestSpec, registry: Registry) -> None:
+    """Fail before scoring when a method needs what the registry lacks (n-gram counts, fitted temperatures)."""
+    fix = {"ngram": f"vintage ngram --registry {registry.root} --split SPLIT",
+           "temperatures": f"vintage fit-temperatures --registry {registry.root} --split SPLIT"}
+    for m in spec.methods:
+        if m.surrogate == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
+            raise ValueError(f"method {m.key}: {registry.root} has no n-gram counts; run `{fix['ngram']}`")
+        if m.confidence == "matched":
+            fitted = registry.manifest.get("temperatures", {}).get(m.surrogate, {})
+            missing = [c for c in registry.cutoffs() if c not in fitted]
+            if missing:
+                raise ValueError(f"method {m.key}: no fitted {m.surrogate} temperatures for vintage(s) {missing} "
+                                 f"in {registry.root}; run `{fix['temperatures']}`")
+
+
 def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
     """Score what the output does not hold yet for this spec's run id; append results and errors."""
     from dataclasses import asdict
@@ -227,6 +266,7 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
         if not getattr(spec, key):
             raise ValueError(f"backtest spec: `{key}` is required")
     registry = Registry(spec.registry)
+    check_registry(spec, registry)
     run_id = spec.run_id(registry.manifest)
     output = Path(spec.output)
     queries = assign_vintages(load_queries(spec), registry.cutoffs())

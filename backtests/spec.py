@@ -28,14 +28,23 @@ class MethodSpec:
                                      "probability); unset: none", None)
     mode: Literal["linear", "rank"] = doc("point_in_time: linear contrast (alpha) or rank (ban the k tokens "
                                           "the full surrogate prefers most over the vintage)", "linear")
+    surrogate: Literal["neural", "ngram"] = doc("surrogate and point_in_time: the vintage pair is the trained "
+                                                "transformers (neural) or the registry's n-gram counts (ngram)",
+                                                "neural")
+    confidence: Literal["raw", "matched"] = doc("point_in_time: surrogates as they are (raw) or divided by the "
+                                                "registry's fitted temperatures (matched to the frontier's "
+                                                "confidence)", "raw")
     k: int = doc("rank mode: tokens banned per step", 1)
     margin: float = doc("rank mode: minimum log p_full - log p_vintage to ban a token", 0.0)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
         if self.name != "point_in_time" and (self.alpha != 0.5 or self.plausibility is not None
-                                             or self.mode != "linear"):
-            raise ValueError(f"method {self.name!r}: alpha, plausibility and mode apply to point_in_time only")
+                                             or self.mode != "linear" or self.confidence != "raw"):
+            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode and confidence apply to "
+                             f"point_in_time only")
+        if self.name in ("frontier", "retrained") and self.surrogate != "neural":
+            raise ValueError(f"method {self.name!r}: surrogate applies to surrogate and point_in_time only")
         if self.k < 1:
             raise ValueError(f"method {self.name!r}: k must be >= 1, got {self.k}")
         if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
@@ -45,12 +54,14 @@ class MethodSpec:
     def key(self) -> str:
         if self.label:
             return self.label
+        kind = ",ngram" if self.surrogate == "ngram" else ""
         if self.name == "point_in_time":
             mask = f",mask={self.plausibility}" if self.plausibility is not None else ""
+            matched = ",matched" if self.confidence == "matched" else ""
             if self.mode == "rank":
-                return f"point_in_time(rank,k={self.k},margin={self.margin}{mask})"
-            return f"point_in_time(alpha={self.alpha}{mask})"
-        return self.name
+                return f"point_in_time(rank,k={self.k},margin={self.margin}{mask}{matched}{kind})"
+            return f"point_in_time(alpha={self.alpha}{mask}{matched}{kind})"
+        return f"{self.name}(ngram)" if kind else self.name
 
 
 @dataclass

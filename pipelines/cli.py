@@ -100,6 +100,32 @@ def _probe_facts(args) -> int:
     return 0 if result.passed or not args.strict else 1
 
 
+def _ngram(args) -> int:
+    from vintage.ngram import NgramLM, count_slices
+
+    if args.engine == "ray":
+        import ray
+
+        ray.init(ignore_reinit_error=True)
+    build = count_slices(args.registry, args.split, args.order, args.holdout_every, args.engine,
+                         min_count=args.min_count)
+    slices = sorted(build.manifest["slices"])
+    if slices:
+        model = NgramLM.from_registry(args.registry, slices[-1])
+        print(f"full n-gram vintage {slices[-1]}: {model.rows:,} n-grams, ~{model.memory_bytes() / 1e6:.1f} MB in "
+              f"memory; discounts {', '.join(f'{k}: {d:.2f}' for k, d in model.discounts.items())}")
+    return 0
+
+
+def _fit_temperatures(args) -> int:
+    from vintage.calibration import fit_registry_temperatures
+
+    fit_registry_temperatures(args.registry, args.split, args.kinds.split(","), frontier=args.frontier,
+                              holdout_every=args.holdout_every)
+    print(f"temperatures written to {Path(args.registry) / 'manifest.json'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vintage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -144,6 +170,25 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", help="write probe_scores.parquet and probe_checks.parquet here")
     probe.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     probe.set_defaults(func=_probe_facts)
+
+    ngram = commands.add_parser("ngram", help="count n-gram surrogates per slice into a registry (Ray Data); "
+                                              "a vintage is the sum of its slices' counts")
+    ngram.add_argument("--registry", required=True, help="model registry (its tokenizer/ is used)")
+    ngram.add_argument("--split", required=True, help="split output directory")
+    ngram.add_argument("--order", type=int, default=5, help="n of the n-grams (default 5)")
+    ngram.add_argument("--min-count", type=int, default=1, help="prune n-grams seen fewer times (default 1)")
+    ngram.add_argument("--holdout-every", type=int, default=20, help="as in training: held-out documents")
+    ngram.add_argument("--engine", choices=["ray", "local"], default="ray")
+    ngram.set_defaults(func=_ngram)
+
+    temps = commands.add_parser("fit-temperatures", help="fit each surrogate's confidence-matching temperature "
+                                                         "against the frontier on held-out text")
+    temps.add_argument("--registry", required=True)
+    temps.add_argument("--split", required=True)
+    temps.add_argument("--frontier", help="frontier directory; default: the registry's frontier/")
+    temps.add_argument("--kinds", default="neural,ngram", help="comma-separated: neural, ngram")
+    temps.add_argument("--holdout-every", type=int, default=20)
+    temps.set_defaults(func=_fit_temperatures)
     return parser
 
 

@@ -17,6 +17,7 @@ from backtests.runner import read_table, run_backtest
 from backtests.spec import BacktestSpec, MethodSpec, Resources
 from corpora.config import ConfigError, load_yaml
 from tests.lm_fixtures import tiny_model, word_tokenizer
+from vintage.decoding import PointInTimeLM
 
 UTC = dt.timezone.utc
 CUTOFFS = ["2019-03-31", "2019-06-30", "2019-09-30"]
@@ -126,7 +127,7 @@ def test_spec_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"methods\[0\].name: 'oracle' is not one of"):
         load_yaml(path, BacktestSpec)
     path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: frontier, alpha: 2.0}]\n")
-    with pytest.raises(ConfigError, match="alpha, plausibility and mode apply to point_in_time only"):
+    with pytest.raises(ConfigError, match="alpha, plausibility, mode and confidence apply to point_in_time only"):
         load_yaml(path, BacktestSpec)
 
 
@@ -257,3 +258,50 @@ def test_rank_mode_method_scores_and_is_keyed_apart(tmp_path, registry):
     assert ranked["alpha"].is_null().all() and ranked["choice_logprobs"].list.len().to_list() == [2, 2]
     with pytest.raises(ValueError, match="apply to point_in_time only"):
         MethodSpec(name="frontier", mode="rank")
+
+
+def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
+    import shutil
+
+    from vintage.ngram import NgramLM, emit_ngrams
+    from vintage.tokenizer import tokenizer_hash
+
+    root = tmp_path / "registry"
+    shutil.copytree(registry, root)
+    tok = word_tokenizer()
+    texts = {"2019-03-31": ["Acme 2019q1 results : beat ."], "2019-06-30": ["Brio 2019q2 results : miss ."],
+             "2019-09-30": ["Acme 2019q2 results : beat ."]}
+    (root / "ngram" / "slices").mkdir(parents=True)
+    for cutoff, docs in texts.items():
+        ids = [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in docs]
+        pq.write_table(emit_ngrams(ids, 5), root / "ngram" / "slices" / f"{cutoff}.parquet")
+    (root / "ngram" / "manifest.json").write_text(json.dumps({
+        "order": 5, "min_count": 1, "tokenizer_hash": tokenizer_hash(tok), "vocab_size": len(tok),
+        "slices": {c: {"content_hash": c} for c in texts}}))
+    methods = [MethodSpec(name="surrogate", surrogate="ngram"), MethodSpec(name="point_in_time", alpha=1.0),
+               MethodSpec(name="point_in_time", alpha=1.0, confidence="matched"),
+               MethodSpec(name="point_in_time", alpha=1.0, surrogate="ngram")]
+    spec = make_spec(tmp_path, root, base_rows(), methods=methods)
+    with pytest.raises(ValueError, match="no fitted neural temperatures .* run `vintage fit-temperatures"):
+        run_backtest(spec, engine="local")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["temperatures"] = {"neural": {c: {"temperature": 3.0} for c in CUTOFFS}}
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    run_backtest(spec, engine="local")
+    results = read_table(tmp_path / "out" / "results")
+    assert set(results["method"]) == {"surrogate(ngram)", "point_in_time(alpha=1.0)",
+                                      "point_in_time(alpha=1.0,matched)", "point_in_time(alpha=1.0,ngram)"}
+    q2 = {r["method"]: r["choice_logprobs"] for r in results.filter(pl.col("query_id") == "q2").to_dicts()}
+    assert q2["point_in_time(alpha=1.0)"] != pytest.approx(q2["point_in_time(alpha=1.0,matched)"])
+    # the n-gram surrogate row is what the n-gram vintage (the sum of the slices up to 2019-06-30) gives
+    direct = PointInTimeLM(NgramLM(emit_ngrams(
+        [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+         for t in texts["2019-03-31"] + texts["2019-06-30"]], 5), len(tok), 5), None, None, tok)
+    expected = direct.score(["Brio 2019q2 results :"], [[" beat", " miss"]])[0].choice_logprobs
+    assert q2["surrogate(ngram)"] == pytest.approx(expected, abs=1e-5)
+    assert q2["surrogate(ngram)"][1] > q2["surrogate(ngram)"][0]  # it read "Brio 2019q2 results : miss"
+    # new temperatures rescore the matched method only
+    manifest["temperatures"]["neural"]["2019-06-30"]["temperature"] = 2.0
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    rerun = run_backtest(spec, engine="local")
+    assert rerun.scored == 1  # q2 (vintage 2019-06-30) under the matched method

@@ -21,7 +21,7 @@ from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 from vintage.decoding import PointInTimeLM
 from vintage.registry import Registry, RegistryError
-from vintage.runs import Optimisation, RoleConfig, TrainConfig, train_registry
+from vintage.runs import NgramConfig, Optimisation, RoleConfig, TrainConfig, stale_temperatures, train_registry
 
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.slow
@@ -65,11 +65,12 @@ def same_weights(a: Path, b: Path) -> bool:
 
 
 def roles_config(base: Path, out: Path) -> TrainConfig:
-    """Chronological surrogates plus a frontier and two retrained seeds, two runs at a time."""
+    """Chronological surrogates plus a frontier and two retrained seeds, two runs at a time; n-gram
+    surrogates counted beside them."""
     optim = Optimisation(lr=3e-3, batch_size=16, epochs=2, cooldown_steps=2, warmup_steps=2)
     return tiny_config(base, out, parallel_runs=2, frontier=RoleConfig(preset="tiny", optim=optim),
                        retrained=RoleConfig(preset="tiny", optim=optim, seeds=[0, 1]),
-                       retrained_cutoffs=["2017-06-30"])
+                       retrained_cutoffs=["2017-06-30"], ngram=NgramConfig(order=3))
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,26 @@ def test_chronological_training_writes_a_loadable_registry(reference):
     assert len(scored.choice_logprobs) == 2
     with pytest.raises(RegistryError, match="precedes every vintage.*2017-06-30"):
         Registry(out).vintage_for("2017-06-30T12:00:00Z")
+
+
+def test_ngram_counts_and_fitted_temperatures_complete_the_registry(reference):
+    from vintage.ngram import NgramLM
+    from vintage.registry import model_fingerprint
+
+    out, manifest = reference
+    registry = Registry(out)
+    for kind in ("neural", "ngram"):
+        fitted = manifest["temperatures"][kind]
+        assert sorted(fitted) == manifest["cutoffs"]
+        for cutoff, entry in fitted.items():
+            assert 0.05 <= entry["temperature"] <= 20 and entry["positions"] > 0
+            assert entry["kl_after"] <= entry["kl_before"] + 1e-6  # the fit never moves away from the frontier
+    assert manifest["temperatures"]["neural"]["2017-06-30"]["fingerprint"] == \
+        model_fingerprint(out / "vintages" / "2017-06-30")
+    assert not stale_temperatures(registry, ["neural", "ngram"])
+    ngram = json.loads((out / "ngram" / "manifest.json").read_text())
+    assert ngram["order"] == 3 and sorted(ngram["slices"]) == manifest["cutoffs"]
+    assert NgramLM.from_registry(out, "2017-12-31").rows > NgramLM.from_registry(out, "2017-06-30").rows
 
 
 def test_rerun_of_a_finished_config_is_a_no_op(reference):

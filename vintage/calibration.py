@@ -74,3 +74,121 @@ def calibrate_alpha(lm: PointInTimeLM, post: Sequence[Probe], pre: Sequence[Prob
     return CalibrationResult(alpha=best["alpha"], reference=reference, distance=best["distance"],
                              post_accuracy=best["post_accuracy"], pre_accuracy=best["pre_accuracy"],
                              frontier_pre_accuracy=frontier_pre, n_post=len(post), n_pre=len(pre), table=table)
+
+
+# -- confidence matching ---------------------------------------------------------------------------------
+
+def position_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 96):
+    """Next-token logits [N, V] at every predicted position of `texts` (float32, CPU), in text order."""
+    import torch
+
+    vocab = len(tokenizer)
+    encoded = [ids[:max_length] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    out = []
+    device = next(iter(model.parameters()), torch.zeros(0)).device
+    with torch.inference_mode():
+        for start in range(0, len(encoded), batch_size):
+            chunk = [e for e in encoded[start:start + batch_size] if len(e) >= 2]
+            if not chunk:
+                continue
+            width = max(len(e) for e in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, e in enumerate(chunk):
+                ids[row, : len(e)] = torch.tensor(e)
+                mask[row, : len(e)] = 1
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[..., :vocab].float().cpu()
+            for row, e in enumerate(chunk):
+                out.append(logits[row, : len(e) - 1])
+    return torch.cat(out) if out else torch.zeros((0, vocab))
+
+
+def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neural", "ngram"),
+                              frontier: str | None = None, holdout_every: int = 20, max_docs: int = 128) -> dict:
+    """Confidence matching (issue #9): for every surrogate of the registry (each vintage, the last one being
+    the full), the temperature that makes its next-token distribution closest in KL to the frontier's on
+    held-out documents up to its cutoff (text both should know alike). Written to the manifest under
+    `temperatures[kind][cutoff]` with the evidence (KL before and after, positions, the model fingerprint)."""
+    import math
+
+    import pyarrow.compute as pc
+    from transformers import AutoModelForCausalLM
+
+    from corpora.split import read_slices
+    from vintage.decoding import fit_temperature
+    from vintage.registry import Registry
+    from vintage.runs import is_holdout
+    from vintage.tokenizer import load_tokenizer
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    tokenizer = load_tokenizer(registry.tokenizer_path())
+    documents = read_slices(split)
+    held = documents.filter(_bool_array([is_holdout(d, holdout_every) for d in documents["doc_id"].to_pylist()]))
+    if held.num_rows == 0:
+        raise ValueError(f"{split}: no held-out documents to fit temperatures on (holdout_every={holdout_every})")
+    step = max(1, math.ceil(held.num_rows / max_docs))
+    held = held.take(list(range(0, held.num_rows, step)))
+    texts, slices = held["text"].to_pylist(), held["slice"].to_pylist()
+    lengths = [max(0, min(len(ids), 96) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
+    frontier_logits = position_logits(load(frontier or registry.frontier_path()), tokenizer, texts)
+    found: dict[str, dict] = {}
+    for kind in kinds:
+        if kind == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
+            continue
+        found[kind] = {}
+        for cutoff in registry.cutoffs():
+            rows = [i for i, s in enumerate(slices) if s <= cutoff]
+            if not rows:
+                continue
+            if kind == "ngram":
+                from vintage.ngram import NgramLM
+
+                model = NgramLM.from_registry(registry, cutoff)
+                fingerprint = model.fingerprint
+            else:
+                from vintage.registry import model_fingerprint
+
+                model = load(registry.vintage_path(cutoff))
+                fingerprint = model_fingerprint(registry.vintage_path(cutoff))
+            logits = position_logits(model, tokenizer, [texts[i] for i in rows])
+            positions = _positions(lengths, rows)
+            target = frontier_logits[positions]
+            temperature = fit_temperature(logits, target)
+            found[kind][cutoff] = dict(temperature=round(temperature, 4), positions=int(len(positions)),
+                                       kl_before=round(_kl(target, logits, 1.0), 4),
+                                       kl_after=round(_kl(target, logits, temperature), 4), fingerprint=fingerprint)
+            print(f"[temperatures] {kind} {cutoff}: T={temperature:.3f} KL to the frontier "
+                  f"{found[kind][cutoff]['kl_before']:.3f} -> {found[kind][cutoff]['kl_after']:.3f} "
+                  f"({len(positions)} positions)", flush=True)
+    registry.update_manifest(temperatures=found)
+    return found
+
+
+def _bool_array(values):
+    import pyarrow as pa
+
+    return pa.array(values, pa.bool_())
+
+
+def _positions(lengths: Sequence[int], rows: Sequence[int]):
+    """Positions (into the concatenated per-text rows of `lengths`) belonging to texts `rows`."""
+    import torch
+
+    offsets = [0]
+    for n in lengths:
+        offsets.append(offsets[-1] + n)
+    return torch.tensor([p for r in rows for p in range(offsets[r], offsets[r + 1])], dtype=torch.long)
+
+
+def _kl(target_logits, logits, temperature: float) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    target = F.log_softmax(target_logits.double(), -1)
+    lp = F.log_softmax(logits.double() / temperature, -1)
+    return float((target.exp() * (target - lp)).sum(-1).mean())

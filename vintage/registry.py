@@ -12,6 +12,7 @@ Lookup as of a date is loud: the vintage used is the latest whose cutoff day has
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
 import tempfile
@@ -118,3 +119,15 @@ class Registry:
 
     def record_calibration(self, cutoff: str, evidence: dict) -> None:
         self.update_manifest(calibration={cutoff: evidence})
+
+
+def model_fingerprint(directory: Path) -> str:
+    """What a model is: its training stage hash (registry models), else the weights file's size and mtime."""
+    info = directory / "training.json"
+    if info.exists():
+        stage = json.loads(info.read_text()).get("stage_hash")
+        if stage:
+            return stage
+    weights = sorted(directory.glob("*.safetensors"))
+    return hashlib.sha256(json.dumps([(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights])
+                          .encode()).hexdigest()[:16]

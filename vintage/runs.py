@@ -49,6 +49,17 @@ class RoleConfig:
 
 
 @dataclass
+class NgramConfig:
+    """N-gram surrogates counted per slice beside the neural ones (vintage.ngram)."""
+
+    order: int = doc("n of the n-grams; 5 on the embedded worlds, where a fact's company name sits 4 tokens "
+                     "before its answer ('Ralecorp 2017q2 results: miss'): order 4 cannot tell companies "
+                     "apart (full-surrogate fact accuracy 0.59; order 5: 0.86; order 6, sparser: 0.74)", 5)
+    min_count: int = doc("prune n-grams (order >= 2) seen fewer times than this in a vintage", 1)
+    engine: Literal["ray", "local"] = doc("count with Ray Data (ray) or in this process (local)", "ray")
+
+
+@dataclass
 class TrainConfig:
     """A training run over a split."""
 
@@ -73,6 +84,9 @@ class TrainConfig:
     probes: str | None = doc("queries parquet whose fact queries (kind == 'fact') are known by a stage's "
                              "cutoff: train each stage until they are memorised (embedded worlds)", None)
     memorise: float = doc("with probes: stop a stage once its fact accuracy reaches this (epochs cap it)", 0.95)
+    ngram: NgramConfig | None = doc("also count n-gram surrogates per slice (no training); unset: none", None)
+    fit_temperatures: bool = doc("fit each surrogate's confidence-matching temperature against the frontier "
+                                 "on held-out text (needs the frontier role)", True)
 
 
 def _sha(text: str) -> str:
@@ -311,8 +325,8 @@ def train_registry(config: TrainConfig) -> dict:
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if manifest.get("config_hash") == config_hash and manifest.get("complete"):
-            print(f"train: {registry} already holds this run (config {config_hash}); nothing to do")
-            return manifest
+            print(f"train: {registry} already holds this run (config {config_hash}); nothing to train")
+            return finish_registry(config, registry)
     started = time.perf_counter()
     tokens, facts = prepare(config, registry)
     facts["probe_rows"] = json.loads(Path(facts["probes"]).read_text())
@@ -350,15 +364,53 @@ def train_registry(config: TrainConfig) -> dict:
     }
     old = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
     manifest["runs"] = {**old.get("runs", {}), **results}
-    if "calibration" in old:
-        manifest["calibration"] = old["calibration"]
+    for key in ("calibration", "temperatures"):  # evidence carries its models' fingerprints
+        if key in old:
+            manifest[key] = old[key]
     tmp = registry / ".manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
     os.replace(tmp, manifest_path)
     if manifest["complete"]:
         shutil.rmtree(registry / ".work" / "ray", ignore_errors=True)
+        manifest = finish_registry(config, registry)
     else:
         failed = {n: r["error"] for n, r in results.items() if r["error"]}
         print(f"train: incomplete registry {registry}; failed runs: {failed}. A rerun continues from their "
               f"last checkpoints.", flush=True)
     return manifest
+
+
+def finish_registry(config: TrainConfig, registry: Path) -> dict:
+    """What a complete registry gets besides trained models: n-gram counts (new slices only) and the
+    surrogates' confidence-matching temperatures (refitted where a model changed)."""
+    from vintage.registry import Registry
+
+    if config.ngram is not None:
+        from vintage.ngram import count_slices
+
+        count_slices(registry, config.split, config.ngram.order, config.holdout_every, config.ngram.engine,
+                     min_count=config.ngram.min_count)
+    reg = Registry(registry)
+    if config.fit_temperatures and (registry / "frontier").exists():
+        kinds = ["neural"] + (["ngram"] if config.ngram is not None else [])
+        if stale_temperatures(reg, kinds):
+            from vintage.calibration import fit_registry_temperatures
+
+            fit_registry_temperatures(reg, config.split, kinds, holdout_every=config.holdout_every)
+    return reg.manifest
+
+
+def stale_temperatures(registry, kinds) -> bool:
+    """True when a surrogate lacks a fitted temperature or its model changed since the fit."""
+    from vintage.registry import model_fingerprint
+    from vintage.ngram import ngram_fingerprint
+
+    fitted = registry.manifest.get("temperatures", {})
+    for kind in kinds:
+        for cutoff in registry.cutoffs():
+            entry = fitted.get(kind, {}).get(cutoff)
+            current = (ngram_fingerprint(registry.root / "ngram", cutoff) if kind == "ngram"
+                       else model_fingerprint(registry.vintage_path(cutoff)))
+            if entry is None or entry.get("fingerprint") != current:
+                return True
+    return False

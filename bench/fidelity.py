@@ -1,0 +1,359 @@
+"""Fidelity (issue #8): does the simulated vintage behave like the frontier retrained at the cutoff?
+
+    python bench/fidelity.py --registry out/demo/models --world out/demo/world/synthetic-market --out out/fidelity
+
+The vintage at `--cutoff` (default: the registry's first retrained cutoff) is simulated by every method and
+scored on the world's fact queries public after the cutoff (what it must forget) and before it (what it
+must keep), on forecast queries dated after it, and on held-out documents (perplexity before and after the
+cutoff: the effective-cutoff bend). The gold standard is the frontier preset retrained on data <= the
+cutoff, at every seed the registry holds; the spread between seeds is the noise floor.
+
+Writes OUT/fidelity.parquet, OUT/fidelity.md (the table and the goals) and OUT/fidelity.png.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+GOALS = {"gap_closed": 0.8, "pre_drop": 0.05, "ppl_ratio": 1.10}
+
+
+@dataclass
+class Method:
+    name: str
+    kind: str  # frontier, retrained, surrogate, point_in_time
+    surrogate: str = "neural"
+    alpha: float = 0.0
+    matched: bool = False
+    rank_k: int | None = None
+    margin: float = 0.0
+    plausibility: float | None = None
+    seed: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def methods(has_ngram: bool, seeds: list[int], calibrated: dict[str, float]) -> list[Method]:
+    out = [Method("frontier", "frontier")]
+    out += [Method(f"retrained seed={s}", "retrained", seed=s) for s in seeds]
+    kinds = ["neural"] + (["ngram"] if has_ngram else [])
+    for kind in kinds:
+        out.append(Method(f"surrogate ({kind})", "surrogate", kind))
+        for alpha in (0.5, 1.0, 2.0):
+            out.append(Method(f"linear a={alpha} ({kind})", "point_in_time", kind, alpha))
+            out.append(Method(f"linear a={alpha} matched ({kind})", "point_in_time", kind, alpha, matched=True))
+        out.append(Method(f"linear a=1.0 mask=0.1 ({kind})", "point_in_time", kind, 1.0, plausibility=0.1))
+        if kind in calibrated:
+            out.append(Method(f"linear a=calibrated={calibrated[kind]:g} ({kind})", "point_in_time", kind,
+                              calibrated[kind]))
+        for margin in (0.0, 2.0):
+            out.append(Method(f"rank k=1 margin={margin} ({kind})", "point_in_time", kind, 1.0, rank_k=1,
+                              margin=margin, plausibility=0.1))
+    return out
+
+
+def variant(lm, method: Method, temperatures):
+    """`lm` (frontier + a surrogate pair) with the method's settings; the loaded models are shared."""
+    from vintage.decoding import PointInTimeLM, Temperatures
+
+    other = object.__new__(PointInTimeLM)
+    other.__dict__.update(lm.__dict__)
+    other.alpha = method.alpha
+    other.rank_k, other.rank_margin, other.plausibility = method.rank_k, method.margin, method.plausibility
+    other.temperatures = temperatures if method.matched else Temperatures()
+    return other
+
+
+def accuracy(scored, answers) -> float:
+    return sum(s.prediction == a for s, a in zip(scored, answers)) / max(1, len(answers))
+
+
+def p_answer(scored, answers) -> list[float]:
+    return [s.probabilities()[a] for s, a in zip(scored, answers)]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", required=True)
+    parser.add_argument("--world", required=True, help="world directory (queries.parquet)")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--cutoff", help="vintage to simulate (default: the first retrained cutoff)")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from scipy.stats import ks_2samp
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from backtests.effective_cutoff import heldout_documents
+    from corpora.split import end_of_day
+    from vintage.calibration import Probe, calibrate_alpha
+    from vintage.decoding import ChoiceComponents, PointInTimeLM, Temperatures
+    from vintage.ngram import NgramLM
+    from vintage.registry import Registry
+    from vintage.tokenizer import load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    started = time.perf_counter()
+    registry = Registry(args.registry)
+    manifest = registry.manifest
+    retrained_cutoffs = sorted(p.name for p in (registry.root / "retrained").iterdir()) \
+        if (registry.root / "retrained").exists() else []
+    cutoff = args.cutoff or (retrained_cutoffs[0] if retrained_cutoffs else None)
+    if cutoff is None:
+        raise SystemExit(f"{registry.root}: no retrained model; fidelity needs the gold standard")
+    seeds = registry.retrained_seeds(cutoff)
+    print(f"[fidelity] vintage {cutoff}; retrained seeds {seeds}" + (
+        "  (fewer than 3: no noise floor worth the name)" if len(seeds) < 3 else ""), flush=True)
+    import datetime as dt
+
+    boundary = end_of_day(dt.date.fromisoformat(cutoff))
+    queries = pl.read_parquet(Path(args.world) / "queries.parquet").with_columns(
+        pl.col("as_of").dt.convert_time_zone("UTC"))
+    sets = {
+        "post": queries.filter((pl.col("kind") == "fact") & (pl.col("as_of") > boundary)),
+        "pre": queries.filter((pl.col("kind") == "fact") & (pl.col("as_of") <= boundary)),
+        "forecast": queries.filter((pl.col("kind") == "forecast") & (pl.col("as_of") > boundary)),
+    }
+    answers = {k: [list(c).index(a) for c, a in zip(q["choices"], q["answer"])] for k, q in sets.items()}
+    docs = heldout_documents(registry)
+    texts = {"before": docs.filter(pl.col("knowledge_date") <= boundary)["text"].to_list(),
+             "after": docs.filter(pl.col("knowledge_date") > boundary)["text"].to_list()}
+    print(f"[fidelity] facts: {sets['post'].height} post-cutoff, {sets['pre'].height} pre-cutoff; "
+          f"{sets['forecast'].height} forecasts; held-out documents {len(texts['before'])} before, "
+          f"{len(texts['after'])} after", flush=True)
+
+    tok = load_tokenizer(registry.tokenizer_path())
+    load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
+    frontier = load(registry.frontier_path())
+    pairs = {"neural": (load(registry.full_path()), load(registry.vintage_path(cutoff)))}
+    if (registry.root / "ngram" / "manifest.json").exists():
+        pairs["ngram"] = (NgramLM.from_registry(registry, registry.full_cutoff()),
+                          NgramLM.from_registry(registry, cutoff))
+    fitted = manifest.get("temperatures", {})
+    temperatures = {k: Temperatures(vintage=fitted[k][cutoff]["temperature"],
+                                    full=fitted[k][registry.full_cutoff()]["temperature"])
+                    for k in pairs if k in fitted and cutoff in fitted[k]}
+    lms = {k: PointInTimeLM(frontier, full, vintage, tok, alpha=1.0, batch_size=64)
+           for k, (full, vintage) in pairs.items()}
+    components = {k: {s: lm.choice_components(q["prompt"].to_list(), [list(c) for c in q["choices"]])
+                      for s, q in sets.items()} for k, lm in lms.items()}
+    print(f"[fidelity] logits of frontier and surrogates gathered ({time.perf_counter() - started:.0f} s)", flush=True)
+
+    # alpha calibration without the gold: closest to the vintage surrogate on post-cutoff facts while keeping
+    # pre-cutoff accuracy (vintage.calibration); the retrained models are not looked at
+    calibrated = {}
+    for kind, lm in lms.items():
+        probes = {s: [Probe(p, list(c), a) for p, c, a in zip(q["prompt"], q["choices"], q["answer"])]
+                  for s, q in sets.items() if s != "forecast"}
+        vintage_only = PointInTimeLM(pairs[kind][1], None, None, tok)
+        reference = vintage_only.score([p.prompt for p in probes["post"]], [p.choices for p in probes["post"]])
+        result = calibrate_alpha(lm, probes["post"], probes["pre"], reference, reference="vintage")
+        calibrated[kind] = result.alpha
+    # what limits the linear contrast: on post-cutoff facts it should push against the answer (vintage knows
+    # less than full), on pre-cutoff facts it should be ~0 (both know them); the frontier's margin is what
+    # it has to overcome. Log-odds of the answer against the best other choice, mean over queries.
+    single = PointInTimeLM(frontier, None, None, tok)
+
+    def log_odds(logits_slot, comps, side):
+        c = comps[side]
+        scored = single.score_components(ChoiceComponents([c.logits[logits_slot], None, None], c.targets, c.spans, c.tokens))
+        return [s.choice_logprobs[a] - max(v for i, v in enumerate(s.choice_logprobs) if i != a)
+                for s, a in zip(scored, answers[side])]
+
+    limits = {}
+    for kind in lms:
+        entry = {}
+        for side in ("post", "pre"):
+            f_, v_, u_ = (log_odds(i, components[kind], side) for i in (0, 1, 2))
+            contrast = [v - u for v, u in zip(v_, u_)]
+            entry[side] = dict(frontier=statistics.mean(f_), vintage=statistics.mean(v_), full=statistics.mean(u_),
+                               contrast=statistics.mean(contrast),
+                               contrast_abs=statistics.mean(abs(c) for c in contrast))
+        limits[kind] = entry
+        print(f"[fidelity] log-odds toward the answer ({kind}): " + "; ".join(
+            f"{side}: frontier {e['frontier']:+.2f}, vintage {e['vintage']:+.2f}, full {e['full']:+.2f}, "
+            f"contrast {e['contrast']:+.2f} (|.| {e['contrast_abs']:.2f})" for side, e in entry.items()), flush=True)
+    rows, p_post = [], {}
+    retrained_models = {s: load(registry.retrained_path(cutoff, s)) for s in seeds}
+    for method in methods("ngram" in pairs, seeds, calibrated):
+        t0 = time.perf_counter()
+        if method.kind in ("frontier", "retrained", "surrogate"):
+            model = {"frontier": frontier, "retrained": retrained_models.get(method.seed),
+                     "surrogate": pairs[method.surrogate][1]}[method.kind]
+            single = PointInTimeLM(model, None, None, tok, batch_size=64)
+            if method.kind == "frontier":
+                scored = {s: single.score_components(ChoiceComponents([c.logits[0], None, None], c.targets, c.spans,
+                                                                      c.tokens)) for s, c in components["neural"].items()}
+            elif method.kind == "surrogate":
+                scored = {s: single.score_components(ChoiceComponents([c.logits[1], None, None], c.targets, c.spans,
+                                                                      c.tokens)) for s, c in components[method.surrogate].items()}
+            else:
+                scored = {s: single.score(q["prompt"].to_list(), [list(c) for c in q["choices"]]) for s, q in sets.items()}
+            scorer = single
+        else:
+            if method.matched and method.surrogate not in temperatures:
+                continue
+            scorer = variant(lms[method.surrogate], method, temperatures.get(method.surrogate))
+            scored = {s: scorer.score_components(c) for s, c in components[method.surrogate].items()}
+        ppl = {side: scorer.perplexity(t) for side, t in texts.items()}
+        p_post[method.name] = p_answer(scored["post"], answers["post"])
+        rows.append(dict(method=method.name, surrogate=method.surrogate if method.kind in ("surrogate", "point_in_time") else None,
+                         post_fact_acc=accuracy(scored["post"], answers["post"]),
+                         pre_fact_acc=accuracy(scored["pre"], answers["pre"]),
+                         forecast_acc=accuracy(scored["forecast"], answers["forecast"]),
+                         ppl_before=ppl["before"], ppl_after=ppl["after"], seconds=time.perf_counter() - t0))
+        print(f"[fidelity] {method.name}: post {rows[-1]['post_fact_acc']:.3f} pre {rows[-1]['pre_fact_acc']:.3f} "
+              f"forecast {rows[-1]['forecast_acc']:.3f} ppl {ppl['before']:.2f}/{ppl['after']:.2f}", flush=True)
+    table = pl.DataFrame(rows)
+    f = table.filter(pl.col("method") == "frontier").row(0, named=True)
+    gold = table.filter(pl.col("method").str.starts_with("retrained"))
+    r_post = gold["post_fact_acc"].mean()
+    seed_names = gold["method"].to_list()
+    floor = [ks_2samp(p_post[a], p_post[b]).pvalue for a, b in itertools.combinations(seed_names, 2)]
+    ks_floor = statistics.median(floor) if floor else None
+    fc_low, fc_high = gold["forecast_acc"].min(), gold["forecast_acc"].max()
+    bend_gold = (gold["ppl_after"] / gold["ppl_before"]).mean()
+    table = table.with_columns(
+        gap_closed=(f["post_fact_acc"] - pl.col("post_fact_acc")) / (f["post_fact_acc"] - r_post),
+        pre_drop=f["pre_fact_acc"] - pl.col("pre_fact_acc"),
+        ppl_ratio=pl.col("ppl_before") / f["ppl_before"],
+        ks_p=pl.Series([statistics.median([ks_2samp(p_post[m], p_post[s]).pvalue for s in seed_names])
+                        for m in table["method"]]),
+        bend=pl.col("ppl_after") / pl.col("ppl_before"),
+    ).with_columns(forecast_in_spread=pl.col("forecast_acc").is_between(fc_low, fc_high)).with_columns(
+        passes=(pl.col("gap_closed") >= GOALS["gap_closed"]) & (pl.col("pre_drop") <= GOALS["pre_drop"])
+        & (pl.col("ppl_ratio") <= GOALS["ppl_ratio"]) & (pl.col("ks_p") >= (ks_floor or 0))
+        & pl.col("forecast_in_spread"))
+    cost = cost_ratio(registry, cutoff, frontier, pairs["neural"][0],
+                      scoring_seconds=float(table.filter(pl.col("method") == "linear a=1.0 (neural)")["seconds"][0]))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table.write_parquet(out / "fidelity.parquet")
+    write_markdown(out / "fidelity.md", table, cutoff, seeds, ks_floor, (fc_low, fc_high), bend_gold, cost, calibrated,
+                   {k: v.__dict__ for k, v in temperatures.items()}, args, sets, texts, limits)
+    plot(out / "fidelity.png", registry, cutoff, lms["neural"], frontier, retrained_models, docs, table)
+    with pl.Config(tbl_rows=60, tbl_width_chars=250, float_precision=3, fmt_str_lengths=50, tbl_hide_dataframe_shape=True):
+        print(table.drop("seconds", "ppl_after", "surrogate"))
+    print(json.dumps(cost, indent=1))
+    print(f"[fidelity] {out / 'fidelity.md'} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) -> dict:
+    """Compute of all surrogates (+ point-in-time scoring) vs retraining the frontier at every cutoff.
+
+    Measured: the surrogates' run (all vintages, one chronological run), the retrained run at `cutoff`.
+    Retraining at the other cutoffs is estimated from the measured one, scaled by the tokens seen up to each
+    cutoff (the corpus grows; epochs per model are what the memorisation probe needed at `cutoff`)."""
+    manifest = registry.manifest
+    runs = manifest.get("runs", {})
+    chain = runs.get("surrogates-chronological", {}).get("seconds")
+    retrained = [v["seconds"] for k, v in runs.items() if k.startswith(f"retrained-{cutoff}")]
+    slices = manifest["slices"]
+    tokens_upto = {c: sum(s["tokens"] for name, s in slices.items() if name <= c) for c in manifest["cutoffs"]}
+    scale = sum(tokens_upto[c] for c in manifest["cutoffs"]) / tokens_upto[cutoff]
+    info = lambda p: json.loads((p / "training.json").read_text())  # noqa: E731
+    n_front = sum(p.numel() for p in frontier.parameters())
+    n_sur = sum(p.numel() for p in full.parameters())
+    # the chain's tokens: the full vintage's (main run + its cooldown) plus the other vintages' cooldown
+    # branches, each cooldown_steps x batch x the mean document length (the branches are not in tokens_seen)
+    optim = manifest["config"]["surrogate"]["optim"]
+    mean_doc = sum(s["tokens"] for s in slices.values()) / sum(s["documents"] for s in slices.values())
+    branch = optim["cooldown_steps"] * optim["batch_size"] * mean_doc
+    sur_tokens = info(registry.full_path())["tokens_seen"] + branch * (len(manifest["cutoffs"]) - 1)
+    ret_tokens = info(registry.retrained_path(cutoff, registry.retrained_seeds(cutoff)[0]))["tokens_seen"]
+    result = {"surrogate_params": n_sur, "frontier_params": n_front,
+              "surrogate_run_seconds": chain, "retrained_seconds_at_cutoff": statistics.mean(retrained) if retrained else None,
+              "retrain_every_cutoff_seconds_est": round(statistics.mean(retrained) * scale, 1) if retrained else None,
+              "point_in_time_scoring_seconds": round(scoring_seconds, 2),
+              "flops_surrogates": 6 * n_sur * sur_tokens, "flops_retrain_every_cutoff_est": 6 * n_front * ret_tokens * scale}
+    if chain and retrained:
+        result["wall_ratio"] = round((chain + scoring_seconds) / result["retrain_every_cutoff_seconds_est"], 3)
+    result["flop_ratio"] = round(result["flops_surrogates"] / result["flops_retrain_every_cutoff_est"], 4)
+    return result
+
+
+def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost, calibrated, temperatures, args,
+                   sets, texts, limits):
+    cols = ["method", "post_fact_acc", "gap_closed", "pre_fact_acc", "pre_drop", "ppl_ratio", "ks_p",
+            "forecast_acc", "forecast_in_spread", "bend", "passes"]
+    lines = [f"# Fidelity at vintage {cutoff}", "",
+             f"`python bench/fidelity.py --registry {args.registry} --world {args.world} --out {args.out}`", "",
+             f"Facts after the cutoff: {sets['post'].height}, before: {sets['pre'].height}; forecasts after: "
+             f"{sets['forecast'].height}; held-out documents {len(texts['before'])} before / {len(texts['after'])} after.",
+             f"Gold: the frontier preset retrained at the cutoff, seeds {seeds}. Noise floors: KS p-value between "
+             f"seeds (median) {ks_floor if ks_floor is None else round(ks_floor, 3)}; forecast accuracy spread "
+             f"{spread[0]:.3f}-{spread[1]:.3f}; retrained perplexity bend (after/before) {bend_gold:.2f}.", "",
+             f"Goals: gap closed >= {GOALS['gap_closed']}; pre-cutoff accuracy drop <= {GOALS['pre_drop']}; "
+             f"held-out pre-cutoff perplexity <= {GOALS['ppl_ratio']}x the frontier's; KS p >= the seeds' floor; "
+             f"forecast accuracy within the seeds' spread. Calibrated alphas (vintage reference, no gold): {calibrated}. "
+             f"Fitted temperatures: {temperatures}.", "",
+             "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in table.iter_rows(named=True):
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## What the linear contrast has to work with", "",
+              "Mean log-odds of the answer against the best other choice; contrast = vintage - full "
+              "(what alpha multiplies). Post-cutoff it should be strongly negative, pre-cutoff near zero.", "",
+              "| surrogates | facts | frontier | vintage | full | contrast | mean abs contrast |", "|---|---|---:|---:|---:|---:|---:|"]
+    for kind, entry in limits.items():
+        for side, e in entry.items():
+            lines.append(f"| {kind} | {side} | {e['frontier']:+.2f} | {e['vintage']:+.2f} | {e['full']:+.2f} | "
+                         f"{e['contrast']:+.2f} | {e['contrast_abs']:.2f} |")
+    lines += ["", "## Cost", "", "| quantity | value |", "|---|---:|"]
+    lines += [f"| {k} | {v} |" for k, v in cost.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot(path, registry, cutoff, lm, frontier, retrained_models, docs, table):
+    """Effective-cutoff curves by quarter: frontier, retrained seed, point-in-time (best neural linear)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from backtests.effective_cutoff import perplexity_by_period
+    from vintage.decoding import PointInTimeLM
+
+    tok = lm.tokenizer
+    linear = table.filter(pl.col("method").str.starts_with("linear") & (pl.col("surrogate") == "neural")
+                          & ~pl.col("method").str.contains("matched|mask|calibrated"))
+    best = linear.sort("gap_closed", descending=True).row(0, named=True) if linear.height else None
+    scorers = {"frontier": PointInTimeLM(frontier, None, None, tok).perplexity}
+    seed, model = next(iter(retrained_models.items()))
+    scorers[f"retrained seed={seed}"] = PointInTimeLM(model, None, None, tok).perplexity
+    if best:
+        alpha = float(best["method"].split("a=")[1].split()[0])
+        scorers[f"point_in_time {best['method']}"] = lm.with_alpha(alpha).perplexity
+    curve = perplexity_by_period(docs, scorers, "1q")
+    fig, ax = plt.subplots(figsize=(8, 4))
+    for name, part in curve.group_by("method", maintain_order=True):
+        ax.plot(part["period"].to_list(), part["perplexity"].to_list(), marker="o", label=name[0])
+    import datetime as dt
+
+    ax.axvline(dt.datetime.fromisoformat(cutoff), color="grey", linestyle="--", label=f"cutoff {cutoff}")
+    ax.set_yscale("log")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title("Effective cutoff: does point-in-time bend where the retrained model does?")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
