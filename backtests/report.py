@@ -1,6 +1,7 @@
 """`vintage report OUT`: report.md with the headline table (method x metric) and PNG plots.
 
 Reads OUT/results (and OUT/effective_cutoff.parquet when the backtest wrote one); the latest run id only.
+OUT may be a filesystem URI (s3://...): the report is built in a local scratch directory and uploaded.
 """
 from __future__ import annotations
 
@@ -10,17 +11,18 @@ from pathlib import Path
 import polars as pl
 
 from backtests import metrics
+from backtests import storage
 from backtests.runner import read_table
 
 
-def latest_run(results: pl.DataFrame, out: Path) -> pl.DataFrame:
+def latest_run(results: pl.DataFrame, out: str | Path) -> pl.DataFrame:
     """Rows of the run the backtest wrote last (OUT/run.json); a results directory may hold several runs."""
     import json
 
-    marker = out / "run.json"
-    if results["run_id"].n_unique() == 1 or not marker.exists():
+    marker = storage.read_text(storage.join(out, "run.json")) if results["run_id"].n_unique() > 1 else None
+    if marker is None:
         return results
-    return results.filter(pl.col("run_id") == json.loads(marker.read_text())["run_id"])
+    return results.filter(pl.col("run_id") == json.loads(marker)["run_id"])
 
 
 def _markdown(frame: pl.DataFrame, digits: int = 3) -> str:
@@ -82,13 +84,14 @@ def _plot_lines(frame: pl.DataFrame, x: str, y: str, title: str, ylabel: str, pa
     plt.close(fig)
 
 
-def write_report(out: str | Path) -> Path:
-    out = Path(out)
-    results = read_table(out / "results")
+def write_report(location: str | Path) -> str:
+    """OUT/report.md and its plots; returns where the report is (a path, or a URI for remote outputs)."""
+    results = read_table(storage.join(location, "results"))
     if results is None:
-        raise FileNotFoundError(f"{out}/results: no results to report on (run the backtest first)")
-    results = latest_run(results, out)
-    errors = read_table(out / "errors")
+        raise FileNotFoundError(f"{storage.join(location, 'results')}: no results to report on (run the backtest first)")
+    results = latest_run(results, location)
+    errors = read_table(storage.join(location, "errors"))
+    out = storage.scratch_dir(location)
     by = ("kind", "method") if "kind" in results.columns else ("method",)
     table = metrics.headline(results, by)
     sections = [f"# Backtest report\n\nRun `{results['run_id'][0]}`: {results['query_id'].n_unique()} queries, "
@@ -119,9 +122,8 @@ def write_report(out: str | Path) -> Path:
         sections += ["## Forget quality (KS p-value vs retrained, fact queries)\n", _markdown(pl.DataFrame(rows))]
     calibration = metrics.calibration_by_decile(results.filter(pl.col("method") == results["method"][0]))
     sections += [f"## Calibration by decile (`{results['method'][0]}`)\n", _markdown(calibration)]
-    curve_path = out / "effective_cutoff.parquet"
-    if curve_path.exists():
-        curves = pl.read_parquet(curve_path)
+    curves = storage.read_parquet(storage.join(location, "effective_cutoff.parquet"))
+    if curves is not None:
         cutoff = curves["cutoff"][0] if "cutoff" in curves.columns else None
         _plot_lines(curves, "period", "perplexity", f"Effective cutoff: held-out perplexity (vintage {cutoff})",
                     "perplexity", out / "effective_cutoff.png", cutoff=cutoff, log=True)
@@ -132,6 +134,8 @@ def write_report(out: str | Path) -> Path:
         counts = errors.group_by("method", "reason").agg(n=pl.len()).sort("method", "reason")
         sections += ["## Errors (queries not answered, with reasons: OUT/errors)\n", _markdown(counts)]
     sections += ["## Plots\n"] + [f"![{p}]({p})\n" for p in plots]
-    path = out / "report.md"
-    path.write_text("\n".join(sections))
-    return path
+    (out / "report.md").write_text("\n".join(sections))
+    if storage.is_uri(location):
+        storage.upload(out, location, ["report.md", *plots])
+        return storage.join(location, "report.md")
+    return str(out / "report.md")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from backtests import storage
 from backtests.spec import BacktestSpec
 from corpora.split import end_of_day
 from vintage.registry import Registry, model_fingerprint
@@ -32,26 +32,24 @@ ERROR_COLUMNS = ["query_id", "method", "as_of", "reason", "detail", "model_key",
 
 @dataclass
 class BacktestResult:
-    output: Path
+    output: str  # a local directory or a filesystem URI
     run_id: str
     scored: int  # rows written by this call
     errors: int  # error rows written by this call
     skipped: int  # (method, query) pairs already in the output
 
 
-def read_table(directory: Path) -> pl.DataFrame | None:
-    files = sorted(Path(directory).glob("*.parquet"))
-    return pl.concat([pl.read_parquet(f) for f in files], how="diagonal_relaxed") if files else None
+def read_table(directory: str | Path) -> pl.DataFrame | None:
+    """A result dataset (local directory or filesystem URI) as one frame; None when it has no file yet."""
+    return storage.read_table(directory)
 
 
-def write_part(frame: pl.DataFrame, directory: Path) -> Path:
-    """One new parquet file, written under a temporary name and renamed: readers never see half a file."""
-    directory.mkdir(parents=True, exist_ok=True)
+def write_part(frame: pl.DataFrame, directory: str | Path) -> str:
+    """One new parquet file, written under a temporary name and moved: readers never see half a file."""
     name = f"part-{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}.parquet"
-    tmp = directory / f".{name}.tmp"
-    frame.write_parquet(tmp)
-    os.replace(tmp, directory / name)
-    return directory / name
+    target = storage.join(directory, name)
+    storage.write_parquet(frame, target)
+    return target
 
 
 def load_queries(spec: BacktestSpec) -> pl.DataFrame:
@@ -268,14 +266,15 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
     registry = Registry(spec.registry)
     check_registry(spec, registry)
     run_id = spec.run_id(registry.manifest)
-    output = Path(spec.output)
+    output = str(spec.output)
     queries = assign_vintages(load_queries(spec), registry.cutoffs())
     pairs = queries.join(pl.DataFrame({"method": [m.key for m in spec.methods]}), how="cross")
 
     keys = model_keys(spec, registry, registry.cutoffs())
     pairs = pairs.join(keys, on=["method", "vintage_cutoff"], how="left").with_columns(
         model_key=pl.col("model_key").fill_null("none"))  # no vintage: keyed by the spec alone
-    done = [t for t in (read_table(output / "results"), read_table(output / "errors")) if t is not None]
+    done = [t for t in (read_table(storage.join(output, "results")), read_table(storage.join(output, "errors")))
+            if t is not None]
     before = pairs.height
     if done:
         held = pl.concat([t.select("query_id", "method", "model_key") for t in done]).unique()
@@ -320,13 +319,14 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
     if scored is not None and scored.height:
         fields = [c for c in queries.columns if c not in ("vintage_cutoff",)]
         rows = scored.join(queries.select(fields), on="query_id", how="left")
-        write_part(rows, output / "results")
+        write_part(rows, storage.join(output, "results"))
         n_results = rows.height
     error_rows = pl.concat([e.with_columns(run_id=pl.lit(run_id)) for e in errors if e.height]) \
         if any(e.height for e in errors) else None
     if error_rows is not None:
-        write_part(error_rows, output / "errors")
-    (output / "run.json").write_text(json.dumps({"run_id": run_id, "spec": asdict(spec)}, indent=2, default=str))
+        write_part(error_rows, storage.join(output, "errors"))
+    storage.write_text(storage.join(output, "run.json"),
+                       json.dumps({"run_id": run_id, "spec": asdict(spec)}, indent=2, default=str))
     print(f"[backtest] wrote {n_results} result rows and {0 if error_rows is None else error_rows.height} error "
           f"rows to {output}", flush=True)
     return BacktestResult(output, run_id, n_results, 0 if error_rows is None else error_rows.height, skipped)

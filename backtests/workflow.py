@@ -1,8 +1,6 @@
 """A backtest from spec to report: score (incrementally), probe the effective cutoff, write report.md."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import polars as pl
 
 from backtests.spec import BacktestSpec
@@ -21,9 +19,10 @@ def probe_cutoff(spec: BacktestSpec, registry: Registry) -> str | None:
     return retrained[0] if retrained else cutoffs[(len(cutoffs) - 1) // 2]
 
 
-def run_and_report(spec: BacktestSpec, engine: str = "ray") -> Path:
+def run_and_report(spec: BacktestSpec, engine: str = "ray") -> str:
     import time
 
+    from backtests import storage
     from backtests.effective_cutoff import effective_cutoff
     from backtests.report import write_report
     from backtests.runner import run_backtest
@@ -32,17 +31,17 @@ def run_and_report(spec: BacktestSpec, engine: str = "ray") -> Path:
     result = run_backtest(spec, engine=engine)
     registry = Registry(spec.registry)
     cutoff = probe_cutoff(spec, registry)
-    out = Path(spec.output)
-    curve = out / "effective_cutoff.parquet"
-    if cutoff and (result.scored or not curve.exists()):
+    curve = storage.join(spec.output, "effective_cutoff.parquet")
+    if cutoff and (result.scored or not storage.exists(curve)):
         print(f"[backtest] effective-cutoff probe on vintage {cutoff}", flush=True)
         methods = {"frontier": "frontier", "surrogate": "surrogate", "retrained": "retrained"}
         for m in spec.methods:
-            if m.name == "point_in_time" and m.mode == "linear" and m.alpha != "calibrated":
+            if (m.name == "point_in_time" and m.mode == "linear" and m.alpha != "calibrated"
+                    and m.surrogate == "neural" and m.confidence == "raw"):  # the curve's own pair
                 methods[m.key] = float(m.alpha)
         curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier,
                                   period=spec.effective_cutoff_period)
-        curves.with_columns(cutoff=pl.lit(cutoff)).write_parquet(curve)
+        storage.write_parquet(curves.with_columns(cutoff=pl.lit(cutoff)), curve)
     report = write_report(out)
     print(f"[backtest] report {report} ({time.perf_counter() - started:.0f} s)", flush=True)
     return report

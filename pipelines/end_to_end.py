@@ -146,7 +146,9 @@ def run_backtest_stage(spec: BacktestSpec, world: str, out: Path) -> None:
                    registry=spec.registry or str(out / "models"), output=spec.output or str(out / "backtest"))
     print(f"[backtest] {len(spec.methods)} methods: {[m.key for m in spec.methods]}", flush=True)
     report = run_and_report(spec)
-    results = latest_run(read_table(Path(spec.output) / "results"), Path(spec.output))
+    from backtests import storage
+
+    results = latest_run(read_table(storage.join(spec.output, "results")), spec.output)
     with pl.Config(tbl_rows=50, tbl_hide_dataframe_shape=True, float_precision=3, tbl_width_chars=200,
                    fmt_str_lengths=60):
         print(headline(results, ("kind", "method") if "kind" in results.columns else ("method",)))

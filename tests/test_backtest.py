@@ -3,6 +3,7 @@ metric against hand-computed values. The registry is hand-made from tiny random 
 import datetime as dt
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -107,7 +108,7 @@ def test_report_writes_tables_and_plots(tmp_path, registry):
     spec = make_spec(tmp_path, registry, base_rows())
     run_backtest(spec, engine="local")
     path = write_report(tmp_path / "out")
-    text = path.read_text()
+    text = Path(path).read_text()
     assert "## Headline" in text and "| fact | frontier |" in text and "Look-ahead gap" in text
     assert (tmp_path / "out" / "equity.png").stat().st_size > 1000
     import duckdb
@@ -305,3 +306,20 @@ def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
     (root / "manifest.json").write_text(json.dumps(manifest))
     rerun = run_backtest(spec, engine="local")
     assert rerun.scored == 1  # q2 (vintage 2019-06-30) under the matched method
+
+
+def test_outputs_on_a_filesystem_uri(tmp_path, registry):
+    """`output` as a pyarrow filesystem URI (s3://, gs://, ... take the same path through pyarrow.fs; file://
+    here): results, errors, run.json and the report with its plots land there, and a rerun reads them back."""
+    spec = make_spec(tmp_path, registry, base_rows())
+    spec.output = f"file://{tmp_path / 'bucket' / 'backtest'}"
+    first = run_backtest(spec, engine="local")
+    assert first.scored == 7 and first.output == spec.output
+    assert run_backtest(spec, engine="local").skipped == 16  # read back through the filesystem
+    report = write_report(spec.output)
+    assert report == spec.output + "/report.md"
+    landed = tmp_path / "bucket" / "backtest"
+    assert (landed / "report.md").read_text().startswith("# Backtest report")
+    assert (landed / "equity.png").stat().st_size > 1000 and (landed / "run.json").exists()
+    assert pl.read_parquet(landed / "results" / "*.parquet").height == 7
+    assert not list(landed.rglob(".*.tmp"))  # no temporary file left behind
