@@ -190,6 +190,9 @@ class Scorer:
             return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, rank_k=method.k,
                                  rank_margin=method.margin, plausibility=method.plausibility,
                                  temperatures=temperatures), None
+        if method.mode == "switch":
+            return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, switch_margin=method.margin,
+                                 plausibility=method.plausibility, temperatures=temperatures), None
         alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         return PointInTimeLM(self.frontier, full, vintage, tok, alpha=alpha, plausibility=method.plausibility,
                              temperatures=temperatures), alpha

@@ -26,8 +26,9 @@ class MethodSpec:
     alpha: float | Literal["calibrated"] = doc("point_in_time: contrast strength, or the registry's calibrated one", 0.5)
     plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
                                      "probability); unset: none", None)
-    mode: Literal["linear", "rank"] = doc("point_in_time: linear contrast (alpha) or rank (ban the k tokens "
-                                          "the full surrogate prefers most over the vintage)", "linear")
+    mode: Literal["linear", "rank", "switch"] = doc(
+        "point_in_time: linear contrast (alpha); rank (ban the k tokens the full surrogate prefers most over the "
+        "vintage); switch (the vintage's distribution wherever the pair diverges by more than `margin`)", "linear")
     surrogate: Literal["neural", "ngram"] = doc("surrogate and point_in_time: the vintage pair is the trained "
                                                 "transformers (neural) or the registry's n-gram counts (ngram)",
                                                 "neural")
@@ -35,7 +36,7 @@ class MethodSpec:
                                                 "registry's fitted temperatures (matched to the frontier's "
                                                 "confidence)", "raw")
     k: int = doc("rank mode: tokens banned per step", 1)
-    margin: float = doc("rank mode: minimum log p_full - log p_vintage to ban a token", 0.0)
+    margin: float = doc("rank and switch modes: minimum log p_full - log p_vintage to act on a token", 0.0)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
@@ -60,6 +61,8 @@ class MethodSpec:
             matched = ",matched" if self.confidence == "matched" else ""
             if self.mode == "rank":
                 return f"point_in_time(rank,k={self.k},margin={self.margin}{mask}{matched}{kind})"
+            if self.mode == "switch":
+                return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind})"
             return f"point_in_time(alpha={self.alpha}{mask}{matched}{kind})"
         return f"{self.name}(ngram)" if kind else self.name
 

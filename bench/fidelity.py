@@ -38,6 +38,7 @@ class Method:
     matched: bool = False
     rank_k: int | None = None
     margin: float = 0.0
+    switch: float | None = None
     plausibility: float | None = None
     seed: int | None = None
     extra: dict = field(default_factory=dict)
@@ -53,12 +54,19 @@ def methods(has_ngram: bool, seeds: list[int], calibrated: dict[str, float]) -> 
             out.append(Method(f"linear a={alpha} ({kind})", "point_in_time", kind, alpha))
             out.append(Method(f"linear a={alpha} matched ({kind})", "point_in_time", kind, alpha, matched=True))
         out.append(Method(f"linear a=1.0 mask=0.1 ({kind})", "point_in_time", kind, 1.0, plausibility=0.1))
+        for alpha in (4.0, 8.0):  # the n-gram contrast is small but selective: it takes a large alpha
+            out.append(Method(f"linear a={alpha} mask=0.1 ({kind})", "point_in_time", kind, alpha, plausibility=0.1))
         if kind in calibrated:
             out.append(Method(f"linear a=calibrated={calibrated[kind]:g} ({kind})", "point_in_time", kind,
                               calibrated[kind]))
         for margin in (0.0, 2.0):
             out.append(Method(f"rank k=1 margin={margin} ({kind})", "point_in_time", kind, 1.0, rank_k=1,
                               margin=margin, plausibility=0.1))
+        for margin in (0.1, 0.15, 0.25, 0.5, 1.0, 2.0):
+            out.append(Method(f"switch margin={margin} ({kind})", "point_in_time", kind, 1.0, switch=margin,
+                              plausibility=0.1))
+        out.append(Method(f"switch margin=0.1 mask=0.3 ({kind})", "point_in_time", kind, 1.0, switch=0.1,
+                          plausibility=0.3))
     return out
 
 
@@ -70,6 +78,7 @@ def variant(lm, method: Method, temperatures):
     other.__dict__.update(lm.__dict__)
     other.alpha = method.alpha
     other.rank_k, other.rank_margin, other.plausibility = method.rank_k, method.margin, method.plausibility
+    other.switch_margin = method.switch
     other.temperatures = temperatures if method.matched else Temperatures()
     return other
 
@@ -293,7 +302,7 @@ def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost
              f"Facts after the cutoff: {sets['post'].height}, before: {sets['pre'].height}; forecasts after: "
              f"{sets['forecast'].height}; held-out documents {len(texts['before'])} before / {len(texts['after'])} after.",
              f"Gold: the frontier preset retrained at the cutoff, seeds {seeds}. Noise floors: KS p-value between "
-             f"seeds (median) {ks_floor if ks_floor is None else round(ks_floor, 3)}; forecast accuracy spread "
+             f"seeds (median) {ks_floor if ks_floor is None else f'{ks_floor:.2g}'}; forecast accuracy spread "
              f"{spread[0]:.3f}-{spread[1]:.3f}; retrained perplexity bend (after/before) {bend_gold:.2f}.", "",
              f"Goals: gap closed >= {GOALS['gap_closed']}; pre-cutoff accuracy drop <= {GOALS['pre_drop']}; "
              f"held-out pre-cutoff perplexity <= {GOALS['ppl_ratio']}x the frontier's; KS p >= the seeds' floor; "
@@ -304,7 +313,7 @@ def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost
         cells = []
         for c in cols:
             v = r[c]
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+            cells.append((f"{v:.1e}" if 0 < abs(v) < 0.001 else f"{v:.3f}") if isinstance(v, float) else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## What the linear contrast has to work with", "",
               "Mean log-odds of the answer against the best other choice; contrast = vintage - full "

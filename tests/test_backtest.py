@@ -259,6 +259,12 @@ def test_rank_mode_method_scores_and_is_keyed_apart(tmp_path, registry):
     assert ranked["alpha"].is_null().all() and ranked["choice_logprobs"].list.len().to_list() == [2, 2]
     with pytest.raises(ValueError, match="apply to point_in_time only"):
         MethodSpec(name="frontier", mode="rank")
+    switch = MethodSpec(name="point_in_time", mode="switch", margin=0.1, plausibility=0.3)
+    assert switch.key == "point_in_time(switch,margin=0.1,mask=0.3)"
+    run_backtest(make_spec(tmp_path, registry, base_rows()[:2], methods=[MethodSpec(name="frontier"), rank, switch]),
+                 engine="local")
+    switched = read_table(tmp_path / "out" / "results").filter(pl.col("method") == switch.key)
+    assert switched.height == 2 and switched["alpha"].is_null().all()
 
 
 def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):

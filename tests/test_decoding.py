@@ -260,6 +260,27 @@ def test_rank_mode_bans_exactly_the_most_divergent_plausible_tokens():
     assert torch.allclose(rank_logprobs(frontier, vintage, full, k=0), F.log_softmax(frontier, -1))
 
 
+def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
+    from vintage.decoding import PointInTimeLM, switch_logprobs
+
+    frontier = torch.log(torch.tensor([[0.40, 0.30, 0.20, 0.07, 0.03], [0.40, 0.30, 0.20, 0.07, 0.03],
+                                       [0.40, 0.30, 0.20, 0.07, 0.03]]))
+    vintage = torch.log(torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20]] * 3))
+    full = torch.log(torch.tensor([
+        [0.25, 0.45, 0.10, 0.10, 0.10],  # token 1: log(0.45/0.2) = 0.81 nats learnt after the cutoff
+        [0.20, 0.20, 0.20, 0.20, 0.20],  # the pair agrees
+        [0.10, 0.10, 0.10, 0.10, 0.60],  # diverges only on token 4, which the frontier finds implausible
+    ]))
+    out = switch_logprobs(frontier, vintage, full, margin=0.5, plausibility=0.1)
+    assert torch.allclose(out[0], F.log_softmax(vintage[0], -1))  # the gate fired: the vintage's distribution
+    assert torch.allclose(out[1:], F.log_softmax(frontier[1:], -1))  # untouched elsewhere
+    # without the plausibility restriction the third row fires too; above every divergence nothing fires
+    assert torch.allclose(switch_logprobs(frontier, vintage, full, 0.5, None)[2], F.log_softmax(vintage[2], -1))
+    assert torch.allclose(switch_logprobs(frontier, vintage, full, margin=1.0), F.log_softmax(frontier, -1))
+    with pytest.raises(ValueError, match="two different modes"):
+        PointInTimeLM(None, None, None, word_tokenizer(), rank_k=1, switch_margin=0.5)
+
+
 def test_temperature_fit_recovers_a_known_temperature():
     from vintage.decoding import fit_temperature
 

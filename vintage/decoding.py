@@ -93,6 +93,31 @@ def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Ten
     return F.log_softmax(lp_frontier.masked_fill(banned, float("-inf")), dim=-1)
 
 
+def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 1.0,
+                    plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+    """Gated fallback: at a position where the full surrogate puts at least `margin` nats more log-prob than
+    the vintage on some token the frontier finds plausible (probability >= `plausibility` x its top one),
+    the frontier is about to use what was learnt after the cutoff, and the vintage surrogate's distribution
+    replaces it there; everywhere else the frontier's distribution is untouched.
+
+    Unlike the linear contrast it needs no magnitude to match (the gate reads only the surrogates'
+    disagreement), and unlike the rank rule it does not push toward the opposite answer: where it fires the
+    answer is what the vintage believes, i.e. close to chance for facts it never saw. It relies on the pair
+    agreeing on what both know (true of additive n-gram counts, much less of separately trained networks).
+    """
+    if not (frontier.shape == vintage.shape == full.shape):
+        raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, vintage {tuple(vintage.shape)}, "
+                         f"full {tuple(full.shape)}")
+    lp_frontier = F.log_softmax(frontier.float() / temperatures.frontier, dim=-1)
+    lp_vintage = F.log_softmax(vintage.float() / temperatures.vintage, dim=-1)
+    divergence = F.log_softmax(full.float() / temperatures.full, dim=-1) - lp_vintage
+    if plausibility is not None:
+        threshold = lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
+        divergence = divergence.masked_fill(lp_frontier < threshold, float("-inf"))
+    gate = divergence.max(dim=-1, keepdim=True).values > margin
+    return torch.where(gate, lp_vintage, lp_frontier)
+
+
 def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tensor,
                     bounds: tuple[float, float] = (0.05, 20.0)) -> float:
     """Confidence matching: the temperature T minimising the mean KL(frontier || softmax(surrogate / T))
@@ -203,11 +228,15 @@ class PointInTimeLM:
     def __init__(self, frontier, full, vintage, tokenizer, alpha: float = 0.0,
                  temperatures: Temperatures = Temperatures(), plausibility: float | None = None,
                  batch_size: int = 32, vintage_cutoff: str | None = None, rank_k: int | None = None,
-                 rank_margin: float = 0.0):
-        """`rank_k` set: rank mode (`rank_logprobs`: ban the k most divergent plausible tokens) instead of
-        the linear contrast; alpha then only switches it on (non-zero) or off (0: the frontier alone)."""
+                 rank_margin: float = 0.0, switch_margin: float | None = None):
+        """`rank_k` set: rank mode (`rank_logprobs`: ban the k most divergent plausible tokens); `switch_margin`
+        set: switch mode (`switch_logprobs`: the vintage's distribution where the pair diverges by more than
+        the margin); otherwise the linear contrast. In rank and switch mode alpha only switches the steering
+        on (non-zero) or off (0: the frontier alone)."""
+        if rank_k is not None and switch_margin is not None:
+            raise ValueError("rank_k and switch_margin select two different modes; give one")
         self.frontier, self.full, self.vintage, self.tokenizer = frontier, full, vintage, tokenizer
-        self.rank_k, self.rank_margin = rank_k, rank_margin
+        self.rank_k, self.rank_margin, self.switch_margin = rank_k, rank_margin, switch_margin
         self.alpha, self.temperatures, self.plausibility = float(alpha), temperatures, plausibility
         self.batch_size = batch_size
         self.vintage_cutoff = vintage_cutoff
@@ -302,6 +331,8 @@ class PointInTimeLM:
         if self.rank_k is not None:
             return rank_logprobs(frontier, vintage, full, self.rank_k, self.rank_margin, self.plausibility,
                                  self.temperatures)
+        if getattr(self, "switch_margin", None) is not None:
+            return switch_logprobs(frontier, vintage, full, self.switch_margin, self.plausibility, self.temperatures)
         return combine_logprobs(frontier, vintage, full, alpha, self.temperatures, self.plausibility)
 
     # -- scoring -------------------------------------------------------------------------------------------
