@@ -42,6 +42,6 @@ def run_and_report(spec: BacktestSpec, engine: str = "ray") -> str:
         curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier,
                                   period=spec.effective_cutoff_period)
         storage.write_parquet(curves.with_columns(cutoff=pl.lit(cutoff)), curve)
-    report = write_report(out)
+    report = write_report(spec.output)
     print(f"[backtest] report {report} ({time.perf_counter() - started:.0f} s)", flush=True)
     return report

@@ -329,3 +329,8 @@ def test_outputs_on_a_filesystem_uri(tmp_path, registry):
     assert (landed / "equity.png").stat().st_size > 1000 and (landed / "run.json").exists()
     assert pl.read_parquet(landed / "results" / "*.parquet").height == 7
     assert not list(landed.rglob(".*.tmp"))  # no temporary file left behind
+    from backtests.workflow import run_and_report  # the pipelines' entry point, on a URI too
+
+    spec.output = f"file://{tmp_path / 'bucket' / 'again'}"
+    assert run_and_report(spec, engine="local") == spec.output + "/report.md"
+    assert (tmp_path / "bucket" / "again" / "report.md").exists()

@@ -76,10 +76,12 @@ def test_tiny_pipeline_as_a_job(head):
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
     print(f"job-submit of configs/tiny.yaml: {seconds:.0f} s")
     results = pl.concat([pl.read_parquet(f) for f in (base / "out" / "backtest" / "results").glob("*.parquet")])
-    assert set(results["method"]) == {"frontier", "surrogate", "point_in_time(alpha=0.5)", "retrained"}
+    assert set(results["method"]) == {"frontier", "surrogate", "point_in_time(alpha=0.5)",
+                                      "point_in_time(alpha=0.5,ngram)", "retrained"}
     assert results["query_id"].n_unique() > 50
     assert (base / "out" / "backtest" / "report.md").exists()
     assert (base / "out" / "models" / "manifest.json").exists()
+    assert len(list((base / "out" / "models" / "ngram" / "slices").glob("*.parquet"))) >= 3  # counted on the cluster
 
 
 def test_a_submission_without_the_token_is_refused(head, tmp_path):

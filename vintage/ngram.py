@@ -93,6 +93,10 @@ class _CountBatch:
         return pa.concat_tables(parts) if parts else COUNT_SCHEMA.append(pa.field("slice", pa.string())).empty_table()
 
 
+def _count_block(batch: pa.Table, tokenizer_dir: str, order: int, eos_id: int | None) -> pa.Table:
+    return _CountBatch(tokenizer_dir, order, eos_id)(batch)
+
+
 @dataclass
 class NgramBuild:
     seconds: float
@@ -149,14 +153,13 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
         if engine == "ray":
             import ray
 
-            blocks = max(1, -(-todo_docs.num_rows // batch_size))
-            ds = ray.data.from_arrow(todo_docs).repartition(blocks)
-            counted = ds.map_batches(_CountBatch, fn_constructor_args=(str(tokenizer_dir), order, eos),
-                                     batch_size=batch_size, batch_format="pyarrow",
-                                     compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2), num_cpus=1)
-            # a handful of shuffle partitions: Ray's default (200) costs more than it saves at this size
+            # blocks cut here (a Ray Data repartition of a small table costs more than the counting), counted
+            # by tasks (each worker loads the tokenizer once per block), summed across blocks by groupby
+            chunks = [todo_docs.slice(i, batch_size) for i in range(0, todo_docs.num_rows, batch_size)]
+            counted = ray.data.from_arrow(chunks).map_batches(_count_block, fn_args=(str(tokenizer_dir), order, eos),
+                                                              batch_size=None, batch_format="pyarrow")
             summed = counted.groupby(["slice", "order", "context", "token"],
-                                     num_partitions=max(1, min(16, blocks))).sum("count")
+                                     num_partitions=max(1, min(4, len(chunks)))).sum("count")
             table = pa.concat_tables(ray.get(summed.to_arrow_refs()))
             table = table.rename_columns({"sum(count)": "count"} if "sum(count)" in table.column_names else {})
         else:
