@@ -133,6 +133,18 @@ def test_rerun_of_a_finished_config_is_a_no_op(reference):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
 
 
+def test_a_copied_registry_is_complete_where_it_lands(reference, tmp_path):
+    import shutil
+
+    out, manifest = reference
+    copy = tmp_path / "moved"
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns(".work", ".checkpoints"))
+    before = {p: p.stat().st_mtime_ns for p in copy.rglob("model.safetensors")}
+    again = train_registry(roles_config(Path(manifest["config"]["split"]).parent, copy))
+    assert again["complete"] and sorted(again["models"]) == sorted(manifest["models"])
+    assert {p: p.stat().st_mtime_ns for p in copy.rglob("model.safetensors")} == before  # nothing retrained
+
+
 def _kill_after_first_checkpoint(storage: Path, pid_file: Path, killed: list) -> None:
     deadline = time.time() + 240
     while time.time() < deadline:

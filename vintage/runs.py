@@ -193,7 +193,8 @@ def _with_probes(run: dict, facts: dict) -> dict:
         stage["probes"] = _probes_known_by(facts, stage["cutoff"]) if facts["probe_rows"] else []
     settings = json.dumps({k: v for k, v in run.items() if k not in OPERATIONAL + ("stages", "name")}, sort_keys=True)
     for i, stage in enumerate(run["stages"]):
-        prefix = [{k: v for k, v in s.items() if k != "stage_hash"} for s in run["stages"][: i + 1]]
+        # where a stage is saved is not what it learns: a registry moved or copied elsewhere keeps its hashes
+        prefix = [{k: v for k, v in s.items() if k not in ("stage_hash", "save_to")} for s in run["stages"][: i + 1]]
         read = {s: facts["slices"][s]["content_hash"] for p in prefix for s in p["known"] if s in facts["slices"]}
         stage["stage_hash"] = _sha(settings + facts["tokenizer_hash"] + json.dumps([prefix, read], sort_keys=True))
     run["run_hash"] = run["stages"][-1]["stage_hash"]
