@@ -10,7 +10,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import ray
 
 from backtests import metrics
 from backtests.report import write_report
@@ -131,12 +130,6 @@ def test_spec_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match="alpha, plausibility, mode and confidence apply to point_in_time only"):
         load_yaml(path, BacktestSpec)
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 def test_ray_actors_give_the_same_rows_as_one_process(tmp_path, registry, ray_local):

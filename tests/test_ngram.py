@@ -1,17 +1,13 @@
 """N-gram surrogates: Kneser-Ney by hand, normalisation, additive slice counts (local and Ray Data), incremental
 recounts, and the model behind PointInTimeLM (batched = one by one, cached = recomputed)."""
 import datetime as dt
-import json
 import math
-import os
 import random
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 
 from corpora.split import SplitConfig, read_slices, run_split
@@ -114,13 +110,6 @@ def test_a_grown_corpus_counts_only_its_new_slice_and_fingerprints_follow(tiny):
     other_order = count_slices(root, tiny / "split3", order=4, engine="local")
     assert len(other_order.counted) == 3  # another order: everything is recounted
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".build/torch_extensions"))
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.mark.slow

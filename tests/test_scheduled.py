@@ -5,7 +5,6 @@ import datetime as dt
 import json
 import time
 
-import polars as pl
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +14,7 @@ from backtests.spec import BacktestSpec, MethodSpec
 from corpora.split import SplitConfig, run_split
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
-from tests.test_training import ray_local, same_weights, tiny_config  # noqa: F401 (ray_local: fixture)
+from tests.test_training import same_weights, tiny_config
 from vintage.runs import train_registry
 
 UTC = dt.timezone.utc

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import ray
 import torch
 from safetensors.torch import load_file
 
@@ -26,13 +25,6 @@ from vintage.runs import NgramConfig, Optimisation, RoleConfig, TrainConfig, sta
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.slow
 
-
-@pytest.fixture(scope="module")
-def ray_local():
-    os.environ.setdefault("TORCH_EXTENSIONS_DIR", os.path.abspath(".build/torch_extensions"))
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

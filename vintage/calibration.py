@@ -112,7 +112,6 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     `temperatures[kind][cutoff]` with the evidence (KL before and after, positions, the model fingerprint)."""
     import math
 
-    import pyarrow.compute as pc
     from transformers import AutoModelForCausalLM
 
     from corpora.split import read_slices
@@ -186,7 +185,6 @@ def _positions(lengths: Sequence[int], rows: Sequence[int]):
 
 
 def _kl(target_logits, logits, temperature: float) -> float:
-    import torch
     import torch.nn.functional as F
 
     target = F.log_softmax(target_logits.double(), -1)

@@ -73,7 +73,7 @@ def sum_counts(table: pa.Table) -> pa.Table:
 
 
 class _CountBatch:
-    """Ray Data map_batches: texts → aggregated k-gram counts per slice (tokenizer loaded once per actor)."""
+    """Texts of one block → its aggregated k-gram counts per slice (the tokenizer loaded once per block)."""
 
     def __init__(self, tokenizer_dir: str, order: int, eos_id: int | None):
         from vintage.tokenizer import load_tokenizer
