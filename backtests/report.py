@@ -59,8 +59,9 @@ def _plot_equity(trades: pl.DataFrame, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_lines(frame: pl.DataFrame, x: str, y: str, title: str, ylabel: str, path: Path,
-                cutoff: str | None = None, log: bool = False) -> None:
+def plot_lines(frame: pl.DataFrame, x: str, y: str, title: str, ylabel: str, path: Path,
+               cutoff: str | None = None, log: bool = False) -> None:
+    """One line per `method` of `y` over `x`, a dashed line at `cutoff`, saved as a PNG at `path`."""
     import datetime as dt
 
     import matplotlib
@@ -104,7 +105,7 @@ def write_report(location: str | Path) -> str:
         sections += [f"## Look-ahead gap (accuracy minus `{reference}` on the same queries)\n", _markdown(gap)]
         over_time = metrics.lookahead_gap(results, "accuracy", period="1q")
         if not over_time.is_empty():
-            _plot_lines(over_time, "period", "gap", f"Look-ahead gap over time (accuracy minus {reference})",
+            plot_lines(over_time, "period", "gap", f"Look-ahead gap over time (accuracy minus {reference})",
                         "accuracy gap", out / "lookahead_gap.png")
             plots.append("lookahead_gap.png")
     except ValueError as err:
@@ -125,7 +126,7 @@ def write_report(location: str | Path) -> str:
     curves = storage.read_parquet(storage.join(location, "effective_cutoff.parquet"))
     if curves is not None:
         cutoff = curves["cutoff"][0] if "cutoff" in curves.columns else None
-        _plot_lines(curves, "period", "perplexity", f"Effective cutoff: held-out perplexity (vintage {cutoff})",
+        plot_lines(curves, "period", "perplexity", f"Effective cutoff: held-out perplexity (vintage {cutoff})",
                     "perplexity", out / "effective_cutoff.png", cutoff=cutoff, log=True)
         plots.append("effective_cutoff.png")
         sections += ["## Effective-cutoff probe (held-out perplexity per period of knowledge date)\n",

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from backtests import storage
 from backtests.spec import BacktestSpec
 from corpora.split import end_of_day
-from vintage.registry import Registry, model_fingerprint
+from vintage.registry import Registry, RegistryError, model_fingerprint
 
 RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
                   "p_answer", "model_key", "run_id"]
@@ -80,37 +80,29 @@ def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
 
 def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
     """(method, vintage_cutoff, model_key) for every method and vintage."""
-    from vintage.ngram import ngram_fingerprint
-
     frontier = Path(spec.frontier) if spec.frontier else registry.root / "frontier"
     frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
     manifest = registry.manifest
-    ngram_dir = registry.root / "ngram"
-
-    def surrogate_fp(m, cutoff: str) -> str:
-        if m.surrogate == "ngram":
-            return ngram_fingerprint(ngram_dir, cutoff) if (ngram_dir / "manifest.json").exists() else "no-ngram"
-        return model_fingerprint(registry.vintage_path(cutoff))
-
+    full = registry.full_cutoff()
     rows = []
     for m in spec.methods:
         for c in cutoffs:
             if m.name == "frontier":
                 used = [frontier_fp]
             elif m.name == "surrogate":
-                used = [surrogate_fp(m, c)]
+                used = [registry.surrogate_fingerprint(m.surrogate, c)]
             elif m.name == "retrained":
                 seeds = registry.retrained_seeds(c)
                 used = [model_fingerprint(registry.retrained_path(c, seeds[0]))] if seeds else []
             else:
-                used = [frontier_fp, surrogate_fp(m, registry.full_cutoff()), surrogate_fp(m, c)]
+                used = [frontier_fp, registry.surrogate_fingerprint(m.surrogate, full),
+                        registry.surrogate_fingerprint(m.surrogate, c)]
             alpha = m.alpha
             if m.name == "point_in_time" and alpha == "calibrated":
                 alpha = manifest.get("calibration", {}).get(c, {}).get("alpha")
-            temperatures = None
+            temperatures = None  # check_registry made sure they are there
             if m.confidence == "matched":
-                fitted = manifest.get("temperatures", {}).get(m.surrogate, {})
-                temperatures = [fitted.get(c, {}).get("temperature"), fitted.get(registry.full_cutoff(), {}).get("temperature")]
+                temperatures = [registry.fitted_temperature(m.surrogate, c), registry.fitted_temperature(m.surrogate, full)]
             what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, m.surrogate, temperatures, used]
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
@@ -161,13 +153,8 @@ class Scorer:
 
         if method.confidence == "raw":
             return Temperatures()
-        fitted = self.registry.manifest.get("temperatures", {}).get(method.surrogate, {})
-        missing = [c for c in (cutoff, self.registry.full_cutoff()) if c not in fitted]
-        if missing:
-            raise ValueError(f"{self.registry.root}: no fitted {method.surrogate} temperature for {missing}; run "
-                             f"`vintage fit-temperatures --registry {self.registry.root} --split SPLIT`")
-        return Temperatures(vintage=fitted[cutoff]["temperature"],
-                            full=fitted[self.registry.full_cutoff()]["temperature"])
+        return Temperatures(vintage=self.registry.fitted_temperature(method.surrogate, cutoff),
+                            full=self.registry.fitted_temperature(method.surrogate, self.registry.full_cutoff()))
 
     def lm(self, method, cutoff: str):
         from vintage.decoding import PointInTimeLM
@@ -246,17 +233,21 @@ class Scorer:
 
 def check_registry(spec: BacktestSpec, registry: Registry) -> None:
     """Fail before scoring when a method needs what the registry lacks (n-gram counts, fitted temperatures)."""
-    fix = {"ngram": f"vintage ngram --registry {registry.root} --split SPLIT",
-           "temperatures": f"vintage fit-temperatures --registry {registry.root} --split SPLIT"}
     for m in spec.methods:
         if m.surrogate == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
-            raise ValueError(f"method {m.key}: {registry.root} has no n-gram counts; run `{fix['ngram']}`")
+            raise ValueError(f"method {m.key}: {registry.root} has no n-gram counts; run "
+                             f"`vintage ngram --registry {registry.root} --split SPLIT`")
         if m.confidence == "matched":
-            fitted = registry.manifest.get("temperatures", {}).get(m.surrogate, {})
-            missing = [c for c in registry.cutoffs() if c not in fitted]
+            missing = []
+            for cutoff in registry.cutoffs():
+                try:
+                    registry.fitted_temperature(m.surrogate, cutoff)
+                except RegistryError:
+                    missing.append(cutoff)
             if missing:
                 raise ValueError(f"method {m.key}: no fitted {m.surrogate} temperatures for vintage(s) {missing} "
-                                 f"in {registry.root}; run `{fix['temperatures']}`")
+                                 f"in {registry.root}; run `vintage fit-temperatures --registry {registry.root} "
+                                 f"--split SPLIT`")
 
 
 def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:

@@ -32,33 +32,43 @@ def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), str(Path(location).resolve())
 
 
+def _missing(fs: pafs.FileSystem, path: str) -> bool:
+    return fs.get_file_info(path).type == pafs.FileType.NotFound
+
+
 def exists(location: str | Path) -> bool:
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
+    return not _missing(*resolve(location))
 
 
 def read_text(location: str | Path) -> str | None:
     fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if _missing(fs, path):
         return None
     with fs.open_input_stream(path) as handle:
         return handle.read().decode()
 
 
-def write_text(location: str | Path, text: str) -> None:
-    """Written under a temporary name, then moved: readers see the old file or the new one."""
+def _staged(location: str | Path, write) -> None:
+    """`write(fs, tmp)` under a hidden temporary name beside the target, then moved onto it: readers see the
+    old file or the new one, never half of one (and dataset listings skip the hidden name)."""
     fs, path = resolve(location)
-    parent = path.rsplit("/", 1)[0]
+    parent, name = path.rsplit("/", 1)
     fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{path.rsplit('/', 1)[1]}.tmp"
-    with fs.open_output_stream(tmp) as handle:
-        handle.write(text.encode())
+    tmp = f"{parent}/.{name}.tmp"
+    write(fs, tmp)
     fs.move(tmp, path)
 
 
-def parquet_files(location: str | Path) -> list[str]:
+def write_text(location: str | Path, text: str) -> None:
+    def write(fs, tmp):
+        with fs.open_output_stream(tmp) as handle:
+            handle.write(text.encode())
+
+    _staged(location, write)
+
+
+def _parquet_files(fs: pafs.FileSystem, path: str) -> list[str]:
     """The dataset's parquet files (hidden temporary files excluded), sorted."""
-    fs, path = resolve(location)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
         return []
     infos = fs.get_file_info(pafs.FileSelector(path))
@@ -68,26 +78,21 @@ def parquet_files(location: str | Path) -> list[str]:
 
 def read_table(location: str | Path) -> pl.DataFrame | None:
     """Every parquet file of a result dataset as one frame (None: no file yet)."""
-    fs, _ = resolve(location)
-    files = parquet_files(location)
+    fs, path = resolve(location)
+    files = _parquet_files(fs, path)
     if not files:
         return None
     return pl.concat([pl.from_arrow(pq.read_table(f, filesystem=fs)) for f in files], how="diagonal_relaxed")
 
 
 def write_parquet(frame: pl.DataFrame, location: str | Path) -> None:
-    """One parquet file at `location`, written under a temporary name and moved into place."""
-    fs, path = resolve(location)
-    parent, name = path.rsplit("/", 1)
-    fs.create_dir(parent, recursive=True)
-    tmp = f"{parent}/.{name}.tmp"
-    pq.write_table(frame.to_arrow(), tmp, filesystem=fs)
-    fs.move(tmp, path)
+    """One parquet file at `location` (staged: see `_staged`)."""
+    _staged(location, lambda fs, tmp: pq.write_table(frame.to_arrow(), tmp, filesystem=fs))
 
 
 def read_parquet(location: str | Path) -> pl.DataFrame | None:
     fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+    if _missing(fs, path):
         return None
     return pl.from_arrow(pq.read_table(path, filesystem=fs))
 

@@ -72,15 +72,11 @@ def methods(has_ngram: bool, seeds: list[int], calibrated: dict[str, float]) -> 
 
 def variant(lm, method: Method, temperatures):
     """`lm` (frontier + a surrogate pair) with the method's settings; the loaded models are shared."""
-    from vintage.decoding import PointInTimeLM, Temperatures
+    from vintage.decoding import Temperatures
 
-    other = object.__new__(PointInTimeLM)
-    other.__dict__.update(lm.__dict__)
-    other.alpha = method.alpha
-    other.rank_k, other.rank_margin, other.plausibility = method.rank_k, method.margin, method.plausibility
-    other.switch_margin = method.switch
-    other.temperatures = temperatures if method.matched else Temperatures()
-    return other
+    return lm.with_settings(alpha=method.alpha, rank_k=method.rank_k, rank_margin=method.margin,
+                            plausibility=method.plausibility, switch_margin=method.switch,
+                            temperatures=temperatures if method.matched else Temperatures())
 
 
 def accuracy(scored, answers) -> float:
@@ -333,12 +329,8 @@ def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost
 
 def plot(path, registry, cutoff, lm, frontier, retrained_models, docs, table):
     """Effective-cutoff curves by quarter: frontier, retrained seed, point-in-time (best neural linear)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from backtests.effective_cutoff import perplexity_by_period
+    from backtests.report import plot_lines
     from vintage.decoding import PointInTimeLM
 
     tok = lm.tokenizer
@@ -351,20 +343,9 @@ def plot(path, registry, cutoff, lm, frontier, retrained_models, docs, table):
     if best:
         alpha = float(best["method"].split("a=")[1].split()[0])
         scorers[f"point_in_time {best['method']}"] = lm.with_alpha(alpha).perplexity
-    curve = perplexity_by_period(docs, scorers, "1q")
-    fig, ax = plt.subplots(figsize=(8, 4))
-    for name, part in curve.group_by("method", maintain_order=True):
-        ax.plot(part["period"].to_list(), part["perplexity"].to_list(), marker="o", label=name[0])
-    import datetime as dt
-
-    ax.axvline(dt.datetime.fromisoformat(cutoff), color="grey", linestyle="--", label=f"cutoff {cutoff}")
-    ax.set_yscale("log")
-    ax.set_ylabel("held-out perplexity")
-    ax.set_title("Effective cutoff: does point-in-time bend where the retrained model does?")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plot_lines(perplexity_by_period(docs, scorers, "1q"), "period", "perplexity",
+               "Effective cutoff: does point-in-time bend where the retrained model does?", "held-out perplexity",
+               path, cutoff=cutoff, log=True)
 
 
 if __name__ == "__main__":

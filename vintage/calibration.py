@@ -78,7 +78,9 @@ def calibrate_alpha(lm: PointInTimeLM, post: Sequence[Probe], pre: Sequence[Prob
 
 # -- confidence matching ---------------------------------------------------------------------------------
 
-def position_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = 96):
+MAX_LENGTH = 96  # tokens per held-out document, as in training (Optimisation.max_length)
+
+def position_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = MAX_LENGTH):
     """Next-token logits [N, V] at every predicted position of `texts` (float32, CPU), in text order."""
     import torch
 
@@ -132,9 +134,9 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     step = max(1, math.ceil(held.num_rows / max_docs))
     held = held.take(list(range(0, held.num_rows, step)))
     texts, slices = held["text"].to_pylist(), held["slice"].to_pylist()
-    lengths = [max(0, min(len(ids), 96) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    lengths = [max(0, min(len(ids), MAX_LENGTH) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
-    frontier_logits = position_logits(load(frontier or registry.frontier_path()), tokenizer, texts)
+    frontier_logits = position_logits(load(frontier or registry.frontier_path()), tokenizer, texts, max_length=MAX_LENGTH)
     found: dict[str, dict] = {}
     for kind in kinds:
         if kind == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
@@ -148,13 +150,10 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
                 from vintage.ngram import NgramLM
 
                 model = NgramLM.from_registry(registry, cutoff)
-                fingerprint = model.fingerprint
             else:
-                from vintage.registry import model_fingerprint
-
                 model = load(registry.vintage_path(cutoff))
-                fingerprint = model_fingerprint(registry.vintage_path(cutoff))
-            logits = position_logits(model, tokenizer, [texts[i] for i in rows])
+            fingerprint = registry.surrogate_fingerprint(kind, cutoff)
+            logits = position_logits(model, tokenizer, [texts[i] for i in rows], max_length=MAX_LENGTH)
             positions = _positions(lengths, rows)
             target = frontier_logits[positions]
             temperature = fit_temperature(logits, target)

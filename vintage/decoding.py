@@ -292,12 +292,25 @@ class PointInTimeLM:
         lm.vintage_cutoff = cutoff
         return lm
 
-    def with_alpha(self, alpha: float) -> "PointInTimeLM":
-        """The same loaded models at another alpha (a shallow copy)."""
+    def with_settings(self, **changes) -> "PointInTimeLM":
+        """The same loaded models with other combination settings (alpha, temperatures, plausibility,
+        rank_k, rank_margin, switch_margin): a shallow copy, nothing is loaded again."""
+        unknown = sorted(set(changes) - {"alpha", "temperatures", "plausibility", "rank_k", "rank_margin",
+                                          "switch_margin"})
+        if unknown:
+            raise TypeError(f"with_settings: not a combination setting: {unknown}")
+        if changes.get("rank_k") is not None and changes.get("switch_margin", self.switch_margin) is not None:
+            raise ValueError("rank_k and switch_margin select two different modes; give one")
         other = object.__new__(PointInTimeLM)
         other.__dict__.update(self.__dict__)
-        other.alpha = float(alpha)
+        other.__dict__.update(changes)
+        if "alpha" in changes:
+            other.alpha = float(changes["alpha"])
         return other
+
+    def with_alpha(self, alpha: float) -> "PointInTimeLM":
+        """The same loaded models at another alpha (a shallow copy)."""
+        return self.with_settings(alpha=alpha)
 
     # -- model calls ---------------------------------------------------------------------------------------
 
@@ -331,7 +344,7 @@ class PointInTimeLM:
         if self.rank_k is not None:
             return rank_logprobs(frontier, vintage, full, self.rank_k, self.rank_margin, self.plausibility,
                                  self.temperatures)
-        if getattr(self, "switch_margin", None) is not None:
+        if self.switch_margin is not None:
             return switch_logprobs(frontier, vintage, full, self.switch_margin, self.plausibility, self.temperatures)
         return combine_logprobs(frontier, vintage, full, alpha, self.temperatures, self.plausibility)
 

@@ -276,9 +276,7 @@ class NgramLM(torch.nn.Module):
             raise ValueError(f"{directory}: counted with tokenizer {manifest['tokenizer_hash']}, the registry's "
                              f"is {registry.manifest.get('tokenizer_hash')}; recount")
         min_count = manifest.get("min_count", 1) if min_count is None else min_count
-        model = cls(vintage_counts(directory, cutoff), manifest["vocab_size"], manifest["order"], min_count)
-        model.fingerprint = ngram_fingerprint(directory, cutoff, min_count)
-        return model
+        return cls(vintage_counts(directory, cutoff), manifest["vocab_size"], manifest["order"], min_count)
 
     def memory_bytes(self) -> int:
         return sum(level.tokens.nbytes + level.adjusted.nbytes for level in self.levels.values()) \

@@ -120,6 +120,23 @@ class Registry:
     def record_calibration(self, cutoff: str, evidence: dict) -> None:
         self.update_manifest(calibration={cutoff: evidence})
 
+    def surrogate_fingerprint(self, kind: str, cutoff: str) -> str:
+        """What the `kind` ("neural" or "ngram") surrogate at `cutoff` is: its training stage hash, or the
+        hash of the n-gram settings and the slices it sums."""
+        if kind == "ngram":
+            from vintage.ngram import ngram_fingerprint
+
+            return ngram_fingerprint(self.root / "ngram", cutoff)
+        return model_fingerprint(self.vintage_path(cutoff))
+
+    def fitted_temperature(self, kind: str, cutoff: str) -> float:
+        """The confidence-matching temperature fitted for the `kind` surrogate at `cutoff`."""
+        entry = self.manifest.get("temperatures", {}).get(kind, {}).get(cutoff)
+        if entry is None:
+            raise RegistryError(f"{self.root}: no fitted {kind} temperature for vintage {cutoff}; run "
+                                f"`vintage fit-temperatures --registry {self.root} --split SPLIT`")
+        return float(entry["temperature"])
+
 
 def model_fingerprint(directory: Path) -> str:
     """What a model is: its training stage hash (registry models), else the weights file's size and mtime."""

@@ -403,15 +403,10 @@ def finish_registry(config: TrainConfig, registry: Path) -> dict:
 
 def stale_temperatures(registry, kinds) -> bool:
     """True when a surrogate lacks a fitted temperature or its model changed since the fit."""
-    from vintage.registry import model_fingerprint
-    from vintage.ngram import ngram_fingerprint
-
     fitted = registry.manifest.get("temperatures", {})
     for kind in kinds:
         for cutoff in registry.cutoffs():
             entry = fitted.get(kind, {}).get(cutoff)
-            current = (ngram_fingerprint(registry.root / "ngram", cutoff) if kind == "ngram"
-                       else model_fingerprint(registry.vintage_path(cutoff)))
-            if entry is None or entry.get("fingerprint") != current:
+            if entry is None or entry.get("fingerprint") != registry.surrogate_fingerprint(kind, cutoff):
                 return True
     return False
