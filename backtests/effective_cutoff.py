@@ -22,36 +22,31 @@ def heldout_documents(registry: Registry) -> pl.DataFrame:
     return docs.filter(pl.Series([is_holdout(d, every) for d in docs["doc_id"].to_list()]))
 
 
-def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: dict[str, float],
-                     frontier: str | Path | None = None, period: str = "1mo") -> pl.DataFrame:
-    """Rows (period, method, documents, perplexity) for the vintage at `cutoff`. `methods` maps a name to
-    how it is scored: "frontier", "surrogate", "retrained", or an alpha for the point-in-time combination
-    (no plausibility mask: perplexity must not depend on it, RESEARCH.md exp. 2)."""
-    from transformers import AutoModelForCausalLM
+def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: list, frontier: str | Path | None = None,
+                     period: str = "1mo") -> pl.DataFrame:
+    """Rows (period, method, documents, perplexity) for the vintage at `cutoff`: each of `methods` (backtest
+    MethodSpecs; models built as the backtest's Scorer builds them) on the held-out documents of each period.
+    Rank mode is left out: it bans tokens outright, so its perplexity is infinite by construction."""
+    import torch
 
-    from vintage.decoding import PointInTimeLM
-    from vintage.tokenizer import load_tokenizer
+    from backtests.runner import Scorer
+    from vintage.registry import RegistryError
 
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     docs = heldout_documents(registry)
-    load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
-    tok = load_tokenizer(registry.tokenizer_path())
-    front = load(frontier or registry.frontier_path())
-    full, vintage = load(registry.full_path()), load(registry.vintage_path(cutoff))
-    seeds = registry.retrained_seeds(cutoff)
+    scorer = Scorer({"registry": str(registry.root), "methods": [], "frontier": frontier}, run_id="effective-cutoff",
+                    threads=torch.get_num_threads())
     scorers = {}
-    for name, how in methods.items():
-        if how == "frontier":
-            lm = PointInTimeLM(front, None, None, tok)
-        elif how == "surrogate":
-            lm = PointInTimeLM(vintage, None, None, tok)
-        elif how == "retrained":
-            if not seeds:
-                continue
-            lm = PointInTimeLM(load(registry.retrained_path(cutoff, seeds[0])), None, None, tok)
-        else:
-            lm = PointInTimeLM(front, full, vintage, tok, alpha=float(how))
-        scorers[name] = lm.perplexity
+    for method in methods:
+        if method.name == "point_in_time" and method.mode == "rank":
+            continue
+        try:
+            lm, _ = scorer.lm(method, cutoff)
+        except RegistryError as err:  # e.g. a calibrated alpha the registry does not hold for this vintage
+            print(f"[effective-cutoff] {method.key} left out: {err}", flush=True)
+            continue
+        if lm is not None:  # None: no retrained model at this cutoff
+            scorers[method.key] = lm.perplexity
     return perplexity_by_period(docs, scorers, period)
 
 

@@ -97,13 +97,19 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
             else:
                 used = [frontier_fp, registry.surrogate_fingerprint(m.surrogate, full),
                         registry.surrogate_fingerprint(m.surrogate, c)]
+                if m.fallback:
+                    used.append(registry.surrogate_fingerprint(m.fallback, c))
             alpha = m.alpha
             if m.name == "point_in_time" and alpha == "calibrated":
                 alpha = manifest.get("calibration", {}).get(c, {}).get("alpha")
             temperatures = None  # check_registry made sure they are there
             if m.confidence == "matched":
                 temperatures = [registry.fitted_temperature(m.surrogate, c), registry.fitted_temperature(m.surrogate, full)]
+                if m.fallback:
+                    temperatures.append(registry.fitted_temperature(m.fallback, c))
             what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, m.surrogate, temperatures, used]
+            if m.fallback:  # appended only when set: keys of methods without one stay as they were
+                what.append(m.fallback)
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
     return pl.DataFrame(rows)
@@ -119,6 +125,9 @@ class Scorer:
         from backtests.spec import MethodSpec
         from vintage.tokenizer import load_tokenizer
 
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # a "Loading weights" bar per model and actor is noise in the job log
         torch.set_num_threads(threads)
         self.registry = Registry(spec["registry"])
         self.methods = [MethodSpec(**m) for m in spec["methods"]]
@@ -154,7 +163,8 @@ class Scorer:
         if method.confidence == "raw":
             return Temperatures()
         return Temperatures(vintage=self.registry.fitted_temperature(method.surrogate, cutoff),
-                            full=self.registry.fitted_temperature(method.surrogate, self.registry.full_cutoff()))
+                            full=self.registry.fitted_temperature(method.surrogate, self.registry.full_cutoff()),
+                            fallback=self.registry.fitted_temperature(method.fallback, cutoff) if method.fallback else 1.0)
 
     def lm(self, method, cutoff: str):
         from vintage.decoding import PointInTimeLM
@@ -178,8 +188,9 @@ class Scorer:
                                  rank_margin=method.margin, plausibility=method.plausibility,
                                  temperatures=temperatures), None
         if method.mode == "switch":
+            fallback = self.surrogate(method.fallback, cutoff) if method.fallback else None
             return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, switch_margin=method.margin,
-                                 plausibility=method.plausibility, temperatures=temperatures), None
+                                 plausibility=method.plausibility, temperatures=temperatures, fallback=fallback), None
         alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         return PointInTimeLM(self.frontier, full, vintage, tok, alpha=alpha, plausibility=method.plausibility,
                              temperatures=temperatures), alpha
@@ -234,18 +245,19 @@ class Scorer:
 def check_registry(spec: BacktestSpec, registry: Registry) -> None:
     """Fail before scoring when a method needs what the registry lacks (n-gram counts, fitted temperatures)."""
     for m in spec.methods:
-        if m.surrogate == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
+        kinds = [m.surrogate] + ([m.fallback] if m.fallback else [])
+        if "ngram" in kinds and not (registry.root / "ngram" / "manifest.json").exists():
             raise ValueError(f"method {m.key}: {registry.root} has no n-gram counts; run "
                              f"`vintage ngram --registry {registry.root} --split SPLIT`")
-        if m.confidence == "matched":
+        for kind in kinds if m.confidence == "matched" else []:
             missing = []
             for cutoff in registry.cutoffs():
                 try:
-                    registry.fitted_temperature(m.surrogate, cutoff)
+                    registry.fitted_temperature(kind, cutoff)
                 except RegistryError:
                     missing.append(cutoff)
             if missing:
-                raise ValueError(f"method {m.key}: no fitted {m.surrogate} temperatures for vintage(s) {missing} "
+                raise ValueError(f"method {m.key}: no fitted {kind} temperatures for vintage(s) {missing} "
                                  f"in {registry.root}; run `vintage fit-temperatures --registry {registry.root} "
                                  f"--split SPLIT`")
 

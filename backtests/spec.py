@@ -35,6 +35,10 @@ class MethodSpec:
     confidence: Literal["raw", "matched"] = doc("point_in_time: surrogates as they are (raw) or divided by the "
                                                 "registry's fitted temperatures (matched to the frontier's "
                                                 "confidence)", "raw")
+    fallback: Literal["neural", "ngram"] | None = doc(
+        "switch mode: whose vintage replaces the frontier where the gate fires; unset: the gating pair's own. "
+        "surrogate: ngram with fallback: neural gates with the n-gram pair (selective) and answers like the trained "
+        "vintage (confident, as a retrained model is)", None)
     k: int = doc("rank mode: tokens banned per step", 1)
     margin: float = doc("rank and switch modes: minimum log p_full - log p_vintage to act on a token", 0.0)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
@@ -46,6 +50,8 @@ class MethodSpec:
                              f"point_in_time only")
         if self.name in ("frontier", "retrained") and self.surrogate != "neural":
             raise ValueError(f"method {self.name!r}: surrogate applies to surrogate and point_in_time only")
+        if self.fallback is not None and (self.name != "point_in_time" or self.mode != "switch"):
+            raise ValueError(f"method {self.key}: fallback applies to point_in_time with mode: switch only")
         if self.k < 1:
             raise ValueError(f"method {self.name!r}: k must be >= 1, got {self.k}")
         if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
@@ -62,7 +68,8 @@ class MethodSpec:
             if self.mode == "rank":
                 return f"point_in_time(rank,k={self.k},margin={self.margin}{mask}{matched}{kind})"
             if self.mode == "switch":
-                return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind})"
+                fallback = f",fallback={self.fallback}" if self.fallback and self.fallback != self.surrogate else ""
+                return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind}{fallback})"
             return f"point_in_time(alpha={self.alpha}{mask}{matched}{kind})"
         return f"{self.name}(ngram)" if kind else self.name
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from backtests.spec import BacktestSpec
+from backtests.spec import BacktestSpec, MethodSpec
 from vintage.registry import Registry
 
 
@@ -34,11 +34,8 @@ def run_and_report(spec: BacktestSpec, engine: str = "ray") -> str:
     curve = storage.join(spec.output, "effective_cutoff.parquet")
     if cutoff and (result.scored or not storage.exists(curve)):
         print(f"[backtest] effective-cutoff probe on vintage {cutoff}", flush=True)
-        methods = {"frontier": "frontier", "surrogate": "surrogate", "retrained": "retrained"}
-        for m in spec.methods:
-            if (m.name == "point_in_time" and m.mode == "linear" and m.alpha != "calibrated"
-                    and m.surrogate == "neural" and m.confidence == "raw"):  # the curve's own pair
-                methods[m.key] = float(m.alpha)
+        methods = [m for m in spec.methods if m.name not in ("frontier", "surrogate", "retrained")]
+        methods = [MethodSpec(name="frontier"), MethodSpec(name="surrogate"), MethodSpec(name="retrained")] + methods
         curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier,
                                   period=spec.effective_cutoff_period)
         storage.write_parquet(curves.with_columns(cutoff=pl.lit(cutoff)), curve)

@@ -281,6 +281,11 @@ def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
     methods = [MethodSpec(name="surrogate", surrogate="ngram"), MethodSpec(name="point_in_time", alpha=1.0),
                MethodSpec(name="point_in_time", alpha=1.0, confidence="matched"),
                MethodSpec(name="point_in_time", alpha=1.0, surrogate="ngram")]
+    hybrid = MethodSpec(name="point_in_time", mode="switch", margin=0.1, surrogate="ngram", fallback="neural")
+    assert hybrid.key == "point_in_time(switch,margin=0.1,ngram,fallback=neural)"
+    methods.append(hybrid)
+    with pytest.raises(ValueError, match="fallback applies to point_in_time with mode: switch only"):
+        MethodSpec(name="point_in_time", alpha=1.0, fallback="neural")
     spec = make_spec(tmp_path, root, base_rows(), methods=methods)
     with pytest.raises(ValueError, match="no fitted neural temperatures .* run `vintage fit-temperatures"):
         run_backtest(spec, engine="local")
@@ -290,8 +295,14 @@ def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
     run_backtest(spec, engine="local")
     results = read_table(tmp_path / "out" / "results")
     assert set(results["method"]) == {"surrogate(ngram)", "point_in_time(alpha=1.0)",
-                                      "point_in_time(alpha=1.0,matched)", "point_in_time(alpha=1.0,ngram)"}
+                                      "point_in_time(alpha=1.0,matched)", "point_in_time(alpha=1.0,ngram)", hybrid.key}
     q2 = {r["method"]: r["choice_logprobs"] for r in results.filter(pl.col("query_id") == "q2").to_dicts()}
+    # the hybrid row: n-gram pair as the gate, the neural vintage where it fires (also from_registry's options)
+    direct = PointInTimeLM.from_registry(root, "2019-07-02", alpha=1.0, surrogate="ngram", fallback="neural",
+                                         switch_margin=0.1)
+    assert direct.vintage_cutoff == "2019-06-30" and type(direct.fallback).__name__ == "GPT2LMHeadModel"
+    assert q2[hybrid.key] == pytest.approx(
+        direct.score(["Brio 2019q2 results :"], [[" beat", " miss"]])[0].choice_logprobs, abs=1e-5)
     assert q2["point_in_time(alpha=1.0)"] != pytest.approx(q2["point_in_time(alpha=1.0,matched)"])
     # the n-gram surrogate row is what the n-gram vintage (the sum of the slices up to 2019-06-30) gives
     direct = PointInTimeLM(NgramLM(emit_ngrams(

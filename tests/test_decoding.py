@@ -279,6 +279,13 @@ def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
     assert torch.allclose(switch_logprobs(frontier, vintage, full, margin=1.0), F.log_softmax(frontier, -1))
     with pytest.raises(ValueError, match="two different modes"):
         PointInTimeLM(None, None, None, word_tokenizer(), rank_k=1, switch_margin=0.5)
+    # a fallback model: its distribution (at its own temperature) where the gate fires, the frontier elsewhere
+    fallback = torch.log(torch.tensor([[0.1, 0.6, 0.1, 0.1, 0.1]] * 3))
+    out = switch_logprobs(frontier, vintage, full, 0.5, 0.1, Temperatures(fallback=2.0), fallback=fallback)
+    assert torch.allclose(out[0], F.log_softmax(fallback[0] / 2.0, -1))
+    assert torch.allclose(out[1:], F.log_softmax(frontier[1:], -1))
+    with pytest.raises(ValueError, match="switch mode only"):
+        PointInTimeLM(None, None, None, word_tokenizer(), fallback=object())
 
 
 def test_temperature_fit_recovers_a_known_temperature():

@@ -35,7 +35,11 @@ def head(tmp_path_factory):
     process = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(free_port()),
          "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard), "--include-dashboard", "true",
-         "--num-cpus", "2", "--temp-dir", str(base / "ray"), "--disable-usage-stats"],
+         "--num-cpus", "2", "--temp-dir", str(base / "ray"), "--disable-usage-stats",
+         # the agents' default ports are fixed (52365, ...): another Ray instance on this machine holds them,
+         # and then the job agent never registers ("No available agent to submit job")
+         "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+         "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())],
         env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     address = f"http://127.0.0.1:{dashboard}"
     try:
@@ -60,12 +64,19 @@ def head(tmp_path_factory):
 
 
 def submit(address: str, env: dict, out: Path) -> subprocess.CompletedProcess:
+    """`ray job submit`; retried while the head's job agent has not registered yet (the dashboard answers
+    `ray job list` before it can place a job: "No available agent to submit job", seen on a loaded machine)."""
     runtime = '{"excludes": [".venv", "out", ".build", ".git", ".hypothesis", ".pytest_cache", "**/__pycache__"]}'
-    return subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
-         "--runtime-env-json", runtime, "--", "python", "-m", "pipelines.end_to_end",
-         "--config", "configs/tiny.yaml", "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=900)
+    deadline = time.time() + 120
+    while True:
+        done = subprocess.run(
+            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(ROOT),
+             "--runtime-env-json", runtime, "--", "python", "-m", "pipelines.end_to_end",
+             "--config", "configs/tiny.yaml", "--out", str(out)],
+            env=env, capture_output=True, text=True, timeout=900)
+        if "No available agent to submit job" not in done.stdout + done.stderr or time.time() > deadline:
+            return done
+        time.sleep(3)
 
 
 def test_tiny_pipeline_as_a_job(head):

@@ -9,6 +9,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import torch
+import torch.nn.functional as F
 
 from corpora.split import SplitConfig, read_slices, run_split
 from corpora.validation import CorpusConfig
@@ -153,3 +154,40 @@ def test_ngram_surrogates_behind_point_in_time():
     out = full(torch.tensor([[5, 6, 7]]))
     assert torch.allclose(out.logits.exp().sum(-1), torch.ones(1, 3))
     assert math.isfinite(float(out.logits.min()))
+
+
+def test_ngram_gate_with_a_neural_fallback():
+    """Switch mode gated by the n-gram pair, the neural vintage's distribution where it fires: exact against
+    switch_logprobs on each model's own logits, batched = one by one, cached generation = recomputed."""
+    from vintage.decoding import switch_logprobs
+
+    tok = word_tokenizer()
+    encode = lambda texts: [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]  # noqa: E731
+    old = ["Acme 2019q1 results : beat .", "the market was calm .", "Brio 2019q1 results : miss ."]
+    new = ["Acme 2019q2 results : miss . Shares fell"]
+    vintage = NgramLM(emit_ngrams(encode(old), 5), len(tok), 5)
+    full = NgramLM(emit_ngrams(encode(old + new), 5), len(tok), 5)
+    frontier, neural_vintage = tiny_model(tok, seed=3), tiny_model(tok, seed=4)
+    # full - vintage on " miss": 1.21 nats after "Acme 2019q2 results :" (learnt after the cutoff), 0.96 after
+    # "Acme 2019q1 results :" (the backoff shifts: "results : miss" is seen twice); a margin between the two
+    lm = PointInTimeLM(frontier, full, vintage, tok, alpha=1.0, batch_size=2, switch_margin=1.1, plausibility=None,
+                       fallback=neural_vintage)
+    prompts = ["Acme 2019q2 results :", "Acme 2019q1 results :", "the market"]
+    choices = [[" beat", " miss"], [" beat", " miss"], [" was calm", " fell"]]
+    batched = lm.score(prompts, choices)
+    for prompt, options, together in zip(prompts, choices, batched):
+        assert together.choice_logprobs == pytest.approx(lm.score([prompt], [options])[0].choice_logprobs, abs=1e-5)
+    with torch.inference_mode():
+        for prompt, options, scored in zip(prompts[:2], choices[:2], batched):
+            ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
+            logits = [m(input_ids=ids).logits[0, -1, : len(tok)] for m in (frontier, vintage, full, neural_vintage)]
+            expected = switch_logprobs(*logits[:3], margin=1.1, plausibility=None, fallback=logits[3])
+            answer_ids = [tok(c, add_special_tokens=False)["input_ids"][0] for c in options]
+            assert scored.choice_logprobs == pytest.approx([float(expected[i]) for i in answer_ids], abs=1e-5)
+            gate_fired = torch.allclose(expected, F.log_softmax(logits[3].float(), -1))
+            # the full n-gram learnt Acme's 2019q2 result after the cutoff: the gate fires there, not on 2019q1
+            assert gate_fired == (prompt == prompts[0])
+    cached = lm.generate(prompts, max_new_tokens=5, use_cache=True, return_scores=True)
+    recomputed = lm.generate(prompts, max_new_tokens=5, use_cache=False, return_scores=True)
+    assert cached[0] == recomputed[0]
+    assert torch.allclose(cached[2], recomputed[2], atol=1e-5)

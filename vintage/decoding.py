@@ -32,9 +32,10 @@ class Temperatures:
     frontier: float = 1.0
     vintage: float = 1.0
     full: float = 1.0
+    fallback: float = 1.0  # switch mode with a separate fallback model
 
     def __post_init__(self):
-        if min(self.frontier, self.vintage, self.full) <= 0:
+        if min(self.frontier, self.vintage, self.full, self.fallback) <= 0:
             raise ValueError(f"temperatures must be > 0, got {self}")
 
 
@@ -94,20 +95,27 @@ def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Ten
 
 
 def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 1.0,
-                    plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+                    plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures(),
+                    fallback: torch.Tensor | None = None) -> torch.Tensor:
     """Gated fallback: at a position where the full surrogate puts at least `margin` nats more log-prob than
     the vintage on some token the frontier finds plausible (probability >= `plausibility` x its top one),
-    the frontier is about to use what was learnt after the cutoff, and the vintage surrogate's distribution
-    replaces it there; everywhere else the frontier's distribution is untouched.
+    the frontier is about to use what was learnt after the cutoff, and a vintage distribution replaces it
+    there: the `fallback` model's (logits of another vintage-`t` model) or, without one, the gating pair's
+    vintage. Everywhere else the frontier's distribution is untouched.
 
     Unlike the linear contrast it needs no magnitude to match (the gate reads only the surrogates'
     disagreement), and unlike the rank rule it does not push toward the opposite answer: where it fires the
-    answer is what the vintage believes, i.e. close to chance for facts it never saw. It relies on the pair
-    agreeing on what both know (true of additive n-gram counts, much less of separately trained networks).
+    answer is what the vintage believes, i.e. close to chance for facts it never saw. The gate relies on the
+    pair agreeing on what both know (true of additive n-gram counts, much less of separately trained
+    networks); what replaces the frontier should answer like a model trained to the cutoff (a trained
+    network is confident, right or wrong, where a smoothed n-gram hedges): hence the gate from the n-gram
+    pair and the fallback from the neural vintage (bench/fidelity.py measures each combination).
     """
     if not (frontier.shape == vintage.shape == full.shape):
         raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, vintage {tuple(vintage.shape)}, "
                          f"full {tuple(full.shape)}")
+    if fallback is not None and fallback.shape != frontier.shape:
+        raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, fallback {tuple(fallback.shape)}")
     lp_frontier = F.log_softmax(frontier.float() / temperatures.frontier, dim=-1)
     lp_vintage = F.log_softmax(vintage.float() / temperatures.vintage, dim=-1)
     divergence = F.log_softmax(full.float() / temperatures.full, dim=-1) - lp_vintage
@@ -115,7 +123,8 @@ def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.T
         threshold = lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
         divergence = divergence.masked_fill(lp_frontier < threshold, float("-inf"))
     gate = divergence.max(dim=-1, keepdim=True).values > margin
-    return torch.where(gate, lp_vintage, lp_frontier)
+    replacement = lp_vintage if fallback is None else F.log_softmax(fallback.float() / temperatures.fallback, dim=-1)
+    return torch.where(gate, replacement, lp_frontier)
 
 
 def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tensor,
@@ -213,10 +222,20 @@ class ScoredChoices:
 
 @dataclass
 class ChoiceComponents:
-    logits: list  # frontier, vintage, full: [T, V] float32 (None where not computed)
+    logits: list  # frontier, vintage, full, fallback: [T, V] float32 (None where not computed)
     targets: torch.Tensor  # [T] the choice tokens
     spans: list[list[tuple[int, int]]]  # per query, per choice: its tokens' [start, end) in T
     tokens: list[list[list[int]]]
+
+
+SLOTS = 4  # models behind one PointInTimeLM: frontier, vintage, full, fallback
+
+
+def _check_modes(rank_k, switch_margin, fallback) -> None:
+    if rank_k is not None and switch_margin is not None:
+        raise ValueError("rank_k and switch_margin select two different modes; give one")
+    if fallback is not None and switch_margin is None:
+        raise ValueError("a fallback model applies to switch mode only (set switch_margin)")
 
 
 class PointInTimeLM:
@@ -228,24 +247,27 @@ class PointInTimeLM:
     def __init__(self, frontier, full, vintage, tokenizer, alpha: float = 0.0,
                  temperatures: Temperatures = Temperatures(), plausibility: float | None = None,
                  batch_size: int = 32, vintage_cutoff: str | None = None, rank_k: int | None = None,
-                 rank_margin: float = 0.0, switch_margin: float | None = None):
+                 rank_margin: float = 0.0, switch_margin: float | None = None, fallback=None):
         """`rank_k` set: rank mode (`rank_logprobs`: ban the k most divergent plausible tokens); `switch_margin`
-        set: switch mode (`switch_logprobs`: the vintage's distribution where the pair diverges by more than
-        the margin); otherwise the linear contrast. In rank and switch mode alpha only switches the steering
-        on (non-zero) or off (0: the frontier alone)."""
-        if rank_k is not None and switch_margin is not None:
-            raise ValueError("rank_k and switch_margin select two different modes; give one")
+        set: switch mode (`switch_logprobs`: a vintage distribution where the pair diverges by more than
+        the margin: `fallback`'s, a fourth model at the same vintage, or else the pair's vintage); otherwise
+        the linear contrast. In rank and switch mode alpha only switches the steering on (non-zero) or off
+        (0: the frontier alone)."""
+        _check_modes(rank_k, switch_margin, fallback)
         self.frontier, self.full, self.vintage, self.tokenizer = frontier, full, vintage, tokenizer
+        self.fallback = fallback
         self.rank_k, self.rank_margin, self.switch_margin = rank_k, rank_margin, switch_margin
         self.alpha, self.temperatures, self.plausibility = float(alpha), temperatures, plausibility
         self.batch_size = batch_size
         self.vintage_cutoff = vintage_cutoff
         self.vocab = len(tokenizer)
-        for name, model in (("frontier", frontier), ("full surrogate", full), ("vintage surrogate", vintage)):
+        named = (("frontier", frontier), ("full surrogate", full), ("vintage surrogate", vintage),
+                 ("fallback", fallback))
+        for name, model in named:
             size = _vocab_size(model)
             if size is not None and size < self.vocab:
                 raise VocabularyMismatch(f"{name} has {size} output logits, the tokenizer {self.vocab} tokens")
-        for model in (frontier, full, vintage):
+        for _, model in named:
             if hasattr(model, "eval"):
                 model.eval()
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
@@ -276,31 +298,55 @@ class PointInTimeLM:
 
     @classmethod
     def from_registry(cls, registry, as_of, frontier: str | Path | None = None, alpha: float | str = "calibrated",
-                      **kwargs) -> "PointInTimeLM":
+                      surrogate: str = "neural", fallback: str | None = None, frontier_kwargs: dict | None = None,
+                      surrogate_kwargs: dict | None = None, **kwargs) -> "PointInTimeLM":
         """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate,
-        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer)."""
+        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer). `surrogate`:
+        the pair is the trained networks (neural) or the n-gram counts (ngram); `fallback` (switch mode):
+        the kind whose vintage replaces the frontier where the gate fires (default: the pair's own).
+
+            PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
+                                        switch_margin=0.1, plausibility=0.3)
+        """
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
         from vintage.registry import Registry
 
         registry = registry if isinstance(registry, Registry) else Registry(registry)
-        cutoff, vintage_dir = registry.vintage_for(as_of)
+        for name, kind in (("surrogate", surrogate), ("fallback", fallback)):
+            if kind not in ("neural", "ngram") and not (name == "fallback" and kind is None):
+                raise ValueError(f"{name} must be 'neural' or 'ngram', got {kind!r}")
+        cutoff, _ = registry.vintage_for(as_of)
         if alpha == "calibrated":
             alpha = registry.calibrated_alpha(cutoff)
         frontier_dir = Path(frontier) if frontier else registry.frontier_path()
-        lm = cls.from_pretrained(frontier_dir, registry.full_path(), vintage_dir,
-                                 tokenizer=frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path(),
-                                 surrogate_tokenizer=registry.tokenizer_path(), alpha=float(alpha), **kwargs)
-        lm.vintage_cutoff = cutoff
-        return lm
+        tokenizer_dir = frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path()
+        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+        check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
+                           str(tokenizer_dir), str(registry.tokenizer_path()))
+
+        def load(kind: str, at: str):
+            if kind == "ngram":
+                from vintage.ngram import NgramLM
+
+                return NgramLM.from_registry(registry, at)
+            return AutoModelForCausalLM.from_pretrained(str(registry.vintage_path(at)), use_safetensors=True,
+                                                        **(surrogate_kwargs or {}))
+
+        model = AutoModelForCausalLM.from_pretrained(str(frontier_dir), use_safetensors=True, **(frontier_kwargs or {}))
+        return cls(model, load(surrogate, registry.full_cutoff()), load(surrogate, cutoff), tokenizer,
+                   alpha=float(alpha), vintage_cutoff=cutoff, fallback=load(fallback, cutoff) if fallback else None,
+                   **kwargs)
 
     def with_settings(self, **changes) -> "PointInTimeLM":
         """The same loaded models with other combination settings (alpha, temperatures, plausibility,
-        rank_k, rank_margin, switch_margin): a shallow copy, nothing is loaded again."""
+        rank_k, rank_margin, switch_margin, fallback: an already loaded model or None): a shallow copy,
+        nothing is loaded again."""
         unknown = sorted(set(changes) - {"alpha", "temperatures", "plausibility", "rank_k", "rank_margin",
-                                          "switch_margin"})
+                                          "switch_margin", "fallback"})
         if unknown:
             raise TypeError(f"with_settings: not a combination setting: {unknown}")
-        if changes.get("rank_k") is not None and changes.get("switch_margin", self.switch_margin) is not None:
-            raise ValueError("rank_k and switch_margin select two different modes; give one")
+        _check_modes(*(changes.get(k, getattr(self, k)) for k in ("rank_k", "switch_margin", "fallback")))
         other = object.__new__(PointInTimeLM)
         other.__dict__.update(self.__dict__)
         other.__dict__.update(changes)
@@ -324,18 +370,20 @@ class PointInTimeLM:
         """Logits moved to the frontier's device in float32 (after gathering what is needed: cheaper)."""
         return None if logits is None else logits.to(_device(self.frontier), torch.float32)
 
-    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None, None, None), everything=False,
+    def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None,) * SLOTS, everything=False,
                     last_only=False):
-        """Raw logits of frontier, vintage and full (in that order), each on its model's device and dtype.
-        At alpha = 0 the surrogates are skipped (their slots are None) unless `everything`."""
-        models = (self.frontier, self.vintage, self.full) if (everything or self.alpha != 0) else (self.frontier,)
-        results = [self._forward(m, input_ids, attention_mask, position_ids, p, last_only)
+        """Raw logits of frontier, vintage, full and fallback (in that order), each on its model's device and
+        dtype. At alpha = 0 the surrogates are skipped (their slots are None) unless `everything`; so is a
+        fallback the combination does not have."""
+        steer = everything or self.alpha != 0
+        models = (self.frontier, self.vintage if steer else None, self.full if steer else None,
+                  self.fallback if steer else None)
+        results = [(None, None) if m is None else self._forward(m, input_ids, attention_mask, position_ids, p, last_only)
                    for m, p in zip(models, pasts)]
-        results += [(None, None)] * (3 - len(results))
         return [r[0] for r in results], [r[1] for r in results]
 
     def _combine(self, logits: Sequence[torch.Tensor], alpha: float | None = None) -> torch.Tensor:
-        frontier, vintage, full = logits
+        frontier, vintage, full, fallback = (list(logits) + [None] * SLOTS)[:SLOTS]
         alpha = self.alpha if alpha is None else alpha
         if alpha == 0:
             return F.log_softmax(frontier.float() / self.temperatures.frontier, dim=-1)
@@ -345,7 +393,10 @@ class PointInTimeLM:
             return rank_logprobs(frontier, vintage, full, self.rank_k, self.rank_margin, self.plausibility,
                                  self.temperatures)
         if self.switch_margin is not None:
-            return switch_logprobs(frontier, vintage, full, self.switch_margin, self.plausibility, self.temperatures)
+            if self.fallback is not None and fallback is None:
+                raise ValueError("fallback logits were not computed")
+            return switch_logprobs(frontier, vintage, full, self.switch_margin, self.plausibility, self.temperatures,
+                                   fallback)
         return combine_logprobs(frontier, vintage, full, alpha, self.temperatures, self.plausibility)
 
     # -- scoring -------------------------------------------------------------------------------------------
@@ -372,7 +423,7 @@ class PointInTimeLM:
         vectorised call (calibration sweeps alpha on these)."""
         encoded = self.encode_choices(prompts, choices)
         flat = [(q, k, p + c, len(p), c) for q, (p, cs) in enumerate(encoded) for k, c in enumerate(cs)]
-        parts: list[list[torch.Tensor]] = [[], [], []]
+        parts: list[list[torch.Tensor]] = [[] for _ in range(SLOTS)]
         targets, spans = [], [[None] * len(cs) for _, cs in encoded]
         offset = 0
         for start in range(0, len(flat), self.batch_size):
@@ -465,7 +516,7 @@ class PointInTimeLM:
         eos = self.tokenizer.eos_token_id if stop_at_eos else None
         done = torch.zeros(batch, dtype=torch.bool)
         new_tokens, step_scores = [], []
-        pasts = (None, None, None)
+        pasts = (None,) * SLOTS
         step_ids, step_mask = ids, mask
         with torch.inference_mode():
             for _ in range(max_new_tokens):
