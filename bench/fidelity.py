@@ -352,10 +352,12 @@ def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost
 
 
 def best_method(table: pl.DataFrame) -> dict | None:
-    """The point-in-time row meeting the most goals (ties: the larger share of the gap closed)."""
+    """The point-in-time row meeting the most goals (ties: the larger share of the gap closed, then the
+    forget-quality p-value)."""
     pit = table.filter(~pl.col("method").str.starts_with("retrained") & ~pl.col("method").is_in(["frontier"])
                        & ~pl.col("method").str.starts_with("surrogate"))
-    return pit.sort(["goals_met", "gap_closed"], descending=True).row(0, named=True) if pit.height else None
+    ranked = pit.sort(["goals_met", "gap_closed", "ks_p"], descending=True, maintain_order=True)
+    return ranked.row(0, named=True) if pit.height else None
 
 
 def plot(path, cutoff, scorers, retrained_models, docs, table):

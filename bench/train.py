@@ -11,7 +11,9 @@
    `train_registry` and tokens trained. Goal: chronological <= 0.4 x independent.
    With `--memorise`: both schedules train as `make demo` does (the demo's surrogate settings, each stage
    until the facts public by its cutoff are memorised, `--schedule-epochs` the cap), so the comparison is
-   at matched memorisation; each vintage's fact accuracy is reported beside the cost.
+   at matched memorisation; each vintage's fact accuracy is reported beside the cost. `--replay 3 1 0.5`
+   trains one chronological run per replay ratio against the same independent run (a replay sample is
+   capped by the old data: at K=4, replay 3 replays everything, i.e. each stage sees all data so far).
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -105,17 +107,21 @@ def throughput(split: Path, work: Path, preset: str, epochs: int, threads: int) 
             "ratio": ds_rate / plain_rate, "peak_memory_mib": info["peak_memory_mib"]}
 
 
-def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, memorise: bool = False) -> dict:
+def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, memorise: bool = False,
+              replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300) -> dict:
     results = {}
-    for schedule in ("chronological", "independent"):
+    runs = [("independent", None)] + [("chronological", r) for r in replays]
+    for schedule, replay in runs:
+        name = schedule if replay is None or len(replays) == 1 else f"chronological replay={replay:g}"
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
-            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=300, warmup_steps=20,
-                                 replay=3.0)
+            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=cooldown_steps,
+                                 warmup_steps=20, replay=3.0 if replay is None else replay)
             extra = dict(probes=str(split.parent / "queries.parquet"), memorise=0.9)
         else:
-            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=30, warmup_steps=20)
+            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=30, warmup_steps=20,
+                                 replay=1.0 if replay is None else replay)
             extra = {}
-        config = TrainConfig(split=str(split), output=str(work / schedule), vocab_size=2048, cutoffs=CUTOFFS,
+        config = TrainConfig(split=str(split), output=str(work / name.replace(" ", "-")), vocab_size=2048, cutoffs=CUTOFFS,
                              schedule=schedule, parallel_runs=parallel, fit_temperatures=False,
                              surrogate=RoleConfig(preset=preset, optim=optim), **extra)
         started = time.perf_counter()
@@ -127,11 +133,12 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
             tokens = max(m["tokens_seen"] for m in models)  # one run: the last vintage saw every token
         else:
             tokens = sum(m["tokens_seen"] for m in models)  # one run per vintage
-        results[schedule] = {"seconds": seconds, "tokens": tokens, "vintages": len(manifest["cutoffs"]),
-                             "peak_memory_mib": max(m["peak_memory_mib"] for m in models),
-                             "fact_accuracy": {Path(k).name: m.get("fact_accuracy") for k, m in manifest["models"].items()}}
-    results["wall_ratio"] = results["chronological"]["seconds"] / results["independent"]["seconds"]
-    results["token_ratio"] = results["chronological"]["tokens"] / results["independent"]["tokens"]
+        results[name] = {"seconds": seconds, "tokens": tokens, "vintages": len(manifest["cutoffs"]),
+                         "peak_memory_mib": max(m["peak_memory_mib"] for m in models),
+                         "fact_accuracy": {Path(k).name: m.get("fact_accuracy") for k, m in manifest["models"].items()}}
+        if schedule == "chronological":
+            results[name]["wall_ratio"] = seconds / results["independent"]["seconds"]
+            results[name]["token_ratio"] = tokens / results["independent"]["tokens"]
     return results
 
 
@@ -145,6 +152,9 @@ def main() -> None:
     parser.add_argument("--parallel", type=int, default=2, help="independent runs at once (2 cores here)")
     parser.add_argument("--memorise", action="store_true", help="schedules trained to the same memorisation")
     parser.add_argument("--schedules-only", action="store_true", help="skip the throughput comparison")
+    parser.add_argument("--replay", type=float, nargs="+", default=[3.0],
+                        help="chronological replay ratios to compare (one run each)")
+    parser.add_argument("--cooldown-steps", type=int, default=300, help="with --memorise: each vintage's cooldown")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     import ray
@@ -156,7 +166,7 @@ def main() -> None:
         result = {"throughput": None if args.schedules_only else throughput(split, work, args.preset, args.epochs,
                                                                              args.threads),
                   "schedules": schedules(split, work, args.surrogate, args.schedule_epochs, args.parallel,
-                                         args.memorise)}
+                                         args.memorise, tuple(args.replay), args.cooldown_steps)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -166,12 +176,12 @@ def main() -> None:
         print("\n| measure | DeepSpeed under Ray Train | plain PyTorch | ratio |\n|---|---:|---:|---:|")
         print(f"| tokens/s, `{t['preset']}`, batch 32, {t['threads']} thread | {t['deepspeed_tokens_per_s']:,.0f} | "
               f"{t['plain_tokens_per_s']:,.0f} | {t['ratio']:.2f} |")
-    print("\n| K=4 vintages | wall s | tokens trained | peak MiB per worker |\n|---|---:|---:|---:|")
-    for name in ("chronological", "independent"):
-        r = s[name]
-        print(f"| {name} | {r['seconds']:.0f} | {r['tokens']:,} | {r['peak_memory_mib']:.0f} |")
-    print(f"| ratio chronological / independent | {s['wall_ratio']:.2f} | {s['token_ratio']:.2f} | |")
-    for name in ("chronological", "independent"):
+    print("\n| K=4 vintages | wall s | tokens trained | peak MiB per worker | wall / independent | tokens / independent |"
+          "\n|---|---:|---:|---:|---:|---:|")
+    for name, r in s.items():
+        ratios = f"{r['wall_ratio']:.2f} | {r['token_ratio']:.2f}" if "wall_ratio" in r else " | "
+        print(f"| {name} | {r['seconds']:.0f} | {r['tokens']:,} | {r['peak_memory_mib']:.0f} | {ratios} |")
+    for name in s:
         print(f"fact accuracy of the {name} vintages (facts public by each cutoff): " + ", ".join(
             f"{c} {a:.2f}" if a is not None else f"{c} -" for c, a in sorted(s[name]["fact_accuracy"].items())))
     print(f"\nwritten to {args.out}")

@@ -360,25 +360,30 @@ class PointInTimeLM:
 
     # -- model calls ---------------------------------------------------------------------------------------
 
-    def _forward(self, model, input_ids, attention_mask, position_ids, past=None, last_only=False):
+    def _forward(self, model, input_ids, attention_mask, position_ids, past=None, keep: int | None = None):
+        """Logits of the last `keep` positions (None: all) and the model's cache. Models that support it
+        compute only those (HF `logits_to_keep`: the LM head is most of a small surrogate's FLOPs)."""
         device = _device(model)
         out = call_with_cache(model, input_ids.to(device), attention_mask.to(device), position_ids.to(device), past,
-                              logits_to_keep=1 if last_only else None)
-        return out.logits[..., : self.vocab], returned_cache(out)
+                              logits_to_keep=keep)
+        logits = out.logits[..., : self.vocab]
+        if keep is not None and logits.shape[1] > keep:  # a model without logits_to_keep
+            logits = logits[:, -keep:]
+        return logits, returned_cache(out)
 
     def _float(self, logits: torch.Tensor | None) -> torch.Tensor | None:
         """Logits moved to the frontier's device in float32 (after gathering what is needed: cheaper)."""
         return None if logits is None else logits.to(_device(self.frontier), torch.float32)
 
     def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None,) * SLOTS, everything=False,
-                    last_only=False):
+                    keep: int | None = None):
         """Raw logits of frontier, vintage, full and fallback (in that order), each on its model's device and
         dtype. At alpha = 0 the surrogates are skipped (their slots are None) unless `everything`; so is a
         fallback the combination does not have."""
         steer = everything or self.alpha != 0
         models = (self.frontier, self.vintage if steer else None, self.full if steer else None,
                   self.fallback if steer else None)
-        results = [(None, None) if m is None else self._forward(m, input_ids, attention_mask, position_ids, p, last_only)
+        results = [(None, None) if m is None else self._forward(m, input_ids, attention_mask, position_ids, p, keep)
                    for m, p in zip(models, pasts)]
         return [r[0] for r in results], [r[1] for r in results]
 
@@ -418,9 +423,11 @@ class PointInTimeLM:
 
     def choice_components(self, prompts: Sequence[str], choices: Sequence[Sequence[str]],
                           everything: bool = True) -> "ChoiceComponents":
-        """The three models' logits at every choice token's position (gathered, [T, V] each), the target
+        """The models' logits at every choice token's position (gathered, [T, V] each), the target
         tokens and where each (query, choice) sits among them; combining them for any alpha is then one
-        vectorised call (calibration sweeps alpha on these)."""
+        vectorised call (calibration sweeps alpha on these). Sequences are left-padded, so every choice
+        ends at the last column and the models compute logits for the last (longest choice + 1) positions
+        only."""
         encoded = self.encode_choices(prompts, choices)
         flat = [(q, k, p + c, len(p), c) for q, (p, cs) in enumerate(encoded) for k, c in enumerate(cs)]
         parts: list[list[torch.Tensor]] = [[] for _ in range(SLOTS)]
@@ -429,20 +436,23 @@ class PointInTimeLM:
         for start in range(0, len(flat), self.batch_size):
             chunk = flat[start:start + self.batch_size]
             width = max(len(seq) for _, _, seq, _, _ in chunk)
+            keep = max(len(c) for *_, c in chunk) + 1
             ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             rows, cols = [], []
             for row, (q, k, seq, plen, c) in enumerate(chunk):
-                ids[row, : len(seq)] = torch.tensor(seq)
-                mask[row, : len(seq)] = 1
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
                 rows += [row] * len(c)
-                cols += range(plen - 1, plen - 1 + len(c))  # logits at t predict token t+1
+                # logits at t predict token t+1: the choice's are the len(c) positions before the last one,
+                # i.e. columns keep-1-len(c) .. keep-2 of the kept logits
+                cols += range(keep - 1 - len(c), keep - 1)
                 targets += c
                 spans[q][k] = (offset, offset + len(c))
                 offset += len(c)
-            positions = torch.arange(width).expand(len(chunk), width)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
-                logits, _ = self._all_logits(ids, mask, positions, everything=everything)
+                logits, _ = self._all_logits(ids, mask, positions, everything=everything, keep=keep)
                 r, c_ = torch.tensor(rows), torch.tensor(cols)
                 for m, lg in enumerate(logits):
                     if lg is not None:
@@ -523,9 +533,9 @@ class PointInTimeLM:
                 positions = (step_mask.cumsum(-1) - 1).clamp(min=0)
                 if use_cache and pasts[0] is not None:
                     logits, pasts = self._all_logits(step_ids[:, -1:], step_mask, positions[:, -1:], pasts,
-                                                     last_only=True)
+                                                     keep=1)
                 else:
-                    logits, pasts = self._all_logits(step_ids, step_mask, positions, last_only=True)
+                    logits, pasts = self._all_logits(step_ids, step_mask, positions, keep=1)
                 lp = self._combine([self._float(None if lg is None else lg[:, -1]) for lg in logits]).cpu()
                 step_scores.append(lp)
                 if greedy:
