@@ -121,11 +121,10 @@ class Scorer:
     def __init__(self, spec: dict, run_id: str, threads: int = 1):
         import torch
         from transformers import AutoModelForCausalLM
+        from transformers.utils import logging as hf_logging
 
         from backtests.spec import MethodSpec
         from vintage.tokenizer import load_tokenizer
-
-        from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # a "Loading weights" bar per model and actor is noise in the job log
         torch.set_num_threads(threads)

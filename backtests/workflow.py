@@ -34,8 +34,9 @@ def run_and_report(spec: BacktestSpec, engine: str = "ray") -> str:
     curve = storage.join(spec.output, "effective_cutoff.parquet")
     if cutoff and (result.scored or not storage.exists(curve)):
         print(f"[backtest] effective-cutoff probe on vintage {cutoff}", flush=True)
-        methods = [m for m in spec.methods if m.name not in ("frontier", "surrogate", "retrained")]
-        methods = [MethodSpec(name="frontier"), MethodSpec(name="surrogate"), MethodSpec(name="retrained")] + methods
+        methods = list(spec.methods)  # plus the three reference curves where the spec lacks them
+        keys = {m.key for m in methods}
+        methods = [MethodSpec(name=n) for n in ("frontier", "surrogate", "retrained") if n not in keys] + methods
         curves = effective_cutoff(registry, cutoff, methods, frontier=spec.frontier,
                                   period=spec.effective_cutoff_period)
         storage.write_parquet(curves.with_columns(cutoff=pl.lit(cutoff)), curve)

@@ -91,6 +91,8 @@ def test_tiny_pipeline_as_a_job(head):
                                       "point_in_time(alpha=0.5,ngram)", "retrained"}
     assert results["query_id"].n_unique() > 50
     assert (base / "out" / "backtest" / "report.md").exists()
+    curves = pl.read_parquet(base / "out" / "backtest" / "effective_cutoff.parquet")
+    assert set(curves["method"]) == set(results["method"])  # every method's curve, the n-gram pair's too
     assert (base / "out" / "models" / "manifest.json").exists()
     assert len(list((base / "out" / "models" / "ngram" / "slices").glob("*.parquet"))) >= 3  # counted on the cluster
 
