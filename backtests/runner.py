@@ -147,14 +147,10 @@ class Scorer:
 
     def surrogate(self, kind: str, cutoff: str):
         """The vintage surrogate at `cutoff` of this kind (neural: the trained model; ngram: the counts)."""
-        if kind == "ngram":
-            from vintage.ngram import NgramLM
-
-            key = f"ngram-{cutoff}"
-            if key not in self.cache:
-                self.cache[key] = NgramLM.from_registry(self.registry, cutoff)
-            return self.cache[key]
-        return self.model(cutoff, self.registry.vintage_path(cutoff))
+        key = f"{kind}-{cutoff}"
+        if key not in self.cache:
+            self.cache[key] = self.registry.load_surrogate(kind, cutoff)
+        return self.cache[key]
 
     def temperatures(self, method, cutoff: str):
         from vintage.decoding import Temperatures

@@ -111,7 +111,6 @@ def main(argv=None) -> int:
     from corpora.split import end_of_day
     from vintage.calibration import Probe, calibrate_alpha
     from vintage.decoding import ChoiceComponents, PointInTimeLM, Temperatures
-    from vintage.ngram import NgramLM
     from vintage.registry import Registry
     from vintage.tokenizer import load_tokenizer
 
@@ -148,10 +147,8 @@ def main(argv=None) -> int:
     tok = load_tokenizer(registry.tokenizer_path())
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
     frontier = load(registry.frontier_path())
-    pairs = {"neural": (load(registry.full_path()), load(registry.vintage_path(cutoff)))}
-    if (registry.root / "ngram" / "manifest.json").exists():
-        pairs["ngram"] = (NgramLM.from_registry(registry, registry.full_cutoff()),
-                          NgramLM.from_registry(registry, cutoff))
+    kinds = ["neural"] + (["ngram"] if (registry.root / "ngram" / "manifest.json").exists() else [])
+    pairs = {k: (registry.load_surrogate(k, registry.full_cutoff()), registry.load_surrogate(k, cutoff)) for k in kinds}
     fitted = manifest.get("temperatures", {})
     temperatures = {k: Temperatures(vintage=fitted[k][cutoff]["temperature"],
                                     full=fitted[k][registry.full_cutoff()]["temperature"])

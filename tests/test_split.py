@@ -19,7 +19,6 @@ from corpora.worlds import generate_world
 UTC = dt.timezone.utc
 
 
-
 def write_corpus(world, directory, parts=1):
     directory.mkdir(parents=True, exist_ok=True)
     docs = world.documents

@@ -26,7 +26,6 @@ UTC = dt.timezone.utc
 pytestmark = pytest.mark.slow
 
 
-
 @pytest.fixture(scope="module")
 def tiny_split(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")

@@ -78,9 +78,7 @@ def calibrate_alpha(lm: PointInTimeLM, post: Sequence[Probe], pre: Sequence[Prob
 
 # -- confidence matching ---------------------------------------------------------------------------------
 
-MAX_LENGTH = 96  # tokens per held-out document, as in training (Optimisation.max_length)
-
-def position_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32, max_length: int = MAX_LENGTH):
+def position_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32):
     """Next-token logits [N, V] at every predicted position of `texts` (float32, CPU), in text order."""
     import torch
 
@@ -119,10 +117,10 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     from corpora.split import read_slices
     from vintage.decoding import fit_temperature
     from vintage.registry import Registry
-    from vintage.runs import is_holdout
-    from vintage.tokenizer import load_tokenizer
-
+    from vintage.runs import Optimisation, is_holdout
     from transformers.utils import logging as hf_logging
+
+    from vintage.tokenizer import load_tokenizer
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here
     registry = registry if isinstance(registry, Registry) else Registry(registry)
@@ -134,9 +132,13 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     step = max(1, math.ceil(held.num_rows / max_docs))
     held = held.take(list(range(0, held.num_rows, step)))
     texts, slices = held["text"].to_pylist(), held["slice"].to_pylist()
-    lengths = [max(0, min(len(ids), MAX_LENGTH) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
-    frontier_logits = position_logits(load(frontier or registry.frontier_path()), tokenizer, texts, max_length=MAX_LENGTH)
+    # documents cut where training cut them (the surrogates' max_length; the default for hand-made registries)
+    trained = ((registry.manifest.get("config") or {}).get("surrogate") or {}).get("optim") or {}
+    max_length = trained.get("max_length", Optimisation().max_length)
+    lengths = [max(0, min(len(ids), max_length) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    frontier_model = AutoModelForCausalLM.from_pretrained(str(frontier or registry.frontier_path()),
+                                                          use_safetensors=True).eval()
+    frontier_logits = position_logits(frontier_model, tokenizer, texts, max_length)
     found: dict[str, dict] = {}
     for kind in kinds:
         if kind == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
@@ -146,14 +148,9 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
             rows = [i for i, s in enumerate(slices) if s <= cutoff]
             if not rows:
                 continue
-            if kind == "ngram":
-                from vintage.ngram import NgramLM
-
-                model = NgramLM.from_registry(registry, cutoff)
-            else:
-                model = load(registry.vintage_path(cutoff))
+            model = registry.load_surrogate(kind, cutoff)
             fingerprint = registry.surrogate_fingerprint(kind, cutoff)
-            logits = position_logits(model, tokenizer, [texts[i] for i in rows], max_length=MAX_LENGTH)
+            logits = position_logits(model, tokenizer, [texts[i] for i in rows], max_length)
             positions = _positions(lengths, rows)
             target = frontier_logits[positions]
             temperature = fit_temperature(logits, target)

@@ -313,9 +313,6 @@ class PointInTimeLM:
         from vintage.registry import Registry
 
         registry = registry if isinstance(registry, Registry) else Registry(registry)
-        for name, kind in (("surrogate", surrogate), ("fallback", fallback)):
-            if kind not in ("neural", "ngram") and not (name == "fallback" and kind is None):
-                raise ValueError(f"{name} must be 'neural' or 'ngram', got {kind!r}")
         cutoff, _ = registry.vintage_for(as_of)
         if alpha == "calibrated":
             alpha = registry.calibrated_alpha(cutoff)
@@ -324,18 +321,11 @@ class PointInTimeLM:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
                            str(tokenizer_dir), str(registry.tokenizer_path()))
-
-        def load(kind: str, at: str):
-            if kind == "ngram":
-                from vintage.ngram import NgramLM
-
-                return NgramLM.from_registry(registry, at)
-            return AutoModelForCausalLM.from_pretrained(str(registry.vintage_path(at)), use_safetensors=True,
-                                                        **(surrogate_kwargs or {}))
-
+        load = lambda kind, at: registry.load_surrogate(kind, at, **(surrogate_kwargs or {}))  # noqa: E731
+        full, vintage = load(surrogate, registry.full_cutoff()), load(surrogate, cutoff)
+        fallback = load(fallback, cutoff) if fallback else None
         model = AutoModelForCausalLM.from_pretrained(str(frontier_dir), use_safetensors=True, **(frontier_kwargs or {}))
-        return cls(model, load(surrogate, registry.full_cutoff()), load(surrogate, cutoff), tokenizer,
-                   alpha=float(alpha), vintage_cutoff=cutoff, fallback=load(fallback, cutoff) if fallback else None,
+        return cls(model, full, vintage, tokenizer, alpha=float(alpha), vintage_cutoff=cutoff, fallback=fallback,
                    **kwargs)
 
     def with_settings(self, **changes) -> "PointInTimeLM":

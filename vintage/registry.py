@@ -129,6 +129,20 @@ class Registry:
             return ngram_fingerprint(self.root / "ngram", cutoff)
         return model_fingerprint(self.vintage_path(cutoff))
 
+    def load_surrogate(self, kind: str, cutoff: str, **kwargs):
+        """The `kind` surrogate at `cutoff`: the trained network (neural; safetensors, `kwargs` to
+        `from_pretrained`, in eval mode) or the n-gram counts summed to that vintage (ngram)."""
+        if kind == "ngram":
+            from vintage.ngram import NgramLM
+
+            return NgramLM.from_registry(self, cutoff)
+        if kind != "neural":
+            raise ValueError(f"surrogate kind must be 'neural' or 'ngram', got {kind!r}")
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(str(self.vintage_path(cutoff)), use_safetensors=True,
+                                                    **kwargs).eval()
+
     def fitted_temperature(self, kind: str, cutoff: str) -> float:
         """The confidence-matching temperature fitted for the `kind` surrogate at `cutoff`."""
         entry = self.manifest.get("temperatures", {}).get(kind, {}).get(cutoff)
