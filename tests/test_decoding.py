@@ -112,6 +112,32 @@ def test_generation_with_caches_equals_full_recomputation(real_lm):
     assert torch.allclose(scores_a, scores_b, atol=1e-4)
 
 
+def test_overlapped_surrogates_generate_what_in_process_ones_do():
+    """overlap=True: the surrogates (and their KV caches) live in a child process; same tokens, same scores,
+    for the linear contrast and for switch mode with a fallback (one process, started once: seconds)."""
+    tok = word_tokenizer()
+    real_lm = PointInTimeLM(tiny_model(tok, "gpt2", seed=0, n_embd=48, n_layer=2), tiny_model(tok, "gpt2", seed=1),
+                            tiny_model(tok, "gpt2", seed=2), tok, alpha=0.7, plausibility=0.05, batch_size=3)
+    hybrid = PointInTimeLM(real_lm.frontier, real_lm.full, real_lm.vintage, real_lm.tokenizer, alpha=0.7,
+                           plausibility=0.05, batch_size=3, switch_margin=0.2, fallback=real_lm.vintage, overlap=True)
+    linear = hybrid.with_settings(switch_margin=None, fallback=None)  # the same process, fallback unused
+    try:
+        expected = real_lm.with_settings(switch_margin=0.2, fallback=real_lm.vintage)
+        assert hybrid.generate(PROMPTS, max_new_tokens=5) == expected.generate(PROMPTS, max_new_tokens=5)
+        texts, ids, scores = linear.generate(PROMPTS, max_new_tokens=6, return_scores=True)
+        expected = real_lm.generate(PROMPTS, max_new_tokens=6, return_scores=True)
+        assert texts == expected[0] and torch.equal(ids, expected[1])
+        assert torch.allclose(scores, expected[2], atol=1e-5)
+        sample = dict(max_new_tokens=5, greedy=False, seed=3, top_k=4)
+        assert linear.generate(PROMPTS, **sample) == real_lm.generate(PROMPTS, **sample)
+        assert linear._worker is hybrid._worker
+        process = hybrid._worker._process
+    finally:
+        hybrid.close()
+    process.join(timeout=10)
+    assert not process.is_alive()
+
+
 def test_batched_generation_equals_one_by_one(real_lm):
     together = real_lm.generate(PROMPTS, max_new_tokens=5)
     assert together == [real_lm.generate([p], max_new_tokens=5)[0] for p in PROMPTS]

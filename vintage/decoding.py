@@ -13,6 +13,8 @@ set keep the frontier's own log-prob rather than -inf: held-out perplexity stays
 from __future__ import annotations
 
 import math
+import os
+import weakref
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +187,116 @@ def returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+class _InWorker:
+    """A cache held by the surrogate process; valid for the generation (epoch) that made it."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+
+def _serve_surrogates(conn, models, vocab: int, threads: int) -> None:  # pragma: no cover - child process
+    """Loop of the surrogate process: one request (which models, ids, mask, positions, continue the caches
+    or not, keep) at a time, answered with float32 numpy logits (or the error's text)."""
+    torch.set_num_threads(threads)
+    caches = [None] * len(models)
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:
+            return
+        if request is None:
+            conn.close()
+            os._exit(0)  # nothing to flush; a full interpreter teardown with torch loaded takes seconds
+        which, ids, mask, positions, cont, keep = request
+        try:
+            out = []
+            with torch.inference_mode():
+                for slot, model in enumerate(models):
+                    if model is None or not which[slot]:
+                        out.append(None)
+                        continue
+                    device = _device(model)
+                    result = call_with_cache(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
+                                             torch.from_numpy(positions).to(device), caches[slot] if cont else None,
+                                             logits_to_keep=keep)
+                    caches[slot] = returned_cache(result)
+                    logits = result.logits[..., :vocab]
+                    if keep is not None and logits.shape[1] > keep:
+                        logits = logits[:, -keep:]
+                    out.append(logits.float().cpu().numpy())
+            conn.send(("ok", out))
+        except Exception as error:  # noqa: BLE001 - reported to the parent, which raises it
+            conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def _stop_worker(conn, process) -> None:
+    try:
+        conn.send(None)
+    except (OSError, BrokenPipeError):
+        pass
+    process.join(timeout=5)
+    if process.is_alive():
+        process.terminate()
+    conn.close()
+
+
+class SurrogateWorker:
+    """The surrogates (vintage, full, fallback) of a PointInTimeLM in a child process, so that their forward
+    passes run on another core while the frontier runs its own (`PointInTimeLM(..., overlap=True)`).
+
+    A small surrogate's step is mostly Python dispatch (a 2-block model at batch 1: ~2.5 ms, of which the
+    matmuls are ~0.4), which a thread cannot overlap (the GIL) but a process can. The process starts at the
+    first request (spawn: it imports torch and transformers, seconds) and keeps the KV caches; requests are
+    synchronous pairs (submit, then result); logits come back as float32 arrays."""
+
+    def __init__(self, models: Sequence, vocab: int, threads: int = 1):
+        self.models, self.vocab, self.threads = list(models), vocab, threads
+        self.epoch = 0
+        self._process = self._conn = self._finalizer = None
+
+    @property
+    def running(self) -> bool:
+        return self._finalizer is not None and self._finalizer.alive
+
+    def _start(self) -> None:
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_serve_surrogates, args=(child, self.models, self.vocab,
+                                                                         self.threads),
+                                        daemon=True, name="vintage-surrogates")
+        self._process.start()
+        child.close()
+        self._finalizer = weakref.finalize(self, _stop_worker, self._conn, self._process)
+
+    def submit(self, which: Sequence[bool], input_ids, attention_mask, position_ids, past, keep) -> None:
+        """Start the surrogates on a batch; `past` None starts fresh caches, an `_InWorker` continues them."""
+        if past is None:
+            self.epoch += 1
+            if not self.running:
+                self._start()
+        elif past.epoch != self.epoch or not self.running:
+            raise RuntimeError("a surrogate cache from an earlier generation (or a closed process) was passed "
+                               "back; the surrogate process keeps the latest one only")
+        self._conn.send((tuple(which), input_ids.cpu().numpy(), attention_mask.cpu().numpy(),
+                         position_ids.cpu().numpy(), past is not None, keep))
+
+    def result(self) -> list[torch.Tensor | None]:
+        try:
+            status, payload = self._conn.recv()
+        except EOFError:
+            raise RuntimeError(f"the surrogate process exited (code {self._process.exitcode})") from None
+        if status != "ok":
+            raise RuntimeError(f"surrogate process: {payload}")
+        return [None if a is None else torch.from_numpy(a) for a in payload]
+
+    def close(self) -> None:
+        """End the process (a later request starts another)."""
+        if self._finalizer is not None:
+            self._finalizer()
+
+
 def has_tokenizer(directory: str | Path) -> bool:
     directory = Path(directory)
     return any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
@@ -247,12 +359,18 @@ class PointInTimeLM:
     def __init__(self, frontier, full, vintage, tokenizer, alpha: float = 0.0,
                  temperatures: Temperatures = Temperatures(), plausibility: float | None = None,
                  batch_size: int = 32, vintage_cutoff: str | None = None, rank_k: int | None = None,
-                 rank_margin: float = 0.0, switch_margin: float | None = None, fallback=None):
+                 rank_margin: float = 0.0, switch_margin: float | None = None, fallback=None,
+                 overlap: bool = False):
         """`rank_k` set: rank mode (`rank_logprobs`: ban the k most divergent plausible tokens); `switch_margin`
         set: switch mode (`switch_logprobs`: a vintage distribution where the pair diverges by more than
         the margin: `fallback`'s, a fourth model at the same vintage, or else the pair's vintage); otherwise
         the linear contrast. In rank and switch mode alpha only switches the steering on (non-zero) or off
-        (0: the frontier alone)."""
+        (0: the frontier alone). `overlap`: `generate` runs the surrogates in a child process (`SurrogateWorker`,
+        started at the first steered step, one thread) while the frontier runs here: for small batches,
+        where a surrogate's step is Python dispatch rather than arithmetic (bench/decode.py: batch 1-8 on
+        2 cores); give the frontier the other cores (`torch.set_num_threads`). Scoring and perplexity stay
+        in-process (their logits are large and their batches are). `close()` ends the process (so does
+        garbage collection)."""
         _check_modes(rank_k, switch_margin, fallback)
         self.frontier, self.full, self.vintage, self.tokenizer = frontier, full, vintage, tokenizer
         self.fallback = fallback
@@ -261,6 +379,8 @@ class PointInTimeLM:
         self.batch_size = batch_size
         self.vintage_cutoff = vintage_cutoff
         self.vocab = len(tokenizer)
+        self.overlap = overlap
+        self._worker = SurrogateWorker((vintage, full, fallback), self.vocab) if overlap else None
         named = (("frontier", frontier), ("full surrogate", full), ("vintage surrogate", vintage),
                  ("fallback", fallback))
         for name, model in named:
@@ -340,6 +460,8 @@ class PointInTimeLM:
         other = object.__new__(PointInTimeLM)
         other.__dict__.update(self.__dict__)
         other.__dict__.update(changes)
+        if self.overlap and changes.get("fallback") is not None and changes["fallback"] is not self.fallback:
+            other._worker = SurrogateWorker((self.vintage, self.full, changes["fallback"]), self.vocab)
         if "alpha" in changes:
             other.alpha = float(changes["alpha"])
         return other
@@ -366,16 +488,36 @@ class PointInTimeLM:
         return None if logits is None else logits.to(_device(self.frontier), torch.float32)
 
     def _all_logits(self, input_ids, attention_mask, position_ids, pasts=(None,) * SLOTS, everything=False,
-                    keep: int | None = None):
+                    keep: int | None = None, remote: bool = False):
         """Raw logits of frontier, vintage, full and fallback (in that order), each on its model's device and
         dtype. At alpha = 0 the surrogates are skipped (their slots are None) unless `everything`; so is a
-        fallback the combination does not have."""
+        fallback the combination does not have. `remote`: the surrogates run in the worker process."""
         steer = everything or self.alpha != 0
+        if steer and remote and self.vintage is not None:
+            return self._overlapped_logits(input_ids, attention_mask, position_ids, pasts, keep)
         models = (self.frontier, self.vintage if steer else None, self.full if steer else None,
                   self.fallback if steer else None)
         results = [(None, None) if m is None else self._forward(m, input_ids, attention_mask, position_ids, p, keep)
                    for m, p in zip(models, pasts)]
         return [r[0] for r in results], [r[1] for r in results]
+
+    def _overlapped_logits(self, input_ids, attention_mask, position_ids, pasts, keep):
+        """`_all_logits` with the surrogates' passes in the worker process, concurrent with the frontier's."""
+        worker = self._worker
+        worker.submit((True, True, self.fallback is not None), input_ids, attention_mask, position_ids, pasts[1],
+                      keep)
+        try:
+            frontier = self._forward(self.frontier, input_ids, attention_mask, position_ids, pasts[0], keep)
+        finally:
+            surrogates = worker.result()  # always collected: the pipe stays in step even if the frontier failed
+        held = _InWorker(worker.epoch)
+        return [frontier[0], *surrogates], [frontier[1], held, held, held if self.fallback is not None else None]
+
+    def close(self) -> None:
+        """End the surrogate process of `overlap` (a later generation starts another); copies made by
+        `with_settings` share it."""
+        if self._worker is not None:
+            self._worker.close()
 
     def _combine(self, logits: Sequence[torch.Tensor], alpha: float | None = None) -> torch.Tensor:
         frontier, vintage, full, fallback = (list(logits) + [None] * SLOTS)[:SLOTS]
@@ -523,9 +665,9 @@ class PointInTimeLM:
                 positions = (step_mask.cumsum(-1) - 1).clamp(min=0)
                 if use_cache and pasts[0] is not None:
                     logits, pasts = self._all_logits(step_ids[:, -1:], step_mask, positions[:, -1:], pasts,
-                                                     keep=1)
+                                                     keep=1, remote=self.overlap)
                 else:
-                    logits, pasts = self._all_logits(step_ids, step_mask, positions, keep=1)
+                    logits, pasts = self._all_logits(step_ids, step_mask, positions, keep=1, remote=self.overlap)
                 lp = self._combine([self._float(None if lg is None else lg[:, -1]) for lg in logits]).cpu()
                 step_scores.append(lp)
                 if greedy:
