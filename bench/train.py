@@ -13,7 +13,11 @@
    until the facts public by its cutoff are memorised, `--schedule-epochs` the cap), so the comparison is
    at matched memorisation; each vintage's fact accuracy is reported beside the cost. `--replay 3 1 0.5`
    trains one chronological run per replay ratio against the same independent run (a replay sample is
-   capped by the old data: at K=4, replay 3 replays everything, i.e. each stage sees all data so far).
+   capped by the old data: at K=4, replay 3 replays everything, i.e. each stage sees all data so far);
+   `--replay-sampling stage epoch` and `--continue-epochs 10 20` multiply the chronological runs (replay
+   drawn once per stage or afresh every epoch; epochs of the stages after the first), `--chain-workers 2`
+   trains the chain on two DeepSpeed workers (same global batch), `--chain-threads 2` on one worker with
+   two torch threads.
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -108,21 +112,34 @@ def throughput(split: Path, work: Path, preset: str, epochs: int, threads: int) 
 
 
 def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, memorise: bool = False,
-              replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300) -> dict:
+              replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300, samplings: tuple[str, ...] = ("stage",),
+              chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1) -> dict:
+    """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
+    epochs). The chain runs on `chain_workers` DeepSpeed workers with the same global batch (16 documents per
+    step, split) and `chain_threads` torch threads each; independent runs on one worker and one thread."""
     results = {}
-    runs = [("independent", None)] + [("chronological", r) for r in replays]
-    for schedule, replay in runs:
-        name = schedule if replay is None or len(replays) == 1 else f"chronological replay={replay:g}"
+    runs = [("independent", None, None, None)] + [("chronological", r, s, e) for r in replays for s in samplings
+                                                  for e in continue_epochs]
+    batch = 16
+    if batch % chain_workers:
+        raise ValueError(f"--chain-workers must divide the batch of {batch} documents")
+    for schedule, replay, sampling, later in runs:
+        name = schedule
+        if replay is not None and len(runs) > 2:
+            name = f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
+        workers = chain_workers if schedule == "chronological" else 1
+        common = dict(lr=1.5e-3, batch_size=batch // workers, epochs=epochs, warmup_steps=20,
+                      replay_sampling=sampling or "stage", continue_epochs=later)
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
-            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=cooldown_steps,
-                                 warmup_steps=20, replay=3.0 if replay is None else replay)
+            optim = Optimisation(cooldown_steps=cooldown_steps, replay=3.0 if replay is None else replay, **common)
             extra = dict(probes=str(split.parent / "queries.parquet"), memorise=0.9)
         else:
-            optim = Optimisation(lr=1.5e-3, batch_size=16, epochs=epochs, cooldown_steps=30, warmup_steps=20,
-                                 replay=1.0 if replay is None else replay)
+            optim = Optimisation(cooldown_steps=30, replay=1.0 if replay is None else replay, **common)
             extra = {}
+        threads = chain_threads if schedule == "chronological" else 1
         config = TrainConfig(split=str(split), output=str(work / name.replace(" ", "-")), vocab_size=2048, cutoffs=CUTOFFS,
-                             schedule=schedule, parallel_runs=parallel, fit_temperatures=False,
+                             schedule=schedule, parallel_runs=parallel, fit_temperatures=False, num_workers=workers,
+                             threads_per_worker=threads,
                              surrogate=RoleConfig(preset=preset, optim=optim), **extra)
         started = time.perf_counter()
         manifest = train_registry(config)
@@ -155,6 +172,17 @@ def main() -> None:
     parser.add_argument("--replay", type=float, nargs="+", default=[3.0],
                         help="chronological replay ratios to compare (one run each)")
     parser.add_argument("--cooldown-steps", type=int, default=300, help="with --memorise: each vintage's cooldown")
+    parser.add_argument("--replay-sampling", nargs="+", default=["stage"], choices=["stage", "epoch"],
+                        help="chronological: replay drawn afresh every epoch or once per stage (one run each)")
+    parser.add_argument("--continue-epochs", type=int, nargs="+", default=[None],
+                        help="chronological: epochs of each stage after the first (one run each; default: "
+                             "--schedule-epochs)")
+    parser.add_argument("--chain-threads", type=int, default=1,
+                        help="torch threads of each chronological worker (the chain is one run: a second core "
+                             "is otherwise idle while independent runs use both)")
+    parser.add_argument("--chain-workers", type=int, default=1,
+                        help="DeepSpeed workers of the chronological run (independent runs: one each, "
+                             "--parallel at once)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     import ray
@@ -166,7 +194,9 @@ def main() -> None:
         result = {"throughput": None if args.schedules_only else throughput(split, work, args.preset, args.epochs,
                                                                              args.threads),
                   "schedules": schedules(split, work, args.surrogate, args.schedule_epochs, args.parallel,
-                                         args.memorise, tuple(args.replay), args.cooldown_steps)}
+                                         args.memorise, tuple(args.replay), args.cooldown_steps,
+                                         tuple(args.replay_sampling), args.chain_workers,
+                                         tuple(args.continue_epochs), args.chain_threads)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -213,6 +213,47 @@ def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_s
     assert all(0 <= v["fact_accuracy"] <= 1 for v in infos.values())
 
 
+def test_replay_sampled_per_epoch_covers_the_old_documents():
+    import random
+
+    from vintage.training import _epoch_documents
+
+    new, old = [[i] for i in range(10)], [[100 + i] for i in range(200)]
+    seen = {}
+    for per_epoch in (True, False):
+        epochs = _epoch_documents(new, old, 0.5, per_epoch, random.Random(0))
+        docs = [next(epochs) for _ in range(20)]
+        assert all(len(d) == 15 and d[:10] == new for d in docs)  # 10 new + round(0.5 x 10) replayed
+        seen[per_epoch] = {tuple(x) for d in docs for x in d[10:]}
+    assert len(seen[False]) == 5  # once per stage: the same five old documents every epoch
+    assert len(seen[True]) > 60  # afresh: 100 draws from 200 (76 with this seed; about 79 expected)
+    capped = next(_epoch_documents(new, old[:3], 1.0, True, random.Random(0)))
+    assert sorted(capped[10:]) == old[:3]  # a sample is capped by the old data
+
+
+def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
+    """continue_epochs sets the chain's later stages; per-epoch replay sampling is part of what a chain
+    learns (its hash), not of a run without replay (the frontier's hash does not move); the default (per
+    stage) leaves existing registries' hashes as they were."""
+    from vintage.runs import plan
+
+    slices = ["2017-06-30", "2017-12-31", "2019-12-31"]
+    facts = {"slices": {s: {"content_hash": s} for s in slices}, "probe_rows": [], "vocab_size": 400,
+             "eos_id": 0, "pad_id": 0, "tokenizer_hash": "t"}
+
+    def runs(**optim):
+        config = TrainConfig(split="split", output=str(tmp_path), surrogate=RoleConfig(
+            preset="tiny", optim=Optimisation(epochs=5, **optim)), frontier=RoleConfig(preset="tiny"))
+        return plan(config, tmp_path / "tokens.parquet", facts, tmp_path)
+
+    chain, frontier = runs(continue_epochs=2)
+    assert [s["epochs"] for s in chain["stages"]] == [5, 2, 2] and "replay_sampling" not in chain
+    assert [s["epochs"] for s in runs()[0]["stages"]] == [5, 5, 5]
+    other_chain, other_frontier = runs(continue_epochs=2, replay_sampling="epoch")
+    assert other_chain["replay_sampling"] == "epoch" and other_chain["run_hash"] != chain["run_hash"]
+    assert other_frontier["run_hash"] == frontier["run_hash"]
+
+
 def test_probe_checks_on_hand_made_scores():
     """The memorisation checks: frontier and full know the late facts, the vintage does not."""
     import polars as pl

@@ -30,7 +30,13 @@ class Optimisation:
     batch_size: int = doc("documents per step per worker", 32)
     warmup_steps: int = doc("linear warm-up at the start of the run", 20)
     epochs: int = doc("passes over each stage's documents", 3)
+    continue_epochs: int | None = doc(
+        "chronological: passes over each later stage's documents (the model is warm: it knows the language "
+        "and the earlier slices); unset: `epochs`", None)
     replay: float = doc("chronological: replayed earlier documents per new document", 1.0)
+    replay_sampling: Literal["stage", "epoch"] = doc(
+        "chronological: draw the replayed documents once per stage (the same part of the old data every "
+        "epoch) or afresh every epoch (over a stage they cover it)", "stage")
     cooldown_steps: int = doc("steps of the learning-rate cooldown branch saved as each vintage", 30)
     max_length: int = doc("tokens per document (longer ones are cut)", 96)
 
@@ -214,13 +220,20 @@ def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list
     runs = []
     if config.schedule == "chronological":
         stages, previous = [], []
+        later = config.surrogate.optim.continue_epochs
+        if later is not None and later < 1:
+            raise ValueError(f"surrogate.optim.continue_epochs: expected a positive number of epochs, got {later}")
+        later = later or epochs
         for c in cutoffs:
             new = [s for s in slices if s <= c and s not in previous]
-            stages.append({"cutoff": c, "new": new, "replay": list(previous), "epochs": epochs,
+            stages.append({"cutoff": c, "new": new, "replay": list(previous), "epochs": later if previous else epochs,
                            "known": previous + new, "save_to": str(registry / "vintages" / c)})
             previous = previous + new
-        runs.append({**_base(config, config.surrogate, tokens, facts, "surrogates-chronological", config.seed),
-                     "stages": stages})
+        chain = {**_base(config, config.surrogate, tokens, facts, "surrogates-chronological", config.seed),
+                 "stages": stages}
+        if config.surrogate.optim.replay_sampling != "stage":  # the default stays out: registries keep their hashes
+            chain["replay_sampling"] = config.surrogate.optim.replay_sampling
+        runs.append(chain)
     else:
         for c in cutoffs:
             known = [s for s in slices if s <= c]

@@ -36,6 +36,18 @@ def _batches(docs: list[list[int]], batch: int, rng: random.Random):
         yield [docs[i] for i in order[start:start + batch]]
 
 
+def _epoch_documents(new: list, old: list, ratio: float, per_epoch: bool, rng: random.Random):
+    """The documents of each epoch of a stage: the new ones plus a replay sample of round(ratio x new) old
+    ones (capped by the old data), drawn afresh every epoch (`per_epoch`: over a stage the replay covers the
+    old data) or once for the whole stage (the same part of it every epoch)."""
+    k = min(len(old), int(round(ratio * len(new))))
+    docs = new + rng.sample(old, k)
+    while True:
+        yield docs
+        if per_epoch:
+            docs = new + rng.sample(old, k)
+
+
 def _collate(rows: list[list[int]], pad: int):
     import torch
 
@@ -183,7 +195,7 @@ def train_func(config: dict[str, Any]) -> None:
         loss = engine(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         engine.backward(loss)
         engine.step()
-        state["tokens"] += int(mask.sum()) * world
+        state["tokens"] += sum(len(r) for r in rows)  # the step's rows on every rank together
         return float(loss.detach())
 
     stages = config["stages"]
@@ -195,12 +207,15 @@ def train_func(config: dict[str, Any]) -> None:
         rng = random.Random(config["seed"] * 1000 + index)
         new = [d for s in stage["new"] for d in by_slice.get(s, [])]
         old = [d for s in stage["replay"] for d in by_slice.get(s, [])]
-        replay = rng.sample(old, min(len(old), int(round(config["replay"] * len(new))))) if old else []
-        docs = new + replay
+        epochs_of = _epoch_documents(new, old, config["replay"], config.get("replay_sampling", "stage") == "epoch",
+                                     rng)
+        docs = next(epochs_of)
         probes = stage.get("probes") or []
         loss, accuracy, epochs_run = float("nan"), float("nan"), 0
         stage_started = time.perf_counter()
         for epoch in range(stage["epochs"]):
+            if epoch:
+                docs = next(epochs_of)
             for rows in _batches(docs, batch * world, rng):
                 loss = step_on(rows, _lr_at(state["step"], config["lr"], config["warmup_steps"]))
                 state["step"] += 1
