@@ -185,6 +185,30 @@ def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path, 
         assert same_weights(out / "vintages" / cutoff, ref_out / "vintages" / cutoff), cutoff
 
 
+def test_a_checkpoint_cut_short_while_saved_is_not_resumed(tmp_path, capsys):
+    """A crash while Ray persists a checkpoint can leave state.json beside a truncated file: the rerun
+    takes the last whole checkpoint instead (here an earlier one) and says why."""
+    from vintage.runs import resume_point
+
+    run = {"name": "chain", "stages": [{"stage_hash": "a"}, {"stage_hash": "b"}]}
+    storage = tmp_path / "ray"
+
+    def checkpoint(name: str, stages: list[str], written: int) -> Path:
+        directory = storage / "chain" / name
+        (directory / "main").mkdir(parents=True)
+        (directory / "main" / "model_states.pt").write_bytes(b"x" * written)
+        state = {"stage": len(stages), "stage_hashes": stages, "files": {"main/model_states.pt": 10}}
+        (directory / "state.json").write_text(json.dumps(state))
+        return directory
+
+    first = checkpoint("checkpoint_000000", ["a"], written=10)
+    checkpoint("checkpoint_000001", ["a", "b"], written=4)
+    assert resume_point(run, storage, tmp_path / "kept") == first
+    assert "main/model_states.pt: 4 of 10 bytes" in capsys.readouterr().out
+    (storage / "chain" / "checkpoint_000001" / "main" / "model_states.pt").write_bytes(b"x" * 10)
+    assert resume_point(run, storage, tmp_path / "kept").name == "checkpoint_000001"
+
+
 def test_every_role_is_a_loadable_model(reference):
     out, manifest = reference
     registry = Registry(out)

@@ -275,11 +275,33 @@ def resume_point(run: dict, storage: Path, kept: Path) -> Path | None:
     best, best_stage = None, 0
     candidates = sorted((storage / run["name"]).glob("checkpoint_*/state.json")) + sorted(kept.glob("state.json"))
     for state_path in candidates:
-        state = json.loads(state_path.read_text())
+        try:
+            state = json.loads(state_path.read_text())
+        except ValueError:
+            state = None
+        missing = _incomplete(state_path.parent, state)
+        if missing:
+            print(f"train: {run['name']}: not resuming from {state_path.parent}, a checkpoint cut short while it "
+                  f"was saved ({missing})", flush=True)
+            continue
         done = state.get("stage_hashes", [])
         if 0 < len(done) <= len(hashes) and done == hashes[: len(done)] and len(done) >= best_stage:
             best, best_stage = state_path.parent, len(done)
     return best
+
+
+def _incomplete(directory: Path, state: dict | None) -> str | None:
+    """Why a checkpoint is incomplete (None: it is whole): its state.json unreadable, or a file it lists
+    missing or of another size. Checkpoints from before the listing carry none and are taken as whole."""
+    if state is None:
+        return "state.json unreadable"
+    for name, size in (state.get("files") or {}).items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} missing"
+        if path.stat().st_size != size:
+            return f"{name}: {path.stat().st_size} of {size} bytes"
+    return None
 
 
 def _fit_all(runs: list[dict], storage: Path, config: TrainConfig, registry: Path) -> dict:

@@ -246,7 +246,10 @@ def train_func(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             engine.save_checkpoint(directory, tag="main")  # collective: every rank writes its part
             if rank == 0:
-                (Path(directory) / "state.json").write_text(json.dumps(state))
+                # the files beside it and their sizes: a crash while the checkpoint is persisted can leave
+                # state.json next to a truncated file, which a rerun must not resume from (runs.resume_point)
+                files = {str(f.relative_to(directory)): f.stat().st_size for f in Path(directory).rglob("*") if f.is_file()}
+                (Path(directory) / "state.json").write_text(json.dumps({**state, "files": files}))
             ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))},
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
 
