@@ -113,13 +113,12 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     import math
 
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     from corpora.split import read_slices
     from vintage.decoding import fit_temperature
     from vintage.registry import Registry
     from vintage.runs import Optimisation, is_holdout
-    from transformers.utils import logging as hf_logging
-
     from vintage.tokenizer import load_tokenizer
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here

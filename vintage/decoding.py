@@ -187,6 +187,19 @@ def returned_cache(out):
     return cache if cache is not None else getattr(out, "past_key_values", None)
 
 
+def model_logits(model, input_ids, attention_mask, position_ids, past, keep: int | None, vocab: int):
+    """Logits of the last `keep` positions (None: all) over the first `vocab` entries, and the model's
+    cache; inputs are moved to the model's device. Models that support it compute only those positions (HF
+    `logits_to_keep`: the LM head is most of a small surrogate's FLOPs); others are sliced."""
+    device = _device(model)
+    out = call_with_cache(model, input_ids.to(device), attention_mask.to(device), position_ids.to(device), past,
+                          logits_to_keep=keep)
+    logits = out.logits[..., :vocab]
+    if keep is not None and logits.shape[1] > keep:
+        logits = logits[:, -keep:]
+    return logits, returned_cache(out)
+
+
 class _InWorker:
     """A cache held by the surrogate process; valid for the generation (epoch) that made it."""
 
@@ -215,14 +228,9 @@ def _serve_surrogates(conn, models, vocab: int, threads: int) -> None:  # pragma
                     if model is None or not which[slot]:
                         out.append(None)
                         continue
-                    device = _device(model)
-                    result = call_with_cache(model, torch.from_numpy(ids).to(device), torch.from_numpy(mask).to(device),
-                                             torch.from_numpy(positions).to(device), caches[slot] if cont else None,
-                                             logits_to_keep=keep)
-                    caches[slot] = returned_cache(result)
-                    logits = result.logits[..., :vocab]
-                    if keep is not None and logits.shape[1] > keep:
-                        logits = logits[:, -keep:]
+                    logits, caches[slot] = model_logits(model, torch.from_numpy(ids), torch.from_numpy(mask),
+                                                        torch.from_numpy(positions), caches[slot] if cont else None,
+                                                        keep, vocab)
                     out.append(logits.float().cpu().numpy())
             conn.send(("ok", out))
         except Exception as error:  # noqa: BLE001 - reported to the parent, which raises it
@@ -473,15 +481,7 @@ class PointInTimeLM:
     # -- model calls ---------------------------------------------------------------------------------------
 
     def _forward(self, model, input_ids, attention_mask, position_ids, past=None, keep: int | None = None):
-        """Logits of the last `keep` positions (None: all) and the model's cache. Models that support it
-        compute only those (HF `logits_to_keep`: the LM head is most of a small surrogate's FLOPs)."""
-        device = _device(model)
-        out = call_with_cache(model, input_ids.to(device), attention_mask.to(device), position_ids.to(device), past,
-                              logits_to_keep=keep)
-        logits = out.logits[..., : self.vocab]
-        if keep is not None and logits.shape[1] > keep:  # a model without logits_to_keep
-            logits = logits[:, -keep:]
-        return logits, returned_cache(out)
+        return model_logits(model, input_ids, attention_mask, position_ids, past, keep, self.vocab)
 
     def _float(self, logits: torch.Tensor | None) -> torch.Tensor | None:
         """Logits moved to the frontier's device in float32 (after gathering what is needed: cheaper)."""
@@ -727,12 +727,10 @@ class PointInTimeLogitsProcessor(LogitsProcessor):
         incremental = self._past is not None and input_ids.shape[1] == self._seen + 1
         logits, pasts = [], []
         for k, model in enumerate((self.vintage, self.full)):
-            device = _device(model)
             ids, pos = (input_ids[:, -1:], positions[:, -1:]) if incremental else (input_ids, positions)
             with torch.inference_mode():
-                out = call_with_cache(model, ids.to(device), mask.to(device), pos.to(device),
-                                      self._past[k] if incremental else None, logits_to_keep=1)
-            logits.append(out.logits[:, -1, :vocab].to(scores.device, torch.float32))
-            pasts.append(returned_cache(out))
+                last, cache = model_logits(model, ids, mask, pos, self._past[k] if incremental else None, 1, vocab)
+            logits.append(last[:, -1].to(scores.device, torch.float32))
+            pasts.append(cache)
         self._past, self._seen = pasts, input_ids.shape[1]
         return combine_logprobs(scores, logits[0], logits[1], self.alpha, self.temperatures, self.plausibility)
