@@ -16,8 +16,11 @@
    capped by the old data: at K=4, replay 3 replays everything, i.e. each stage sees all data so far);
    `--replay-sampling stage epoch` and `--continue-epochs 10 20` multiply the chronological runs (replay
    drawn once per stage or afresh every epoch; epochs of the stages after the first), `--chain-workers 2`
-   trains the chain on two DeepSpeed workers (same global batch), `--chain-threads 2` on one worker with
-   two torch threads.
+   trains the chain on two DeepSpeed workers (same global batch unless `--chain-batch` sets the documents
+   per worker: `--chain-batch 16` doubles it, data parallel as on a cluster), `--chain-threads 2` on one
+   worker with two torch threads, `--chain-lr 3e-3 ...` one chain per learning rate (independent runs keep
+   the demo's 1.5e-3), `--chain-cooldown-steps` its branches' length (150 steps of 32 documents train the
+   tokens of 300 of 16). Tokens count every step trained, the cooldown branches included.
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -113,25 +116,34 @@ def throughput(split: Path, work: Path, preset: str, epochs: int, threads: int) 
 
 def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, memorise: bool = False,
               replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300, samplings: tuple[str, ...] = ("stage",),
-              chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1) -> dict:
+              chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1,
+              chain_batch: int | None = None, chain_lrs: tuple[float, ...] = (1.5e-3,),
+              chain_cooldown_steps: int | None = None) -> dict:
     """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
-    epochs). The chain runs on `chain_workers` DeepSpeed workers with the same global batch (16 documents per
-    step, split) and `chain_threads` torch threads each; independent runs on one worker and one thread."""
+    epochs, learning rate). Independent runs train on one worker and one thread, 16 documents per step, at
+    the demo's learning rate (1.5e-3). The chain runs on `chain_workers` DeepSpeed workers of `chain_threads`
+    torch threads, `chain_batch` documents per step on each (default: the same global batch of 16, split).
+    Tokens count every step trained: the main runs and the cooldown branches."""
     results = {}
-    runs = [("independent", None, None, None)] + [("chronological", r, s, e) for r in replays for s in samplings
-                                                  for e in continue_epochs]
+    runs = [("independent", None, None, None, None)] + [
+        ("chronological", r, s, e, lr) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs]
     batch = 16
-    if batch % chain_workers:
-        raise ValueError(f"--chain-workers must divide the batch of {batch} documents")
-    for schedule, replay, sampling, later in runs:
+    if chain_batch is None:
+        if batch % chain_workers:
+            raise ValueError(f"--chain-workers must divide the batch of {batch} documents (or set --chain-batch)")
+        chain_batch = batch // chain_workers
+    for schedule, replay, sampling, later, lr in runs:
         name = schedule
         if replay is not None and len(runs) > 2:
-            name = f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
-        workers = chain_workers if schedule == "chronological" else 1
-        common = dict(lr=1.5e-3, batch_size=batch // workers, epochs=epochs, warmup_steps=20,
-                      replay_sampling=sampling or "stage", continue_epochs=later)
+            name = (f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
+                    + (f", lr {lr:g}" if len(chain_lrs) > 1 else ""))
+        chain = schedule == "chronological"
+        workers = chain_workers if chain else 1
+        common = dict(lr=lr if chain else 1.5e-3, batch_size=chain_batch if chain else batch, epochs=epochs,
+                      warmup_steps=20, replay_sampling=sampling or "stage", continue_epochs=later)
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
-            optim = Optimisation(cooldown_steps=cooldown_steps, replay=3.0 if replay is None else replay, **common)
+            steps = chain_cooldown_steps if chain and chain_cooldown_steps is not None else cooldown_steps
+            optim = Optimisation(cooldown_steps=steps, replay=3.0 if replay is None else replay, **common)
             extra = dict(probes=str(split.parent / "queries.parquet"), memorise=0.9)
         else:
             optim = Optimisation(cooldown_steps=30, replay=1.0 if replay is None else replay, **common)
@@ -147,10 +159,11 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
         assert manifest["complete"], manifest["runs"]
         models = manifest["models"].values()
         if schedule == "chronological":
-            tokens = max(m["tokens_seen"] for m in models)  # one run: the last vintage saw every token
+            main = max(m["tokens_seen"] for m in models)  # one run: the last vintage saw every main-run token
         else:
-            tokens = sum(m["tokens_seen"] for m in models)  # one run per vintage
-        results[name] = {"seconds": seconds, "tokens": tokens, "vintages": len(manifest["cutoffs"]),
+            main = sum(m["tokens_seen"] for m in models)  # one run per vintage
+        tokens = main + sum(m["cooldown_tokens"] for m in models)  # and every vintage's cooldown branch
+        results[name] = {"seconds": seconds, "tokens": tokens, "main_tokens": main, "vintages": len(manifest["cutoffs"]),
                          "peak_memory_mib": max(m["peak_memory_mib"] for m in models),
                          "fact_accuracy": {Path(k).name: m.get("fact_accuracy") for k, m in manifest["models"].items()}}
         if schedule == "chronological":
@@ -183,6 +196,13 @@ def main() -> None:
     parser.add_argument("--chain-workers", type=int, default=1,
                         help="DeepSpeed workers of the chronological run (independent runs: one each, "
                              "--parallel at once)")
+    parser.add_argument("--chain-batch", type=int, default=None,
+                        help="documents per step on each chronological worker (default: 16 / --chain-workers, "
+                             "the independent runs' batch; 16 with 2 workers doubles the global batch)")
+    parser.add_argument("--chain-lr", type=float, nargs="+", default=[1.5e-3],
+                        help="chronological learning rates (one run each; independent runs: 1.5e-3)")
+    parser.add_argument("--chain-cooldown-steps", type=int, default=None,
+                        help="with --memorise: the chain's cooldown steps (default: --cooldown-steps)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     import ray
@@ -196,7 +216,8 @@ def main() -> None:
                   "schedules": schedules(split, work, args.surrogate, args.schedule_epochs, args.parallel,
                                          args.memorise, tuple(args.replay), args.cooldown_steps,
                                          tuple(args.replay_sampling), args.chain_workers,
-                                         tuple(args.continue_epochs), args.chain_threads)}
+                                         tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
+                                         tuple(args.chain_lr), args.chain_cooldown_steps)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -206,8 +227,8 @@ def main() -> None:
         print("\n| measure | DeepSpeed under Ray Train | plain PyTorch | ratio |\n|---|---:|---:|---:|")
         print(f"| tokens/s, `{t['preset']}`, batch 32, {t['threads']} thread | {t['deepspeed_tokens_per_s']:,.0f} | "
               f"{t['plain_tokens_per_s']:,.0f} | {t['ratio']:.2f} |")
-    print("\n| K=4 vintages | wall s | tokens trained | peak MiB per worker | wall / independent | tokens / independent |"
-          "\n|---|---:|---:|---:|---:|---:|")
+    print("\n| K=4 vintages | wall s | tokens trained (main + cooldown) | peak MiB per worker | wall / independent | "
+          "tokens / independent |\n|---|---:|---:|---:|---:|---:|")
     for name, r in s.items():
         ratios = f"{r['wall_ratio']:.2f} | {r['token_ratio']:.2f}" if "wall_ratio" in r else " | "
         print(f"| {name} | {r['seconds']:.0f} | {r['tokens']:,} | {r['peak_memory_mib']:.0f} | {ratios} |")

@@ -82,6 +82,8 @@ def test_chronological_training_writes_a_loadable_registry(reference):
         assert (vintage / "tokenizer.json").exists()  # every model directory is self-contained
         info = json.loads((vintage / "training.json").read_text())
         assert info["tokens_seen"] > 0 and info["validation_loss"] > 0 and info["peak_memory_mib"] > 0
+        # the branch's own tokens: its steps' documents, counted apart from the main run's
+        assert 0 < info["cooldown_tokens"] <= info["cooldown_steps"] * 16 * 96
     seen = [manifest["models"][f"vintages/{c}"]["tokens_seen"] for c in manifest["cutoffs"]]
     assert seen == sorted(seen) and seen[0] < seen[-1]  # one run continued through the cutoffs
     assert set(manifest["slices"]) == set(manifest["cutoffs"])
@@ -235,6 +237,19 @@ def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_s
     assert infos["vintages/2017-06-30"]["tokens_seen"] < infos["vintages/2019-12-31"]["tokens_seen"]
     assert 0 < infos["vintages/2017-06-30"]["facts"] < infos["vintages/2019-12-31"]["facts"]
     assert all(0 <= v["fact_accuracy"] <= 1 for v in infos.values())
+    # each worker scored half of the probes and the counts were summed: the same as one process scoring all
+    from transformers import AutoModelForCausalLM
+
+    from vintage.runs import _probes_known_by
+    from vintage.training import fact_accuracy
+
+    rows = json.loads((tmp_path / "models" / ".work" / "probes.json").read_text())
+    for path, info in infos.items():
+        probes = _probes_known_by({"probe_rows": rows}, info["cutoff"])
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "models" / path)
+        pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+        assert len(probes) == info["facts"] > 1
+        assert fact_accuracy(model, probes, pad, torch.device("cpu")) == info["fact_accuracy"]
 
 
 def test_replay_sampled_per_epoch_covers_the_old_documents():
@@ -306,3 +321,34 @@ def test_probe_checks_on_hand_made_scores():
     worse = scores.with_columns(correct=pl.when(pl.col("model") == "vintages/2017-06-30").then(True)
                                 .otherwise(pl.col("correct")))
     assert not summarise(worse)[1].filter(pl.col("model") == "vintages/2017-06-30")["passed"].item()
+
+
+def test_fact_accuracy_scores_each_choice_as_a_continuation():
+    """Against log-probs from the full logits, computed here step by step: the fast path sends only the
+    choice positions through the output layer; shards of the probes add up to the whole."""
+    import random
+
+    from vintage.presets import PRESETS, build_model
+    from vintage.training import _fact_hits, fact_accuracy
+
+    rng = random.Random(0)
+    probes = [[[rng.randrange(1, 300) for _ in range(rng.randrange(1, 9))],
+               [[rng.randrange(1, 300) for _ in range(rng.randrange(1, 4))] for _ in range(rng.randrange(2, 5))],
+               rng.randrange(2)] for _ in range(60)]
+    for family in ("gpt2", "llama"):
+        model = build_model(PRESETS["tiny"].with_(family=family), 300, pad_token_id=0).eval()
+        with torch.no_grad():
+            for weight in model.parameters():  # an untrained model is near uniform: make the choices differ
+                weight.add_(torch.randn_like(weight) * 0.5)
+        hits = 0
+        for prompt, choices, answer in probes:
+            totals = []
+            for choice in choices:
+                with torch.no_grad():
+                    logp = torch.log_softmax(model(input_ids=torch.tensor([prompt + choice])).logits[0].double(), -1)
+                totals.append(sum(float(logp[len(prompt) - 1 + i, t]) for i, t in enumerate(choice)))
+            hits += int(max(range(len(choices)), key=totals.__getitem__) == answer)
+        assert 0 < hits < len(probes)
+        assert fact_accuracy(model, probes, 0, torch.device("cpu"), batch=7) == hits / len(probes)
+        assert sum(_fact_hits(model, probes[r::3], 0, torch.device("cpu"), 256) for r in range(3)) == hits
+    assert math.isnan(fact_accuracy(model, [], 0, torch.device("cpu")))

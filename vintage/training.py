@@ -79,33 +79,53 @@ def _mean_loss(engine, docs: list[list[int]], pad: int, batch: int, device) -> f
     return total / max(1, count)
 
 
-def fact_accuracy(model, probes: list[list], pad: int, device, batch: int = 256) -> float:
+def fact_accuracy(model, probes: list[list], pad: int, device, batch: int = 256, rank: int = 0,
+                  world: int = 1) -> float:
     """Share of probes `[prompt_ids, [choice_ids, ...], answer_index]` whose answer has the highest total
-    log-prob among its choices (each choice scored as a continuation of the prompt)."""
+    log-prob among its choices (each choice scored as a continuation of the prompt). With `world` > 1 each
+    rank scores every world-th probe and the counts are summed over the process group (every rank gets
+    the same answer, so they stop a stage together)."""
     import torch
 
     if not probes:
         return float("nan")
-    flat = [(q, p + c, len(p)) for q, (p, cs, _) in enumerate(probes) for c in cs]
+    hits = _fact_hits(model, probes[rank::world], pad, device, batch)
+    if world > 1:
+        import torch.distributed as dist
+
+        counts = torch.tensor([hits, len(probes[rank::world])], dtype=torch.float64, device=device)  # NCCL: on the GPU
+        dist.all_reduce(counts)
+        return float(counts[0] / counts[1])
+    return hits / len(probes)
+
+
+def _fact_hits(model, probes: list[list], pad: int, device, batch: int) -> int:
+    """How many probes the model answers right. Only the positions that predict a choice's tokens go
+    through the output layer (the rest of a sequence is context): most of the work on a small model."""
+    import torch
+
+    flat = [(p + c, len(p)) for p, cs, _ in probes for c in cs]
     totals = torch.zeros(len(flat), dtype=torch.float64)
+    head = model.get_output_embeddings()
     model.eval()
     with torch.no_grad():
         for start in range(0, len(flat), batch):
             chunk = flat[start:start + batch]
-            ids, mask, _ = _collate([seq for _, seq, _ in chunk], pad)
-            logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1)
-            target = torch.zeros_like(mask, dtype=torch.bool)
-            for row, (_, seq, plen) in enumerate(chunk):
-                target[row, plen:len(seq)] = True
-            picked = logp[:, :-1].gather(-1, ids[:, 1:, None].to(device))[..., 0].cpu()
-            totals[start:start + len(chunk)] = (picked * target[:, 1:]).sum(1).double()
+            ids, mask, _ = _collate([seq for seq, _ in chunk], pad)
+            rows = [(row, pos) for row, (seq, plen) in enumerate(chunk) for pos in range(plen - 1, len(seq) - 1)]
+            if not rows:  # only empty choices: each scores 0
+                continue
+            row, pos = (torch.tensor(x, dtype=torch.long) for x in zip(*rows))
+            hidden = model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device)).last_hidden_state
+            logp = torch.log_softmax(head(hidden[row.to(device), pos.to(device)]).float(), -1)
+            picked = logp.gather(-1, ids[row, pos + 1][:, None].to(device))[:, 0].double().cpu()
+            totals[start:start + len(chunk)] = torch.zeros(len(chunk), dtype=torch.float64).index_add_(0, row, picked)
     model.train()
     hits, k = 0, 0
-    for p, cs, answer in probes:
-        scores = totals[k:k + len(cs)]
-        hits += int(int(scores.argmax()) == answer)
+    for _, cs, answer in probes:
+        hits += int(int(totals[k:k + len(cs)].argmax()) == answer)
         k += len(cs)
-    return hits / len(probes)
+    return hits
 
 
 def say(message: str) -> None:
@@ -224,7 +244,7 @@ def train_func(config: dict[str, Any]) -> None:
                                   f"{stage['epochs']} loss {loss:.3f}", state, len(rows))
             epochs_run += 1
             if probes and target:
-                accuracy = fact_accuracy(engine.module, probes, pad, device)
+                accuracy = fact_accuracy(engine.module, probes, pad, device, rank=rank, world=world)
             if progress:
                 facts = f" facts {accuracy:.2f}/{target:.2f}" if probes and target else ""
                 progress.line(f"stage {index + 1}/{len(stages)} ({stage.get('cutoff')}) epoch {epoch + 1}/"
@@ -284,16 +304,20 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
                 done += 1
                 if done >= steps:
                     break
+        cooldown_tokens = state["tokens"] - main_tokens
         validation = _mean_loss(engine, held, config["pad_id"], 64, device)
         probes = stage.get("probes") or []
-        accuracy = fact_accuracy(engine.module, probes, config["pad_id"], device) if probes else None
+        accuracy = fact_accuracy(engine.module, probes, config["pad_id"], device, rank=rank,
+                                 world=world) if probes else None
         if rank == 0:
             target = Path(stage["save_to"])
             staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             engine.module.save_pretrained(staging, safe_serialization=True)
+            # tokens_seen: the main run's up to this cutoff (the branch's own in cooldown_tokens)
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
+                    "cooldown_tokens": cooldown_tokens,
                     "slices": stage["known"], "fact_accuracy": accuracy, "facts": len(probes),
                     "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.get("stage_hash"),
                     "train_seconds": round(state.get("train_seconds", 0.0), 2), "world_size": world}
