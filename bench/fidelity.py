@@ -290,19 +290,18 @@ def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) ->
     info = lambda p: json.loads((p / "training.json").read_text())  # noqa: E731
     n_front = sum(p.numel() for p in frontier.parameters())
     n_sur = sum(p.numel() for p in full.parameters())
-    # the chain's tokens: its main run (the full vintage's tokens_seen) plus every vintage's cooldown branch
-    # (training.json's cooldown_tokens; registries older than that field: cooldown_steps x batch x the mean
-    # document length, and the full vintage's branch left out as it was then)
+    # the chain's tokens: the full vintage's tokens_seen (the main run and its own cooldown branch) plus the
+    # other vintages' cooldown branches (training.json's cooldown_tokens; registries older than that field:
+    # cooldown_steps x batch x the mean document length)
     optim = manifest["config"]["surrogate"]["optim"]
     mean_doc = sum(s["tokens"] for s in slices.values()) / sum(s["documents"] for s in slices.values())
-    branch = optim["cooldown_steps"] * optim["batch_size"] * mean_doc
-    infos = [info(registry.vintage_path(c)) for c in manifest["cutoffs"]]
-    if all("cooldown_tokens" in i for i in infos):
-        sur_tokens = info(registry.full_path())["tokens_seen"] + sum(i["cooldown_tokens"] for i in infos)
+    others = [info(registry.vintage_path(c)) for c in manifest["cutoffs"] if c != registry.full_cutoff()]
+    if all("cooldown_tokens" in i for i in others):
+        branches = sum(i["cooldown_tokens"] for i in others)
     else:
-        sur_tokens = info(registry.full_path())["tokens_seen"] + branch * (len(manifest["cutoffs"]) - 1)
-    gold = info(registry.retrained_path(cutoff, registry.retrained_seeds(cutoff)[0]))
-    ret_tokens = gold["tokens_seen"] + gold.get("cooldown_tokens", 0)
+        branches = optim["cooldown_steps"] * optim["batch_size"] * mean_doc * len(others)
+    sur_tokens = info(registry.full_path())["tokens_seen"] + branches
+    ret_tokens = info(registry.retrained_path(cutoff, registry.retrained_seeds(cutoff)[0]))["tokens_seen"]
     result = {"surrogate_params": n_sur, "frontier_params": n_front,
               "surrogate_run_seconds": chain, "retrained_seconds_at_cutoff": statistics.mean(retrained) if retrained else None,
               "retrain_every_cutoff_seconds_est": round(statistics.mean(retrained) * scale, 1) if retrained else None,

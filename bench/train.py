@@ -158,10 +158,10 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
         seconds = time.perf_counter() - started
         assert manifest["complete"], manifest["runs"]
         models = manifest["models"].values()
-        if schedule == "chronological":
-            main = max(m["tokens_seen"] for m in models)  # one run: the last vintage saw every main-run token
-        else:
-            main = sum(m["tokens_seen"] for m in models)  # one run per vintage
+        # a vintage's tokens_seen: the main run's tokens up to its cutoff plus its own cooldown branch's
+        mains = [m["tokens_seen"] - m["cooldown_tokens"] for m in models]
+        # one chain: the last vintage's main run saw every main-run token; independent: one run per vintage
+        main = max(mains) if schedule == "chronological" else sum(mains)
         tokens = main + sum(m["cooldown_tokens"] for m in models)  # and every vintage's cooldown branch
         results[name] = {"seconds": seconds, "tokens": tokens, "main_tokens": main, "vintages": len(manifest["cutoffs"]),
                          "peak_memory_mib": max(m["peak_memory_mib"] for m in models),

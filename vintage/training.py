@@ -314,7 +314,8 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             engine.module.save_pretrained(staging, safe_serialization=True)
-            # tokens_seen: the main run's up to this cutoff (the branch's own in cooldown_tokens)
+            # tokens_seen: what these weights were trained on, the main run's tokens up to this cutoff and
+            # this branch's cooldown (cooldown_tokens of them; the main run continues without them)
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
                     "cooldown_tokens": cooldown_tokens,
