@@ -293,12 +293,12 @@ def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) ->
     # the chain's tokens: the full vintage's tokens_seen (the main run and its own cooldown branch) plus the
     # other vintages' cooldown branches (training.json's cooldown_tokens; registries older than that field:
     # cooldown_steps x batch x the mean document length)
-    optim = manifest["config"]["surrogate"]["optim"]
-    mean_doc = sum(s["tokens"] for s in slices.values()) / sum(s["documents"] for s in slices.values())
     others = [info(registry.vintage_path(c)) for c in manifest["cutoffs"] if c != registry.full_cutoff()]
     if all("cooldown_tokens" in i for i in others):
         branches = sum(i["cooldown_tokens"] for i in others)
     else:
+        optim = manifest["config"]["surrogate"]["optim"]
+        mean_doc = sum(s["tokens"] for s in slices.values()) / sum(s["documents"] for s in slices.values())
         branches = optim["cooldown_steps"] * optim["batch_size"] * mean_doc * len(others)
     sur_tokens = info(registry.full_path())["tokens_seen"] + branches
     ret_tokens = info(registry.retrained_path(cutoff, registry.retrained_seeds(cutoff)[0]))["tokens_seen"]

@@ -89,11 +89,12 @@ def fact_accuracy(model, probes: list[list], pad: int, device, batch: int = 256,
 
     if not probes:
         return float("nan")
-    hits = _fact_hits(model, probes[rank::world], pad, device, batch)
+    shard = probes[rank::world]
+    hits = _fact_hits(model, shard, pad, device, batch)
     if world > 1:
         import torch.distributed as dist
 
-        counts = torch.tensor([hits, len(probes[rank::world])], dtype=torch.float64, device=device)  # NCCL: on the GPU
+        counts = torch.tensor([hits, len(shard)], dtype=torch.float64, device=device)  # NCCL: on the GPU
         dist.all_reduce(counts)
         return float(counts[0] / counts[1])
     return hits / len(probes)
