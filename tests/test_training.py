@@ -354,3 +354,58 @@ def test_fact_accuracy_scores_each_choice_as_a_continuation():
         assert fact_accuracy(model, probes, 0, torch.device("cpu"), batch=7) == hits / len(probes)
         assert sum(_fact_hits(model, probes[r::3], 0, torch.device("cpu"), 256) for r in range(3)) == hits
     assert math.isnan(fact_accuracy(model, [], 0, torch.device("cpu")))
+
+
+def test_shards_balance_padded_size_and_keep_every_document():
+    """A step's documents over the workers: each exactly once, the largest padded size (documents x longest)
+    the smallest any split reaches (brute force over every assignment), and never above dealing them out
+    in turn; one worker keeps the batch as it is."""
+    import itertools
+    import random
+
+    from vintage.training import _shards
+
+    def padded(shard):
+        return len(shard) * max((len(d) for d in shard), default=0)
+
+    rng = random.Random(0)
+    for trial in range(60):
+        world = 2 + trial % 2
+        rows = [[trial, i] + [0] * rng.choice([7, 9, 12, 13, 14, 28, 29]) for i in range(rng.randrange(1, 9))]
+        shards = _shards(rows, world)
+        assert len(shards) == world
+        assert sorted(map(tuple, (d for s in shards for d in s))) == sorted(map(tuple, rows))
+        assert all(shards[:len(rows)])  # a worker is idle only when there are fewer documents than workers
+        best = min(max(padded([r for r, w in zip(rows, assign) if w == k]) for k in range(world))
+                   for assign in itertools.product(range(world), repeat=len(rows)))
+        assert max(map(padded, shards)) == best
+        assert best <= max(padded(rows[k::world]) for k in range(world))
+    rows = [[1] * n for n in (5, 30, 12)]
+    assert _shards(rows, 1) == [rows]
+
+
+def test_weighted_shards_give_the_whole_batch_gradient():
+    """Shards of unequal size, each loss weighted by shard_weight and the gradients averaged over the
+    workers (what DeepSpeed's all-reduce does): the gradient of the whole batch on one worker."""
+    import random
+
+    from vintage.presets import build_model
+    from vintage.training import _collate, _shards, shard_weight
+
+    rng = random.Random(1)
+    rows = [[rng.randrange(1, 300) for _ in range(rng.choice([3, 5, 17, 30]))] for _ in range(13)]
+    model = build_model("tiny", 300, pad_token_id=0)
+
+    def gradient(docs, weight=1.0):
+        model.zero_grad()
+        ids, mask, labels = _collate(docs, 0)
+        (model(input_ids=ids, attention_mask=mask, labels=labels).loss * weight).backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+    whole = gradient(rows)
+    for world in (2, 3, 4):
+        shards = _shards(rows, world)
+        assert len({len(s) for s in shards}) > 1  # uneven: unweighted means would not add up
+        averaged = sum(gradient(s, shard_weight(s, rows, world)) for s in shards) / world
+        assert torch.allclose(averaged, whole, atol=1e-6), world
+    assert shard_weight([], rows, 2) == 0

@@ -27,7 +27,8 @@ class Optimisation:
 
     lr: float = doc("peak learning rate (lower for wider models: RESEARCH.md exp. 3)", 1e-3)
     weight_decay: float = doc("AdamW weight decay", 0.0)
-    batch_size: int = doc("documents per step per worker", 32)
+    batch_size: int = doc("documents per step per worker: a step trains batch_size x num_workers documents, split "
+                          "over the workers by length so that each pads to about the same size", 32)
     warmup_steps: int = doc("linear warm-up at the start of the run", 20)
     epochs: int = doc("passes over each stage's documents", 3)
     continue_epochs: int | None = doc(
