@@ -399,13 +399,16 @@ def test_weighted_shards_give_the_whole_batch_gradient():
     def gradient(docs, weight=1.0):
         model.zero_grad()
         ids, mask, labels = _collate(docs, 0)
-        (model(input_ids=ids, attention_mask=mask, labels=labels).loss * weight).backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters()])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * weight
+        loss.backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), float(loss)
 
-    whole = gradient(rows)
+    whole, whole_loss = gradient(rows)
     for world in (2, 3, 4):
         shards = _shards(rows, world)
         assert len({len(s) for s in shards}) > 1  # uneven: unweighted means would not add up
-        averaged = sum(gradient(s, shard_weight(s, rows, world)) for s in shards) / world
-        assert torch.allclose(averaged, whole, atol=1e-6), world
+        parts = [gradient(s, shard_weight(s, rows, world)) for s in shards]
+        assert torch.allclose(sum(g for g, _ in parts) / world, whole, atol=1e-6), world
+        # what step_loss all-reduces: the workers' shares add up to world x the step's loss
+        assert sum(share for _, share in parts) / world == pytest.approx(whole_loss, rel=1e-6)
     assert shard_weight([], rows, 2) == 0
