@@ -401,7 +401,7 @@ def test_weighted_shards_give_the_whole_batch_gradient():
         ids, mask, labels = _collate(docs, 0)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss * weight
         loss.backward()
-        return torch.cat([p.grad.flatten() for p in model.parameters()]), float(loss)
+        return torch.cat([p.grad.flatten() for p in model.parameters()]), float(loss.detach())
 
     whole, whole_loss = gradient(rows)
     for world in (2, 3, 4):
