@@ -23,7 +23,7 @@
    tokens of 300 of 16). Tokens count every step trained, the cooldown branches included. `--seeds 1 2 3`
    measures one round per seed (both schedules from that seed, each chain against its own round's
    independent run) and prints the median ratios and the mean fact accuracy over the seeds: one run's
-   fact accuracy moves by up to 0.1 per vintage with the seed.
+   fact accuracy moves by up to 0.15 per vintage with the seed.
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one round per seed, both schedules trained from it; each chain is compared with "
                              "the independent run of its own round (a single run's fact accuracy moves by up "
-                             "to 0.1 per vintage with the seed, and wall times vary on a shared VM)")
+                             "to 0.15 per vintage with the seed, and wall times vary on a shared VM)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     import ray
