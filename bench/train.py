@@ -18,12 +18,15 @@
    drawn once per stage or afresh every epoch; epochs of the stages after the first), `--chain-workers 2`
    trains the chain on two DeepSpeed workers (same global batch unless `--chain-batch` sets the documents
    per worker: `--chain-batch 16` doubles it, data parallel as on a cluster), `--chain-threads 2` on one
-   worker with two torch threads, `--chain-lr 3e-3 ...` one chain per learning rate (independent runs keep
-   the demo's 1.5e-3), `--chain-cooldown-steps` its branches' length (150 steps of 32 documents train the
-   tokens of 300 of 16). Tokens count every step trained, the cooldown branches included. `--seeds 1 2 3`
-   measures one round per seed (both schedules from that seed, each chain against its own round's
-   independent run) and prints the median ratios and the mean fact accuracy over the seeds: one run's
-   fact accuracy moves by up to 0.15 per vintage with the seed.
+   worker with two torch threads, `--chain-lr 3e-3 ...` one chain per learning rate (independent runs:
+   `--independent-lr`, default the demo's 1.5e-3), `--chain-cooldown-steps` its branches' length (150 steps
+   of 32 documents train the tokens of 300 of 16). Tokens count every step trained, the cooldown branches
+   included. `--seeds 1 2 3` measures one round per seed (both schedules from that seed, each chain against
+   its own round's independent run) and prints the median ratios and the mean fact accuracy over the seeds:
+   one run's fact accuracy moves by up to 0.15 per vintage with the seed. A cheaper chain that memorises less is no
+   saving, so `--independent-epochs 20 30` also trains the independent schedule at those epoch caps: their
+   cost-accuracy curve says what the independent runs pay for each chain's mean fact accuracy, and the
+   ratios at matched memorisation are printed beside the plain ones (figure: the --out path as .png).
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -121,29 +124,35 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
               replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300, samplings: tuple[str, ...] = ("stage",),
               chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1,
               chain_batch: int | None = None, chain_lrs: tuple[float, ...] = (1.5e-3,),
-              chain_cooldown_steps: int | None = None, seed: int = 0) -> dict:
+              chain_cooldown_steps: int | None = None, seed: int = 0, independent_lr: float = 1.5e-3,
+              independent_epochs: tuple[int, ...] = ()) -> dict:
     """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
     epochs, learning rate). Independent runs train on one worker and one thread, 16 documents per step, at
-    the demo's learning rate (1.5e-3). The chain runs on `chain_workers` DeepSpeed workers of `chain_threads`
-    torch threads, `chain_batch` documents per step on each (default: the same global batch of 16, split).
-    Tokens count every step trained: the main runs and the cooldown branches."""
+    `independent_lr` (default the demo's 1.5e-3); `independent_epochs` adds one independent run per epoch cap,
+    the cost-accuracy curve that `matched` reads (every ratio is against the run at `epochs`). The chain runs
+    on `chain_workers` DeepSpeed workers of `chain_threads` torch threads, `chain_batch` documents per step on
+    each (default: the same global batch of 16, split). Tokens count every step trained: the main runs and
+    the cooldown branches."""
     results = {}
-    runs = [("independent", None, None, None, None)] + [
-        ("chronological", r, s, e, lr) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs]
+    chains = [(r, s, e, lr) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs]
+    runs = ([("independent", None, None, None, None)]
+            + [("independent", None, None, e, None) for e in independent_epochs if e != epochs]
+            + [("chronological", *c) for c in chains])
     batch = 16
     if chain_batch is None:
         if batch % chain_workers:
             raise ValueError(f"--chain-workers must divide the batch of {batch} documents (or set --chain-batch)")
         chain_batch = batch // chain_workers
     for schedule, replay, sampling, later, lr in runs:
-        name = schedule
-        if replay is not None and len(runs) > 2:
+        name = schedule if later is None or schedule == "chronological" else f"independent {later} epochs"
+        if schedule == "chronological" and len(chains) > 1:
             name = (f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
                     + (f", lr {lr:g}" if len(chain_lrs) > 1 else ""))
         chain = schedule == "chronological"
         workers = chain_workers if chain else 1
-        common = dict(lr=lr if chain else 1.5e-3, batch_size=chain_batch if chain else batch, epochs=epochs,
-                      warmup_steps=20, replay_sampling=sampling or "stage", continue_epochs=later)
+        common = dict(lr=lr if chain else independent_lr, batch_size=chain_batch if chain else batch,
+                      epochs=epochs if chain or later is None else later, warmup_steps=20,
+                      replay_sampling=sampling or "stage", continue_epochs=later if chain else None)
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
             steps = chain_cooldown_steps if chain and chain_cooldown_steps is not None else cooldown_steps
             optim = Optimisation(cooldown_steps=steps, replay=3.0 if replay is None else replay, **common)
@@ -152,7 +161,8 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
             optim = Optimisation(cooldown_steps=30, replay=1.0 if replay is None else replay, **common)
             extra = {}
         threads = chain_threads if schedule == "chronological" else 1
-        config = TrainConfig(split=str(split), output=str(work / name.replace(" ", "-")), vocab_size=2048, cutoffs=CUTOFFS,
+        directory = work / name.replace(", ", "-").replace(" ", "-")
+        config = TrainConfig(split=str(split), output=str(directory), vocab_size=2048, cutoffs=CUTOFFS,
                              schedule=schedule, parallel_runs=parallel, fit_temperatures=False, num_workers=workers,
                              threads_per_worker=threads, seed=seed,
                              surrogate=RoleConfig(preset=preset, optim=optim), **extra)
@@ -169,10 +179,91 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
         results[name] = {"seconds": seconds, "tokens": tokens, "main_tokens": main, "vintages": len(manifest["cutoffs"]),
                          "peak_memory_mib": max(m["peak_memory_mib"] for m in models),
                          "fact_accuracy": {Path(k).name: m.get("fact_accuracy") for k, m in manifest["models"].items()}}
-        if schedule == "chronological":
+        if name != "independent":
             results[name]["wall_ratio"] = seconds / results["independent"]["seconds"]
             results[name]["token_ratio"] = tokens / results["independent"]["tokens"]
     return results
+
+
+def _mean_accuracy(run: dict) -> float:
+    scores = [a for a in run["fact_accuracy"].values() if a is not None]
+    return sum(scores) / len(scores) if scores else float("nan")
+
+
+def matched(rounds: list[dict]) -> dict:
+    """Each chain against the independent runs at the same memorisation. Over the seeds, the independent
+    runs (one per epoch cap) give a cost-accuracy curve: mean fact accuracy of the four vintages against
+    tokens and wall time (as shares of the run at --schedule-epochs). Where the curve reaches a chain's mean
+    accuracy, the independent cost there is read off it (linear between the caps, the curve made monotone
+    by its running maximum) and the chain's cost divided by it; below the cheapest cap the ratio is a lower
+    bound ("at least"), above the best one the independent runs never reach the chain."""
+    import numpy as np
+
+    def mean(name: str, key: str) -> float:
+        return float(np.mean([s[name][key] if key in s[name] else 1.0 for s in rounds]))
+
+    def accuracy_of(name: str) -> float:
+        return float(np.mean([_mean_accuracy(s[name]) for s in rounds]))
+
+    names = list(rounds[0])
+    curve = sorted((mean(n, "token_ratio"), mean(n, "wall_ratio"), accuracy_of(n))
+                   for n in names if n.startswith("independent"))
+    tokens, walls, accuracy = (np.array(x) for x in zip(*curve))
+    accuracy = np.maximum.accumulate(accuracy)
+    out = {"independent": [{"token_ratio": t, "wall_ratio": w, "accuracy": a} for t, w, a in curve]}
+    for name in names:
+        if name.startswith("independent"):
+            continue
+        acc = accuracy_of(name)
+        row = {"accuracy": acc, "token_ratio": mean(name, "token_ratio"), "wall_ratio": mean(name, "wall_ratio")}
+        if acc > accuracy[-1]:
+            row["bound"] = "independent runs never reach it"
+        else:
+            keep = np.concatenate([[True], np.diff(accuracy) > 0])  # np.interp needs increasing x
+            at = max(acc, accuracy[0])
+            row["independent_token_ratio"] = float(np.interp(at, accuracy[keep], tokens[keep]))
+            row["independent_wall_ratio"] = float(np.interp(at, accuracy[keep], walls[keep]))
+            row["matched_token_ratio"] = row["token_ratio"] / row["independent_token_ratio"]
+            row["matched_wall_ratio"] = row["wall_ratio"] / row["independent_wall_ratio"]
+            row["bound"] = "at least" if acc < accuracy[0] else ""
+        out[name] = row
+    return out
+
+
+def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
+    """Mean fact accuracy of the four vintages against tokens (share of the independent run at
+    --schedule-epochs): one small marker per seed, a large one per setting's mean, independent caps joined."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    names = list(rounds[0])
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    line = []
+    for i, name in enumerate(names):
+        xs = [s[name].get("token_ratio", 1.0) for s in rounds]
+        ys = [_mean_accuracy(s[name]) for s in rounds]
+        colour = "black" if name.startswith("independent") else colours[i % len(colours)]
+        ax.scatter(xs, ys, s=12, color=colour, alpha=0.45)
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        ax.scatter([mx], [my], s=60, color=colour, label=None if name.startswith("independent") else name)
+        if name.startswith("independent"):
+            line.append((mx, my))
+            ax.annotate(name.replace("independent", "indep.") if name != "independent" else "indep. (baseline)",
+                        (mx, my), textcoords="offset points", xytext=(5, -12), fontsize=8)
+    line.sort()
+    ax.plot([x for x, _ in line], [y for _, y in line], color="black", lw=1, label="independent, by epoch cap")
+    ax.axvline(0.4, color="grey", ls=":", lw=1)
+    ax.text(0.41, ax.get_ylim()[0] + 0.01, "goal: 0.4", color="grey", fontsize=8)
+    ax.set_xlabel("tokens trained / the independent baseline's")
+    ax.set_ylabel("mean fact accuracy of the 4 vintages")
+    ax.set_title(f"K=4 vintages: memorisation against cost (seeds {', '.join(map(str, seeds))})", fontsize=10)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -203,7 +294,12 @@ def main() -> None:
                         help="documents per step on each chronological worker (default: 16 / --chain-workers, "
                              "the independent runs' batch; 16 with 2 workers doubles the global batch)")
     parser.add_argument("--chain-lr", type=float, nargs="+", default=[1.5e-3],
-                        help="chronological learning rates (one run each; independent runs: 1.5e-3)")
+                        help="chronological learning rates (one run each; independent runs: --independent-lr)")
+    parser.add_argument("--independent-lr", type=float, default=1.5e-3,
+                        help="the independent runs' learning rate (16 documents per step)")
+    parser.add_argument("--independent-epochs", type=int, nargs="+", default=[],
+                        help="with --memorise: also one independent run per epoch cap (their cost-accuracy "
+                             "curve); each chain's cost is then also compared at the same mean fact accuracy")
     parser.add_argument("--chain-cooldown-steps", type=int, default=None,
                         help="with --memorise: the chain's cooldown steps (default: --cooldown-steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
@@ -212,6 +308,8 @@ def main() -> None:
                              "to 0.15 per vintage with the seed, and wall times vary on a shared VM)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
+    if args.independent_epochs and not args.memorise:
+        parser.error("--independent-epochs compares the schedules at matched memorisation: it needs --memorise")
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
@@ -224,7 +322,8 @@ def main() -> None:
                                           args.parallel, args.memorise, tuple(args.replay), args.cooldown_steps,
                                           tuple(args.replay_sampling), args.chain_workers,
                                           tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
-                                          tuple(args.chain_lr), args.chain_cooldown_steps, seed)
+                                          tuple(args.chain_lr), args.chain_cooldown_steps, seed,
+                                          args.independent_lr, tuple(args.independent_epochs))
                                 for seed in args.seeds]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -259,6 +358,27 @@ def main() -> None:
         for name in s:
             print(f"fact accuracy of the {name} vintages, seed {i} (facts public by each cutoff): " + ", ".join(
                 f"{c} {a:.2f}" if a is not None else f"{c} -" for c, a in sorted(s[name]["fact_accuracy"].items())))
+    if len(rounds[0]) > 1 and any(n.startswith("independent ") for n in rounds[0]):
+        result["matched"] = matched(rounds)
+        Path(args.out).write_text(json.dumps(result, indent=2))
+        figure = Path(args.out).with_suffix(".png")
+        plot_matched(rounds, args.seeds, figure)
+        curve = ", ".join(f"{p['token_ratio']:.2f} of the tokens -> {p['accuracy']:.3f}"
+                          for p in result["matched"]["independent"])
+        print(f"\nat matched memorisation (means over {len(rounds)} seed(s); the independent runs' curve: {curve})")
+        print("| chain | mean fact accuracy | tokens / baseline | independent tokens at that accuracy | "
+              "tokens / independent, matched | wall / independent, matched |\n|---|---:|---:|---:|---:|---:|")
+        for name, row in result["matched"].items():
+            if name == "independent":
+                continue
+            if "matched_token_ratio" not in row:
+                print(f"| {name} | {row['accuracy']:.3f} | {row['token_ratio']:.3f} | {row['bound']} | | |")
+                continue
+            bound = f"{row['bound']} " if row["bound"] else ""
+            print(f"| {name} | {row['accuracy']:.3f} | {row['token_ratio']:.3f} | "
+                  f"{row['independent_token_ratio']:.3f} | {bound}{row['matched_token_ratio']:.2f} | "
+                  f"{bound}{row['matched_wall_ratio']:.2f} |")
+        print(f"figure: {figure}")
     print(f"\nwritten to {args.out}")
 
 

@@ -1,0 +1,61 @@
+"""bench/train.py's comparison at matched memorisation: the independent runs' cost-accuracy curve read at
+each chain's accuracy."""
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_train", ROOT / "bench" / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    environment = dict(os.environ)
+    spec.loader.exec_module(module)  # the bench sets thread and progress-bar defaults for itself
+    os.environ.clear()
+    os.environ.update(environment)
+    return module
+
+
+def _run(accuracy: float, tokens: float | None = None, wall: float | None = None) -> dict:
+    run = {"fact_accuracy": {"2016-09-30": accuracy - 0.02, "2019-03-31": accuracy + 0.02}}
+    if tokens is not None:
+        run.update(token_ratio=tokens, wall_ratio=wall)
+    return run
+
+
+def _round(chain: float, shift: float = 0.0) -> dict:
+    return {"independent": _run(0.90 + shift), "independent 20 epochs": _run(0.70 + shift, 0.5, 0.45),
+            "independent 30 epochs": _run(0.80 + shift, 0.75, 0.70), "chronological": _run(chain, 0.4, 0.35)}
+
+
+def test_chain_cost_is_read_off_the_independent_curve_at_its_accuracy(bench):
+    rounds = [_round(0.85, -0.01), _round(0.85, 0.01)]  # seeds average to the curve 0.70 / 0.80 / 0.90
+    row = bench.matched(rounds)["chronological"]
+    assert row["accuracy"] == pytest.approx(0.85)
+    # halfway between the 30-epoch (0.75 of the tokens, 0.80) and the full run (1.0, 0.90)
+    assert row["independent_token_ratio"] == pytest.approx(0.875)
+    assert row["independent_wall_ratio"] == pytest.approx(0.85)
+    assert row["matched_token_ratio"] == pytest.approx(0.4 / 0.875)
+    assert row["matched_wall_ratio"] == pytest.approx(0.35 / 0.85)
+    assert row["bound"] == ""
+
+
+def test_below_the_cheapest_cap_the_ratio_is_a_lower_bound_and_above_the_best_there_is_none(bench):
+    low = bench.matched([_round(0.60)])["chronological"]
+    assert low["bound"] == "at least"
+    assert low["matched_token_ratio"] == pytest.approx(0.4 / 0.5)
+    high = bench.matched([_round(0.95)])["chronological"]
+    assert "matched_token_ratio" not in high and "never" in high["bound"]
+
+
+def test_a_cap_that_memorised_less_than_a_cheaper_one_does_not_bend_the_curve_back(bench):
+    rounds = [_round(0.75)]
+    rounds[0]["independent 25 epochs"] = _run(0.60, 0.62, 0.58)  # noise: both worse than 20 epochs
+    rounds[0]["independent 30 epochs"] = _run(0.65, 0.75, 0.70)
+    row = bench.matched(rounds)["chronological"]
+    # the curve is the running maximum: 0.70 at 0.5 of the tokens, then 0.90 at 1.0
+    assert row["independent_token_ratio"] == pytest.approx(0.5 + 0.5 * 0.05 / 0.20)
