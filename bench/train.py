@@ -185,8 +185,9 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
     return results
 
 
-def _mean_accuracy(run: dict) -> float:
-    scores = [a for a in run["fact_accuracy"].values() if a is not None]
+def _mean_accuracy(*runs: dict) -> float:
+    """Mean fact accuracy over every vintage of `runs` (one setting's runs, one per seed): nan if none scored."""
+    scores = [a for run in runs for a in run["fact_accuracy"].values() if a is not None]
     return sum(scores) / len(scores) if scores else float("nan")
 
 
@@ -203,13 +204,14 @@ def matched(rounds: list[dict]) -> dict:
         return float(np.mean([s[name][key] if key in s[name] else 1.0 for s in rounds]))
 
     def accuracy_of(name: str) -> float:
-        return float(np.mean([_mean_accuracy(s[name]) for s in rounds]))
+        return _mean_accuracy(*(s[name] for s in rounds))
 
     names = list(rounds[0])
     curve = sorted((mean(n, "token_ratio"), mean(n, "wall_ratio"), accuracy_of(n))
                    for n in names if n.startswith("independent"))
     tokens, walls, accuracy = (np.array(x) for x in zip(*curve))
     accuracy = np.maximum.accumulate(accuracy)
+    keep = np.concatenate([[True], np.diff(accuracy) > 0])  # np.interp needs increasing x
     out = {"independent": [{"token_ratio": t, "wall_ratio": w, "accuracy": a} for t, w, a in curve]}
     for name in names:
         if name.startswith("independent"):
@@ -219,7 +221,6 @@ def matched(rounds: list[dict]) -> dict:
         if acc > accuracy[-1]:
             row["bound"] = "independent runs never reach it"
         else:
-            keep = np.concatenate([[True], np.diff(accuracy) > 0])  # np.interp needs increasing x
             at = max(acc, accuracy[0])
             row["independent_token_ratio"] = float(np.interp(at, accuracy[keep], tokens[keep]))
             row["independent_wall_ratio"] = float(np.interp(at, accuracy[keep], walls[keep]))
@@ -350,10 +351,9 @@ def main() -> None:
                       f"{statistics.median(walls):.2f} ({min(walls):.2f}-{max(walls):.2f}) | "
                       f"{statistics.median(s[name]['token_ratio'] for s in rounds):.3f} |")
     for name in rounds[0]:
-        scores = [a for s in rounds for a in s[name]["fact_accuracy"].values() if a is not None]
-        if scores:
-            print(f"mean fact accuracy of the {name} vintages over {len(rounds)} seed(s): "
-                  f"{sum(scores) / len(scores):.3f}")
+        accuracy = _mean_accuracy(*(s[name] for s in rounds))
+        if accuracy == accuracy:  # nan: no probes, nothing memorised to report
+            print(f"mean fact accuracy of the {name} vintages over {len(rounds)} seed(s): {accuracy:.3f}")
     for i, s in zip(args.seeds, rounds):
         for name in s:
             print(f"fact accuracy of the {name} vintages, seed {i} (facts public by each cutoff): " + ", ".join(
