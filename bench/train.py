@@ -27,6 +27,8 @@
    saving, so `--independent-epochs 20 30` also trains the independent schedule at those epoch caps: their
    cost-accuracy curve says what the independent runs pay for each chain's mean fact accuracy, and the
    ratios at matched memorisation are printed beside the plain ones (figure: the --out path as .png).
+   `--cutoffs ...` sets the vintages (K of them, the last the corpus end; default the K=4 of the goal):
+   with K slices the independent runs' cost grows about as K^2, the chain's as K.
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
@@ -59,13 +61,13 @@ UTC = dt.timezone.utc
 CUTOFFS = ["2016-09-30", "2017-06-30", "2018-03-31", "2019-03-31"]
 
 
-def make_split(base: Path) -> Path:
+def make_split(base: Path, cutoffs: list[str] = CUTOFFS) -> Path:
     world = generate_world("synthetic-market", "small", seed=0)
     (base / "corpus").mkdir(parents=True)
     pq.write_table(world.documents, base / "corpus" / "documents.parquet")
     pq.write_table(world.queries, base / "queries.parquet")
     run_split(SplitConfig(corpus=CorpusConfig(path=str(base / "corpus")), output=str(base / "split"),
-                          cutoffs=[dt.datetime.fromisoformat(c).replace(tzinfo=UTC) for c in CUTOFFS],
+                          cutoffs=[dt.datetime.fromisoformat(c).replace(tzinfo=UTC) for c in cutoffs],
                           engine="polars"))
     return base / "split"
 
@@ -125,7 +127,7 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
               chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1,
               chain_batch: int | None = None, chain_lrs: tuple[float, ...] = (1.5e-3,),
               chain_cooldown_steps: int | None = None, seed: int = 0, independent_lr: float = 1.5e-3,
-              independent_epochs: tuple[int, ...] = ()) -> dict:
+              independent_epochs: tuple[int, ...] = (), cutoffs: list[str] = CUTOFFS) -> dict:
     """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
     epochs, learning rate). Independent runs train on one worker and one thread, 16 documents per step, at
     `independent_lr` (default the demo's 1.5e-3); `independent_epochs` adds one independent run per epoch cap,
@@ -162,7 +164,7 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
             extra = {}
         threads = chain_threads if schedule == "chronological" else 1
         directory = work / name.replace(", ", "-").replace(" ", "-")
-        config = TrainConfig(split=str(split), output=str(directory), vocab_size=2048, cutoffs=CUTOFFS,
+        config = TrainConfig(split=str(split), output=str(directory), vocab_size=2048, cutoffs=cutoffs,
                              schedule=schedule, parallel_runs=parallel, fit_temperatures=False, num_workers=workers,
                              threads_per_worker=threads, seed=seed,
                              surrogate=RoleConfig(preset=preset, optim=optim), **extra)
@@ -193,7 +195,7 @@ def _mean_accuracy(*runs: dict) -> float:
 
 def matched(rounds: list[dict]) -> dict:
     """Each chain against the independent runs at the same memorisation. Over the seeds, the independent
-    runs (one per epoch cap) give a cost-accuracy curve: mean fact accuracy of the four vintages against
+    runs (one per epoch cap) give a cost-accuracy curve: mean fact accuracy of the vintages against
     tokens and wall time (as shares of the run at --schedule-epochs). Where the curve reaches a chain's mean
     accuracy, the independent cost there is read off it (linear between the caps, the curve made monotone
     by its running maximum) and the chain's cost divided by it; below the cheapest cap the ratio is a lower
@@ -231,8 +233,8 @@ def matched(rounds: list[dict]) -> dict:
     return out
 
 
-def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
-    """Mean fact accuracy of the four vintages against tokens (share of the independent run at
+def plot_matched(rounds: list[dict], seeds: list[int], path: Path, k: int = len(CUTOFFS)) -> None:
+    """Mean fact accuracy of the vintages against tokens (share of the independent run at
     --schedule-epochs): one small marker per seed, a large one per setting's mean, independent caps joined."""
     import matplotlib
 
@@ -259,8 +261,8 @@ def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
     ax.axvline(0.4, color="grey", ls=":", lw=1)
     ax.text(0.41, ax.get_ylim()[0] + 0.01, "goal: 0.4", color="grey", fontsize=8)
     ax.set_xlabel("tokens trained / the independent baseline's")
-    ax.set_ylabel("mean fact accuracy of the 4 vintages")
-    ax.set_title(f"K=4 vintages: memorisation against cost (seeds {', '.join(map(str, seeds))})", fontsize=10)
+    ax.set_ylabel(f"mean fact accuracy of the {k} vintages")
+    ax.set_title(f"K={k} vintages: memorisation against cost (seeds {', '.join(map(str, seeds))})", fontsize=10)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -307,15 +309,27 @@ def main() -> None:
                         help="one round per seed, both schedules trained from it; each chain is compared with "
                              "the independent run of its own round (a single run's fact accuracy moves by up "
                              "to 0.15 per vintage with the seed, and wall times vary on a shared VM)")
+    parser.add_argument("--cutoffs", nargs="+", default=CUTOFFS,
+                        help="the schedules' vintage cutoffs, YYYY-MM-DD (K = how many; the last must be the "
+                             f"corpus end, {CUTOFFS[-1]}; default the K=4 of the goal)")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     if args.independent_epochs and not args.memorise:
         parser.error("--independent-epochs compares the schedules at matched memorisation: it needs --memorise")
+    cutoffs = sorted(args.cutoffs)
+    for c in cutoffs:
+        try:
+            dt.date.fromisoformat(c)
+        except ValueError:
+            parser.error(f"--cutoffs: expected dates YYYY-MM-DD, got {c!r}")
+    if cutoffs[-1] != CUTOFFS[-1] or len(set(cutoffs)) != len(cutoffs):
+        parser.error(f"--cutoffs: expected distinct dates ending at the corpus end {CUTOFFS[-1]}, got {cutoffs}")
+    k = len(cutoffs)
     import ray
 
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
-        split = make_split(work)
+        split = make_split(work, cutoffs)
         ray.init(num_cpus=2, include_dashboard=False)
         result = {"throughput": None if args.schedules_only else throughput(split, work, args.preset, args.epochs,
                                                                              args.threads),
@@ -324,7 +338,7 @@ def main() -> None:
                                           tuple(args.replay_sampling), args.chain_workers,
                                           tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
                                           tuple(args.chain_lr), args.chain_cooldown_steps, seed,
-                                          args.independent_lr, tuple(args.independent_epochs))
+                                          args.independent_lr, tuple(args.independent_epochs), cutoffs)
                                 for seed in args.seeds]}
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -335,7 +349,7 @@ def main() -> None:
         print("\n| measure | DeepSpeed under Ray Train | plain PyTorch | ratio |\n|---|---:|---:|---:|")
         print(f"| tokens/s, `{t['preset']}`, batch 32, {t['threads']} thread | {t['deepspeed_tokens_per_s']:,.0f} | "
               f"{t['plain_tokens_per_s']:,.0f} | {t['ratio']:.2f} |")
-    print("\n| K=4 vintages (seed) | wall s | tokens trained (main + cooldown) | peak MiB per worker | "
+    print(f"\n| K={k} vintages (seed) | wall s | tokens trained (main + cooldown) | peak MiB per worker | "
           "wall / independent | tokens / independent |\n|---|---:|---:|---:|---:|---:|")
     for i, s in zip(args.seeds, rounds):
         for name, r in s.items():
@@ -362,7 +376,7 @@ def main() -> None:
         result["matched"] = matched(rounds)
         Path(args.out).write_text(json.dumps(result, indent=2))
         figure = Path(args.out).with_suffix(".png")
-        plot_matched(rounds, args.seeds, figure)
+        plot_matched(rounds, args.seeds, figure, k)
         curve = ", ".join(f"{p['token_ratio']:.2f} of the tokens -> {p['accuracy']:.3f}"
                           for p in result["matched"]["independent"])
         print(f"\nat matched memorisation (means over {len(rounds)} seed(s); the independent runs' curve: {curve})")

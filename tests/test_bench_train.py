@@ -59,3 +59,17 @@ def test_a_cap_that_memorised_less_than_a_cheaper_one_does_not_bend_the_curve_ba
     row = bench.matched(rounds)["chronological"]
     # the curve is the running maximum: 0.70 at 0.5 of the tokens, then 0.90 at 1.0
     assert row["independent_token_ratio"] == pytest.approx(0.5 + 0.5 * 0.05 / 0.20)
+
+
+@pytest.mark.parametrize("cutoffs, message", [
+    (["2016-06-30", "2017-13-01", "2019-03-31"], "expected dates YYYY-MM-DD, got '2017-13-01'"),
+    (["2016-06-30", "2018-03-31"], "ending at the corpus end 2019-03-31"),
+    (["2016-06-30", "2016-06-30", "2019-03-31"], "expected distinct dates"),
+])
+def test_bad_cutoffs_stop_before_anything_trains(cutoffs, message):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train.py"), "--cutoffs", *cutoffs],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
