@@ -28,7 +28,8 @@
    cost-accuracy curve says what the independent runs pay for each chain's mean fact accuracy, and the
    ratios at matched memorisation are printed beside the plain ones (figure: the --out path as .png).
    `--cutoffs ...` sets the vintages (K of them, the last the corpus end; default the K=4 of the goal):
-   with K slices the independent runs' cost grows about as K^2, the chain's as K.
+   a pass over the corpus in K slices costs the independent runs about (K + 1) / 2 passes (each vintage
+   retrains every slice before it), the chain about 1 + replay.
 3. Peak resident memory per worker (from each model's training.json).
 """
 from __future__ import annotations
