@@ -234,7 +234,7 @@ def matched(rounds: list[dict]) -> dict:
     return out
 
 
-def plot_matched(rounds: list[dict], seeds: list[int], path: Path, k: int = len(CUTOFFS)) -> None:
+def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
     """Mean fact accuracy of the vintages against tokens (share of the independent run at
     --schedule-epochs): one small marker per seed, a large one per setting's mean, independent caps joined."""
     import matplotlib
@@ -244,6 +244,7 @@ def plot_matched(rounds: list[dict], seeds: list[int], path: Path, k: int = len(
 
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
     names = list(rounds[0])
+    k = len(rounds[0][names[0]]["fact_accuracy"])  # vintages per run
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     line = []
     for i, name in enumerate(names):
@@ -377,7 +378,7 @@ def main() -> None:
         result["matched"] = matched(rounds)
         Path(args.out).write_text(json.dumps(result, indent=2))
         figure = Path(args.out).with_suffix(".png")
-        plot_matched(rounds, args.seeds, figure, k)
+        plot_matched(rounds, args.seeds, figure)
         curve = ", ".join(f"{p['token_ratio']:.2f} of the tokens -> {p['accuracy']:.3f}"
                           for p in result["matched"]["independent"])
         print(f"\nat matched memorisation (means over {len(rounds)} seed(s); the independent runs' curve: {curve})")
