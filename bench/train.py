@@ -27,6 +27,8 @@
    saving, so `--independent-epochs 20 30` also trains the independent schedule at those epoch caps: their
    cost-accuracy curve says what the independent runs pay for each chain's mean fact accuracy, and the
    ratios at matched memorisation are printed beside the plain ones (figure: the --out path as .png).
+   `--independent-batch 32` sets the independent runs' batch; `--after-cooldown restore continue` trains one
+   chain per choice (continue: the main run goes on from each cooled vintage instead of from before it).
    `--cutoffs ...` sets the vintages (K of them, the last the corpus end; default the K=4 of the goal):
    a pass over the corpus in K slices costs the independent runs about (K + 1) / 2 passes (each vintage
    retrains every slice before it), the chain about 1 + replay.
@@ -128,36 +130,42 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
               chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1,
               chain_batch: int | None = None, chain_lrs: tuple[float, ...] = (1.5e-3,),
               chain_cooldown_steps: int | None = None, seed: int = 0, independent_lr: float = 1.5e-3,
-              independent_epochs: tuple[int, ...] = (), cutoffs: list[str] = CUTOFFS) -> dict:
+              independent_epochs: tuple[int, ...] = (), cutoffs: list[str] = CUTOFFS,
+              independent_batch: int = 16, after_cooldown: tuple[str, ...] = ("restore",)) -> dict:
     """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
-    epochs, learning rate). Independent runs train on one worker and one thread, 16 documents per step, at
-    `independent_lr` (default the demo's 1.5e-3); `independent_epochs` adds one independent run per epoch cap,
-    the cost-accuracy curve that `matched` reads (every ratio is against the run at `epochs`). The chain runs
-    on `chain_workers` DeepSpeed workers of `chain_threads` torch threads, `chain_batch` documents per step on
-    each (default: the same global batch of 16, split). Tokens count every step trained: the main runs and
-    the cooldown branches."""
+    epochs, learning rate, what follows a cooldown). Independent runs train on one worker and one thread,
+    `independent_batch` documents per step (default 16), at `independent_lr` (default the demo's 1.5e-3; their
+    cooldown trains the tokens of `cooldown_steps` steps of 16 documents at any batch); `independent_epochs`
+    adds one independent run per epoch cap, the cost-accuracy curve that `matched` reads (every ratio is
+    against the run at `epochs`). The chain runs on `chain_workers` DeepSpeed workers of `chain_threads` torch
+    threads, `chain_batch` documents per step on each (default: the same global batch of 16, split). Tokens
+    count every step trained: the main runs and the cooldown branches."""
     results = {}
-    chains = [(r, s, e, lr) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs]
-    runs = ([("independent", None, None, None, None)]
-            + [("independent", None, None, e, None) for e in independent_epochs if e != epochs]
+    chains = [(r, s, e, lr, a) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs
+              for a in after_cooldown]
+    runs = ([("independent", None, None, None, None, None)]
+            + [("independent", None, None, e, None, None) for e in independent_epochs if e != epochs]
             + [("chronological", *c) for c in chains])
     batch = 16
     if chain_batch is None:
         if batch % chain_workers:
             raise ValueError(f"--chain-workers must divide the batch of {batch} documents (or set --chain-batch)")
         chain_batch = batch // chain_workers
-    for schedule, replay, sampling, later, lr in runs:
+    for schedule, replay, sampling, later, lr, after in runs:
         name = schedule if later is None or schedule == "chronological" else f"independent {later} epochs"
         if schedule == "chronological" and len(chains) > 1:
             name = (f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
-                    + (f", lr {lr:g}" if len(chain_lrs) > 1 else ""))
+                    + (f", lr {lr:g}" if len(chain_lrs) > 1 else "")
+                    + (f", {after} after a cooldown" if len(after_cooldown) > 1 else ""))
         chain = schedule == "chronological"
         workers = chain_workers if chain else 1
-        common = dict(lr=lr if chain else independent_lr, batch_size=chain_batch if chain else batch,
+        common = dict(lr=lr if chain else independent_lr, batch_size=chain_batch if chain else independent_batch,
                       epochs=epochs if chain or later is None else later, warmup_steps=20,
-                      replay_sampling=sampling or "stage", continue_epochs=later if chain else None)
+                      replay_sampling=sampling or "stage", continue_epochs=later if chain else None,
+                      after_cooldown=after or "restore")
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
-            steps = chain_cooldown_steps if chain and chain_cooldown_steps is not None else cooldown_steps
+            steps = (chain_cooldown_steps if chain and chain_cooldown_steps is not None
+                     else cooldown_steps if chain else cooldown_steps * batch // independent_batch)
             optim = Optimisation(cooldown_steps=steps, replay=3.0 if replay is None else replay, **common)
             extra = dict(probes=str(split.parent / "queries.parquet"), memorise=0.9)
         else:
@@ -176,9 +184,15 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
         models = manifest["models"].values()
         # a vintage's tokens_seen: the main run's tokens up to its cutoff plus its own cooldown branch's
         mains = [m["tokens_seen"] - m["cooldown_tokens"] for m in models]
-        # one chain: the last vintage's main run saw every main-run token; independent: one run per vintage
-        main = max(mains) if schedule == "chronological" else sum(mains)
-        tokens = main + sum(m["cooldown_tokens"] for m in models)  # and every vintage's cooldown branch
+        cooldowns = sum(m["cooldown_tokens"] for m in models)
+        if schedule == "chronological" and after == "continue":
+            # one run that kept every cooldown: its last vintage saw every step trained
+            tokens = max(m["tokens_seen"] for m in models)
+            main = tokens - cooldowns
+        else:
+            # one chain: the last vintage's main run saw every main-run token; independent: one run per vintage
+            main = max(mains) if schedule == "chronological" else sum(mains)
+            tokens = main + cooldowns  # and every vintage's cooldown branch
         results[name] = {"seconds": seconds, "tokens": tokens, "main_tokens": main, "vintages": len(manifest["cutoffs"]),
                          "peak_memory_mib": max(m["peak_memory_mib"] for m in models),
                          "fact_accuracy": {Path(k).name: m.get("fact_accuracy") for k, m in manifest["models"].items()}}
@@ -301,7 +315,13 @@ def main() -> None:
     parser.add_argument("--chain-lr", type=float, nargs="+", default=[1.5e-3],
                         help="chronological learning rates (one run each; independent runs: --independent-lr)")
     parser.add_argument("--independent-lr", type=float, default=1.5e-3,
-                        help="the independent runs' learning rate (16 documents per step)")
+                        help="the independent runs' learning rate")
+    parser.add_argument("--independent-batch", type=int, default=16,
+                        help="the independent runs' documents per step (their cooldown trains the same tokens "
+                             "at any batch: --cooldown-steps x 16 / this)")
+    parser.add_argument("--after-cooldown", nargs="+", default=["restore"], choices=["restore", "continue"],
+                        help="chronological: after saving a vintage the main run restores its weights from "
+                             "before the cooldown, or continues from the cooled vintage (one run each)")
     parser.add_argument("--independent-epochs", type=int, nargs="+", default=[],
                         help="with --memorise: also one independent run per epoch cap (their cost-accuracy "
                              "curve); each chain's cost is then also compared at the same mean fact accuracy")
@@ -318,6 +338,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.independent_epochs and not args.memorise:
         parser.error("--independent-epochs compares the schedules at matched memorisation: it needs --memorise")
+    if args.independent_batch < 1:
+        parser.error(f"--independent-batch: expected a positive number of documents, got {args.independent_batch}")
     cutoffs = sorted(args.cutoffs)
     for c in cutoffs:
         try:
@@ -340,7 +362,8 @@ def main() -> None:
                                           tuple(args.replay_sampling), args.chain_workers,
                                           tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
                                           tuple(args.chain_lr), args.chain_cooldown_steps, seed,
-                                          args.independent_lr, tuple(args.independent_epochs), cutoffs)
+                                          args.independent_lr, tuple(args.independent_epochs), cutoffs,
+                                          args.independent_batch, tuple(args.after_cooldown))
                                 for seed in args.seeds]}
     finally:
         shutil.rmtree(work, ignore_errors=True)

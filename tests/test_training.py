@@ -100,6 +100,34 @@ def test_chronological_training_writes_a_loadable_registry(reference):
         Registry(out).vintage_for("2017-06-30T12:00:00Z")
 
 
+def test_a_chain_can_continue_from_each_cooled_vintage(reference, tmp_path):
+    """after_cooldown: continue keeps each cooldown in the main run instead of restoring the weights from
+    before it. The first stage and its vintage are the default chain's; every later stage trained the same
+    main-run steps on top of the kept cooldowns, so a vintage's steps and tokens count them; the weights
+    differ from the default chain's after the first cutoff."""
+    out, manifest = reference
+    config = tiny_config(Path(manifest["config"]["split"]).parent, tmp_path / "models")
+    config.surrogate.optim.after_cooldown = "continue"
+    kept = train_registry(config)
+    assert kept["complete"], kept["runs"]
+    cutoffs = manifest["cutoffs"]
+    restored = [manifest["models"][f"vintages/{c}"] for c in cutoffs]
+    continued = [kept["models"][f"vintages/{c}"] for c in cutoffs]
+    assert [m["after_cooldown"] for m in continued] == ["continue"] * 3
+    assert same_weights(out / "vintages" / cutoffs[0], tmp_path / "models" / "vintages" / cutoffs[0])
+    assert not same_weights(out / "vintages" / cutoffs[1], tmp_path / "models" / "vintages" / cutoffs[1])
+    steps = 3  # tiny_config's cooldown
+    for k in (1, 2):
+        # a vintage's steps: the main run's up to its cutoff, no cooldown in them when restored; continued,
+        # the kept cooldowns are part of the main run, so each later vintage is one cooldown further on
+        # (its tokens_seen likewise, beside its own cooldown's tokens, which both count)
+        assert continued[k]["steps"] - continued[k - 1]["steps"] == restored[k]["steps"] - restored[k - 1]["steps"] + steps
+        assert (continued[k]["tokens_seen"] - continued[k - 1]["tokens_seen"]
+                == restored[k]["tokens_seen"] - restored[k - 1]["tokens_seen"] + restored[k - 1]["cooldown_tokens"])
+    assert continued[-1]["tokens_seen"] - sum(m["cooldown_tokens"] for m in continued) == \
+        restored[-1]["tokens_seen"] - restored[-1]["cooldown_tokens"]  # the same main-run tokens
+
+
 def test_ngram_counts_and_fitted_temperatures_complete_the_registry(reference):
     from vintage.ngram import NgramLM
     from vintage.registry import model_fingerprint
@@ -273,9 +301,9 @@ def test_replay_sampled_per_epoch_covers_the_old_documents():
 
 
 def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
-    """continue_epochs sets the chain's later stages; per-epoch replay sampling is part of what a chain
-    learns (its hash), not of a run without replay (the frontier's hash does not move); the default (per
-    stage) leaves existing registries' hashes as they were."""
+    """continue_epochs sets the chain's later stages; per-epoch replay sampling and continuing from the
+    cooled vintages are part of what a chain learns (its hash), not of a one-stage run (the frontier's hash
+    does not move); the defaults leave existing registries' hashes as they were."""
     from vintage.runs import plan
 
     slices = ["2017-06-30", "2017-12-31", "2019-12-31"]
@@ -293,6 +321,9 @@ def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
     other_chain, other_frontier = runs(continue_epochs=2, replay_sampling="epoch")
     assert other_chain["replay_sampling"] == "epoch" and other_chain["run_hash"] != chain["run_hash"]
     assert other_frontier["run_hash"] == frontier["run_hash"]
+    kept_chain, kept_frontier = runs(continue_epochs=2, after_cooldown="continue")  # likewise
+    assert kept_chain["after_cooldown"] == "continue" and "after_cooldown" not in chain
+    assert kept_chain["run_hash"] != chain["run_hash"] and kept_frontier["run_hash"] == frontier["run_hash"]
 
 
 def test_probe_checks_on_hand_made_scores():

@@ -39,6 +39,11 @@ class Optimisation:
         "chronological: draw the replayed documents once per stage (the same part of the old data every "
         "epoch) or afresh every epoch (over a stage they cover it)", "stage")
     cooldown_steps: int = doc("steps of the learning-rate cooldown branch saved as each vintage", 30)
+    after_cooldown: Literal["restore", "continue"] = doc(
+        "chronological: after a vintage is saved the main run restores its weights from before the cooldown "
+        "branch (`restore`) or continues from the cooled vintage (`continue`: the cooldown's pass over "
+        "everything up to the cutoff is kept, and the next stage warms up again over `warmup_steps`; it "
+        "memorised more at the same tokens in bench/RESULTS.md, session 10)", "restore")
     max_length: int = doc("tokens per document (longer ones are cut)", 96)
 
 
@@ -234,6 +239,8 @@ def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list
                  "stages": stages}
         if config.surrogate.optim.replay_sampling != "stage":  # the default stays out: registries keep their hashes
             chain["replay_sampling"] = config.surrogate.optim.replay_sampling
+        if config.surrogate.optim.after_cooldown != "restore":
+            chain["after_cooldown"] = config.surrogate.optim.after_cooldown
         runs.append(chain)
     else:
         for c in cutoffs:

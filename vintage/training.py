@@ -2,7 +2,8 @@
 
 A run is a list of stages, each adding slices (with replay of earlier ones) and optionally branching
 off a vintage: a short learning-rate cooldown on data <= the cutoff is saved as that vintage (HF format,
-safetensors), then the main run restores its state and continues. The chronological schedule is one run
+safetensors), then the main run restores its state and continues (or, with `after_cooldown: continue`,
+continues from the cooled vintage and warms up again). The chronological schedule is one run
 with a stage per cutoff; `independent` is one run per cutoff from scratch; frontier and retrained models
 are one-stage runs. Checkpoints go through `ray.train.report` after every stage, so a run whose worker is
 killed resumes from its last finished stage.
@@ -297,11 +298,13 @@ def train_func(config: dict[str, Any]) -> None:
         probes = stage.get("probes") or []
         loss, share, accuracy, epochs_run = float("nan"), float("nan"), float("nan"), 0
         stage_started = time.perf_counter()
+        # after a kept cooldown the rate is ~0: a later stage warms up again, from its own first step
+        warm_from = state["step"] if config.get("after_cooldown") == "continue" else 0
         for epoch in range(stage["epochs"]):
             if epoch:
                 docs = next(epochs_of)
             for rows in _batches(docs, batch * world, rng):
-                share = step_on(rows, _lr_at(state["step"], config["lr"], config["warmup_steps"]))
+                share = step_on(rows, _lr_at(state["step"] - warm_from, config["lr"], config["warmup_steps"]))
                 state["step"] += 1
                 if world == 1:  # with several workers the lines in between show the last epoch's loss
                     loss = share
@@ -342,26 +345,32 @@ def train_func(config: dict[str, Any]) -> None:
 
 
 def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state) -> dict:
-    """Cooldown on data <= the cutoff, save the weights as a vintage, then restore the main run."""
+    """Cooldown on data <= the cutoff, save the weights as a vintage, then restore the main run (with
+    `after_cooldown: continue`, keep the cooled weights and their steps and tokens instead: nothing to
+    restore, so no branch point is written)."""
     known = [d for s in stage["known"] for d in by_slice.get(s, [])]
     held = [d for s in stage["known"] for d in holdout.get(s, [])]
     import torch.distributed as dist
 
     rng = random.Random(config["seed"] * 7919 + state["stage"])  # state["stage"] is this stage's index
     steps = config["cooldown_steps"]
-    # DeepSpeed reads a checkpoint back from one directory on every rank (rank 0 writes the model, each
-    # rank its optimizer shard), so the branch point lives in the run's shared scratch directory
-    if "scratch" not in config and world > 1:
-        raise ValueError("a multi-worker run needs config['scratch'], a directory every worker can read")
-    own = None if config.get("scratch") else tempfile.mkdtemp(prefix="vintage-branch-")  # one worker: local is fine
-    branch = Path(config.get("scratch") or own) / f"stage-{state['stage']}"
-    if rank == 0:
-        shutil.rmtree(branch, ignore_errors=True)
-        branch.mkdir(parents=True)
-    if world > 1:
-        dist.barrier()
+    restore = config.get("after_cooldown", "restore") == "restore"
+    own = branch = None
+    if restore:
+        # DeepSpeed reads a checkpoint back from one directory on every rank (rank 0 writes the model, each
+        # rank its optimizer shard), so the branch point lives in the run's shared scratch directory
+        if "scratch" not in config and world > 1:
+            raise ValueError("a multi-worker run needs config['scratch'], a directory every worker can read")
+        own = None if config.get("scratch") else tempfile.mkdtemp(prefix="vintage-branch-")  # one worker: local is fine
+        branch = Path(config.get("scratch") or own) / f"stage-{state['stage']}"
+        if rank == 0:
+            shutil.rmtree(branch, ignore_errors=True)
+            branch.mkdir(parents=True)
+        if world > 1:
+            dist.barrier()
     try:
-        engine.save_checkpoint(str(branch), tag="branch")
+        if branch:
+            engine.save_checkpoint(str(branch), tag="branch")
         main_step, main_tokens = state["step"], state["tokens"]
         loss = float("nan")
         done = 0
@@ -383,8 +392,10 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             shutil.rmtree(staging, ignore_errors=True)
             engine.module.save_pretrained(staging, safe_serialization=True)
             # tokens_seen: what these weights were trained on, the main run's tokens up to this cutoff and
-            # this branch's cooldown (cooldown_tokens of them; the main run continues without them)
+            # this branch's cooldown (cooldown_tokens of them; the main run continues without them, or, with
+            # after_cooldown: continue, with them: a later vintage's tokens_seen counts every earlier cooldown)
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
+                    "after_cooldown": config.get("after_cooldown", "restore"),
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
                     "cooldown_tokens": cooldown_tokens,
                     "slices": stage["known"], "fact_accuracy": accuracy, "facts": len(probes),
@@ -397,12 +408,15 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             os.replace(staging, target)
             facts = f", facts seen {accuracy:.2f}" if accuracy is not None else ""
             say(f"[{config['name']}] saved {target} (validation loss {validation:.3f}{facts})")
-        engine.load_checkpoint(str(branch), tag="branch")
-        state["step"], state["tokens"] = main_step, main_tokens
+        if branch:
+            engine.load_checkpoint(str(branch), tag="branch")
+            state["step"], state["tokens"] = main_step, main_tokens
+        else:  # the cooldown is part of the main run now (its tokens are already counted)
+            state["step"] += done
     finally:
         if world > 1:
             dist.barrier()
-        if rank == 0:
+        if rank == 0 and branch:
             shutil.rmtree(own or branch, ignore_errors=True)
     return {"validation_loss": validation, "cooldown_loss": loss}
 
