@@ -284,6 +284,7 @@ def train_func(config: dict[str, Any]) -> None:
         return float(loss.detach())
 
     stages = config["stages"]
+    after_cooldown = config.get("after_cooldown", "restore")  # what a chain does once a vintage is saved
     target = config.get("memorise") or 0.0
     planned = sum(stage["epochs"] * _stage_size(stage, by_slice, config["replay"]) for stage in stages[state["stage"]:])
     progress = _Progress(config["name"], planned, upper_bound=bool(target)) if rank == 0 else None
@@ -299,7 +300,7 @@ def train_func(config: dict[str, Any]) -> None:
         loss, share, accuracy, epochs_run = float("nan"), float("nan"), float("nan"), 0
         stage_started = time.perf_counter()
         # after a kept cooldown the rate is ~0: a later stage warms up again, from its own first step
-        warm_from = state["step"] if config.get("after_cooldown") == "continue" else 0
+        warm_from = state["step"] if after_cooldown == "continue" else 0
         for epoch in range(stage["epochs"]):
             if epoch:
                 docs = next(epochs_of)
@@ -329,7 +330,8 @@ def train_func(config: dict[str, Any]) -> None:
                   "tokens": state["tokens"], "epochs": epochs_run, "fact_accuracy": accuracy,
                   "peak_memory_mib": peak_memory_mib()}
         if stage.get("save_to"):
-            record.update(_save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state))
+            record.update(_save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state,
+                                       after_cooldown))
         state["history"].append(record)
         state["stage"] = index + 1
         state["stage_hashes"] = [s.get("stage_hash") for s in stages[: index + 1]]
@@ -344,7 +346,8 @@ def train_func(config: dict[str, Any]) -> None:
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state) -> dict:
+def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, step_on, state,
+                 after_cooldown: str) -> dict:
     """Cooldown on data <= the cutoff, save the weights as a vintage, then restore the main run (with
     `after_cooldown: continue`, keep the cooled weights and their steps and tokens instead: nothing to
     restore, so no branch point is written)."""
@@ -354,7 +357,7 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
 
     rng = random.Random(config["seed"] * 7919 + state["stage"])  # state["stage"] is this stage's index
     steps = config["cooldown_steps"]
-    restore = config.get("after_cooldown", "restore") == "restore"
+    restore = after_cooldown == "restore"
     own = branch = None
     if restore:
         # DeepSpeed reads a checkpoint back from one directory on every rank (rank 0 writes the model, each
@@ -395,7 +398,7 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
             # this branch's cooldown (cooldown_tokens of them; the main run continues without them, or, with
             # after_cooldown: continue, with them: a later vintage's tokens_seen counts every earlier cooldown)
             info = {"cutoff": stage.get("cutoff"), "cooldown_steps": steps, "final_train_loss": loss,
-                    "after_cooldown": config.get("after_cooldown", "restore"),
+                    "after_cooldown": after_cooldown,
                     "validation_loss": validation, "tokens_seen": state["tokens"], "steps": state["step"],
                     "cooldown_tokens": cooldown_tokens,
                     "slices": stage["known"], "fact_accuracy": accuracy, "facts": len(probes),
