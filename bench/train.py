@@ -28,7 +28,10 @@
    cost-accuracy curve says what the independent runs pay for each chain's mean fact accuracy, and the
    ratios at matched memorisation are printed beside the plain ones (figure: the --out path as .png).
    `--independent-batch 32` sets the independent runs' batch; `--after-cooldown restore continue` trains one
-   chain per choice (continue: the main run goes on from each cooled vintage instead of from before it).
+   chain per choice (continue: the main run goes on from each cooled vintage instead of from before it),
+   `--chain-cooldown-steps 150 250` one chain per cooldown length. With three seeds or more each matched
+   ratio carries a 95% bootstrap interval over the seeds. `--rounds a.json b.json` trains nothing and reports
+   the rounds of earlier outputs together (seeds measured in separate invocations of one command).
    `--cutoffs ...` sets the vintages (K of them, the last the corpus end; default the K=4 of the goal):
    a pass over the corpus in K slices costs the independent runs about (K + 1) / 2 passes (each vintage
    retrains every slice before it), the chain about 1 + replay.
@@ -129,34 +132,36 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
               replays: tuple[float, ...] = (3.0,), cooldown_steps: int = 300, samplings: tuple[str, ...] = ("stage",),
               chain_workers: int = 1, continue_epochs: tuple[int | None, ...] = (None,), chain_threads: int = 1,
               chain_batch: int | None = None, chain_lrs: tuple[float, ...] = (1.5e-3,),
-              chain_cooldown_steps: int | None = None, seed: int = 0, independent_lr: float = 1.5e-3,
+              chain_cooldown_steps: tuple[int | None, ...] = (None,), seed: int = 0, independent_lr: float = 1.5e-3,
               independent_epochs: tuple[int, ...] = (), cutoffs: list[str] = CUTOFFS,
               independent_batch: int = 16, after_cooldown: tuple[str, ...] = ("restore",)) -> dict:
     """One independent run, then one chronological run per (replay ratio, replay sampling, later-stage
-    epochs, learning rate, what follows a cooldown). Independent runs train on one worker and one thread,
-    `independent_batch` documents per step (default 16), at `independent_lr` (default the demo's 1.5e-3; their
-    cooldown trains the tokens of `cooldown_steps` steps of 16 documents at any batch); `independent_epochs`
-    adds one independent run per epoch cap, the cost-accuracy curve that `matched` reads (every ratio is
-    against the run at `epochs`). The chain runs on `chain_workers` DeepSpeed workers of `chain_threads` torch
-    threads, `chain_batch` documents per step on each (default: the same global batch of 16, split). Tokens
-    count every step trained: the main runs and the cooldown branches."""
+    epochs, learning rate, what follows a cooldown, cooldown steps: None is `cooldown_steps`). Independent
+    runs train on one worker and one thread, `independent_batch` documents per step (default 16), at
+    `independent_lr` (default the demo's 1.5e-3; their cooldown trains the tokens of `cooldown_steps` steps of
+    16 documents at any batch); `independent_epochs` adds one independent run per epoch cap, the
+    cost-accuracy curve that `matched` reads (every ratio is against the run at `epochs`). The chain runs on
+    `chain_workers` DeepSpeed workers of `chain_threads` torch threads, `chain_batch` documents per step on
+    each (default: the same global batch of 16, split). Tokens count every step trained: the main runs and
+    the cooldown branches."""
     results = {}
-    chains = [(r, s, e, lr, a) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs
-              for a in after_cooldown]
-    runs = ([("independent", None, None, None, None, None)]
-            + [("independent", None, None, e, None, None) for e in independent_epochs if e != epochs]
+    chains = [(r, s, e, lr, a, c) for r in replays for s in samplings for e in continue_epochs for lr in chain_lrs
+              for a in after_cooldown for c in chain_cooldown_steps]
+    runs = ([("independent", None, None, None, None, None, None)]
+            + [("independent", None, None, e, None, None, None) for e in independent_epochs if e != epochs]
             + [("chronological", *c) for c in chains])
     batch = 16
     if chain_batch is None:
         if batch % chain_workers:
             raise ValueError(f"--chain-workers must divide the batch of {batch} documents (or set --chain-batch)")
         chain_batch = batch // chain_workers
-    for schedule, replay, sampling, later, lr, after in runs:
+    for schedule, replay, sampling, later, lr, after, chain_cooldown in runs:
         name = schedule if later is None or schedule == "chronological" else f"independent {later} epochs"
         if schedule == "chronological" and len(chains) > 1:
             name = (f"chronological replay={replay:g} per {sampling}" + (f", later stages {later} epochs" if later else "")
                     + (f", lr {lr:g}" if len(chain_lrs) > 1 else "")
-                    + (f", {after} after a cooldown" if len(after_cooldown) > 1 else ""))
+                    + (f", {after} after a cooldown" if len(after_cooldown) > 1 else "")
+                    + (f", cooldown {chain_cooldown or cooldown_steps} steps" if len(chain_cooldown_steps) > 1 else ""))
         chain = schedule == "chronological"
         workers = chain_workers if chain else 1
         common = dict(lr=lr if chain else independent_lr, batch_size=chain_batch if chain else independent_batch,
@@ -164,8 +169,8 @@ def schedules(split: Path, work: Path, preset: str, epochs: int, parallel: int, 
                       replay_sampling=sampling or "stage", continue_epochs=later if chain else None,
                       after_cooldown=after or "restore")
         if memorise:  # the demo's surrogate settings (configs/demo.yaml), until the facts are memorised
-            steps = (chain_cooldown_steps if chain and chain_cooldown_steps is not None
-                     else cooldown_steps if chain else cooldown_steps * batch // independent_batch)
+            steps = ((chain_cooldown or cooldown_steps) if chain
+                     else cooldown_steps * batch // independent_batch)
             optim = Optimisation(cooldown_steps=steps, replay=3.0 if replay is None else replay, **common)
             extra = dict(probes=str(split.parent / "queries.parquet"), memorise=0.9)
         else:
@@ -248,6 +253,29 @@ def matched(rounds: list[dict]) -> dict:
     return out
 
 
+def matched_interval(rounds: list[dict], level: float = 0.95, draws: int = 2000, seed: int = 0) -> dict:
+    """How far each chain's matched ratios move with the seeds: `matched` over `draws` resamples of the
+    rounds (seeds drawn with replacement, each round keeping its own independent runs), and the central
+    `level` share of the ratios (percentile bootstrap). In a resample where a chain memorises more than
+    every independent cap, its plain ratio stands in for the matched one, which is smaller (the interval
+    errs high); below the cheapest cap, the lower bound stands in. With a handful of seeds the interval is
+    rough, and it says nothing of what this world and these settings would not show on others."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    names = [n for n in rounds[0] if not n.startswith("independent")]
+    ratios = {n: {"token": [], "wall": []} for n in names}
+    for _ in range(draws):
+        sample = matched([rounds[i] for i in rng.integers(0, len(rounds), size=len(rounds))])
+        for name in names:
+            row = sample[name]
+            ratios[name]["token"].append(row.get("matched_token_ratio", row["token_ratio"]))
+            ratios[name]["wall"].append(row.get("matched_wall_ratio", row["wall_ratio"]))
+    tail = (1 - level) / 2 * 100
+    return {n: {kind: tuple(float(np.percentile(v, q)) for q in (tail, 100 - tail)) for kind, v in r.items()}
+            for n, r in ratios.items()}
+
+
 def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
     """Mean fact accuracy of the vintages against tokens (share of the independent run at
     --schedule-epochs): one small marker per seed, a large one per setting's mean, independent caps joined."""
@@ -256,15 +284,16 @@ def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
     names = list(rounds[0])
+    chains = [n for n in names if not n.startswith("independent")]
+    fig, ax = plt.subplots(figsize=(7.5, 5.2 + 0.18 * len(chains)))
     k = len(rounds[0][names[0]]["fact_accuracy"])  # vintages per run
-    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = [c for c in plt.rcParams["axes.prop_cycle"].by_key()["color"] if c != "#7f7f7f"]  # grey: independent
     line = []
-    for i, name in enumerate(names):
+    for name in names:
         xs = [s[name].get("token_ratio", 1.0) for s in rounds]
         ys = [_mean_accuracy(s[name]) for s in rounds]
-        colour = "black" if name.startswith("independent") else colours[i % len(colours)]
+        colour = "black" if name.startswith("independent") else colours[chains.index(name) % len(colours)]
         ax.scatter(xs, ys, s=12, color=colour, alpha=0.45)
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
         ax.scatter([mx], [my], s=60, color=colour, label=None if name.startswith("independent") else name)
@@ -279,10 +308,57 @@ def plot_matched(rounds: list[dict], seeds: list[int], path: Path) -> None:
     ax.set_xlabel("tokens trained / the independent baseline's")
     ax.set_ylabel(f"mean fact accuracy of the {k} vintages")
     ax.set_title(f"K={k} vintages: memorisation against cost (seeds {', '.join(map(str, seeds))})", fontsize=10)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)  # below: never on a point
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def measure(args: argparse.Namespace, cutoffs: list[str]) -> dict:
+    """Train what the arguments ask for: the throughput comparison and one round of schedules per seed."""
+    import ray
+
+    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
+    try:
+        split = make_split(work, cutoffs)
+        ray.init(num_cpus=2, include_dashboard=False)
+        return {"throughput": None if args.schedules_only else throughput(split, work, args.preset, args.epochs,
+                                                                           args.threads),
+                "seeds": args.seeds,
+                "schedules": [schedules(split, work / f"seed-{seed}", args.surrogate, args.schedule_epochs,
+                                        args.parallel, args.memorise, tuple(args.replay), args.cooldown_steps,
+                                        tuple(args.replay_sampling), args.chain_workers,
+                                        tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
+                                        tuple(args.chain_lr), tuple(args.chain_cooldown_steps), seed,
+                                        args.independent_lr, tuple(args.independent_epochs), cutoffs,
+                                        args.independent_batch, tuple(args.after_cooldown))
+                              for seed in args.seeds]}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def combine_rounds(paths: list[Path]) -> dict:
+    """The rounds of earlier --out files as one result (no throughput). Every round must hold the same runs
+    (the same command), and a seed may appear once: the comparison is per seed, then over the seeds."""
+    seeds, rounds = [], []
+    for path in paths:
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"--rounds {path}: not a bench/train.py output ({err})")
+        if "schedules" not in saved:
+            raise SystemExit(f"--rounds {path}: no 'schedules' key; expected a bench/train.py --out file")
+        file_seeds = saved.get("seeds") or [None] * len(saved["schedules"])
+        for seed, round_ in zip(file_seeds, saved["schedules"]):
+            if rounds and set(round_) != set(rounds[0]):
+                raise SystemExit(f"--rounds {path}: seed {seed} has runs {sorted(round_)}, the first file's "
+                                 f"rounds have {sorted(rounds[0])}: combine the outputs of one command only")
+            if seed is not None and seed in seeds:
+                raise SystemExit(f"--rounds {path}: seed {seed} appears twice")
+            seeds.append(seed)
+            rounds.append(round_)
+    return {"throughput": None, "seeds": [s if s is not None else f"?{i}" for i, s in enumerate(seeds)],
+            "schedules": rounds}
 
 
 def main() -> None:
@@ -325,8 +401,9 @@ def main() -> None:
     parser.add_argument("--independent-epochs", type=int, nargs="+", default=[],
                         help="with --memorise: also one independent run per epoch cap (their cost-accuracy "
                              "curve); each chain's cost is then also compared at the same mean fact accuracy")
-    parser.add_argument("--chain-cooldown-steps", type=int, default=None,
-                        help="with --memorise: the chain's cooldown steps (default: --cooldown-steps)")
+    parser.add_argument("--chain-cooldown-steps", type=int, nargs="+", default=[None],
+                        help="with --memorise: the chain's cooldown steps (one run each; default: "
+                             "--cooldown-steps)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="one round per seed, both schedules trained from it; each chain is compared with "
                              "the independent run of its own round (a single run's fact accuracy moves by up "
@@ -334,6 +411,9 @@ def main() -> None:
     parser.add_argument("--cutoffs", nargs="+", default=CUTOFFS,
                         help="the schedules' vintage cutoffs, YYYY-MM-DD (K = how many; the last must be the "
                              f"corpus end, {CUTOFFS[-1]}; default the K=4 of the goal)")
+    parser.add_argument("--rounds", nargs="+", metavar="JSON", default=None,
+                        help="train nothing: report the rounds (one per seed) of earlier runs' --out files "
+                             "together, e.g. seeds measured in separate invocations of the same command")
     parser.add_argument("--out", default=str(ROOT / "out" / "bench-train.json"))
     args = parser.parse_args()
     if args.independent_epochs and not args.memorise:
@@ -348,28 +428,15 @@ def main() -> None:
             parser.error(f"--cutoffs: expected dates YYYY-MM-DD, got {c!r}")
     if cutoffs[-1] != CUTOFFS[-1] or len(set(cutoffs)) != len(cutoffs):
         parser.error(f"--cutoffs: expected distinct dates ending at the corpus end {CUTOFFS[-1]}, got {cutoffs}")
-    k = len(cutoffs)
-    import ray
-
-    work = Path(tempfile.mkdtemp(prefix="bench-train-"))
-    try:
-        split = make_split(work, cutoffs)
-        ray.init(num_cpus=2, include_dashboard=False)
-        result = {"throughput": None if args.schedules_only else throughput(split, work, args.preset, args.epochs,
-                                                                             args.threads),
-                  "schedules": [schedules(split, work / f"seed-{seed}", args.surrogate, args.schedule_epochs,
-                                          args.parallel, args.memorise, tuple(args.replay), args.cooldown_steps,
-                                          tuple(args.replay_sampling), args.chain_workers,
-                                          tuple(args.continue_epochs), args.chain_threads, args.chain_batch,
-                                          tuple(args.chain_lr), args.chain_cooldown_steps, seed,
-                                          args.independent_lr, tuple(args.independent_epochs), cutoffs,
-                                          args.independent_batch, tuple(args.after_cooldown))
-                                for seed in args.seeds]}
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    if args.rounds:
+        result = combine_rounds([Path(f) for f in args.rounds])
+    else:
+        result = measure(args, cutoffs)
+    args.seeds = result["seeds"]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     t, rounds = result["throughput"], result["schedules"]
+    k = next(iter(rounds[0].values()))["vintages"]
     if t:
         print("\n| measure | DeepSpeed under Ray Train | plain PyTorch | ratio |\n|---|---:|---:|---:|")
         print(f"| tokens/s, `{t['preset']}`, batch 32, {t['threads']} thread | {t['deepspeed_tokens_per_s']:,.0f} | "
@@ -399,6 +466,9 @@ def main() -> None:
                 f"{c} {a:.2f}" if a is not None else f"{c} -" for c, a in sorted(s[name]["fact_accuracy"].items())))
     if len(rounds[0]) > 1 and any(n.startswith("independent ") for n in rounds[0]):
         result["matched"] = matched(rounds)
+        spread = matched_interval(rounds) if len(rounds) >= 3 else {}  # fewer seeds: no interval worth the name
+        for name, interval in spread.items():
+            result["matched"][name]["interval_95"] = interval
         Path(args.out).write_text(json.dumps(result, indent=2))
         figure = Path(args.out).with_suffix(".png")
         plot_matched(rounds, args.seeds, figure)
@@ -410,13 +480,18 @@ def main() -> None:
         for name, row in result["matched"].items():
             if name == "independent":
                 continue
-            if "matched_token_ratio" not in row:
-                print(f"| {name} | {row['accuracy']:.3f} | {row['token_ratio']:.3f} | {row['bound']} | | |")
+            low_high = {kind: f" ({lo:.2f}-{hi:.2f})" for kind, (lo, hi) in row.get("interval_95", {}).items()}
+            if "matched_token_ratio" not in row:  # below its plain ratio; the interval errs high (matched_interval)
+                print(f"| {name} | {row['accuracy']:.3f} | {row['token_ratio']:.3f} | {row['bound']} | "
+                      f"< {row['token_ratio']:.2f}{low_high.get('token', '')} | "
+                      f"< {row['wall_ratio']:.2f}{low_high.get('wall', '')} |")
                 continue
             bound = f"{row['bound']} " if row["bound"] else ""
             print(f"| {name} | {row['accuracy']:.3f} | {row['token_ratio']:.3f} | "
-                  f"{row['independent_token_ratio']:.3f} | {bound}{row['matched_token_ratio']:.2f} | "
-                  f"{bound}{row['matched_wall_ratio']:.2f} |")
+                  f"{row['independent_token_ratio']:.3f} | {bound}{row['matched_token_ratio']:.2f}"
+                  f"{low_high.get('token', '')} | {bound}{row['matched_wall_ratio']:.2f}{low_high.get('wall', '')} |")
+        if spread:
+            print(f"(in brackets: 95% bootstrap interval over the {len(rounds)} seeds, `matched_interval`)")
         print(f"figure: {figure}")
     print(f"\nwritten to {args.out}")
 

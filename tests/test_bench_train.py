@@ -61,6 +61,43 @@ def test_a_cap_that_memorised_less_than_a_cheaper_one_does_not_bend_the_curve_ba
     assert row["independent_token_ratio"] == pytest.approx(0.5 + 0.5 * 0.05 / 0.20)
 
 
+def test_the_interval_over_seeds_holds_the_pooled_ratio_and_narrows_to_it_when_seeds_agree(bench):
+    same = bench.matched_interval([_round(0.85)] * 3, draws=200)["chronological"]
+    pooled = bench.matched([_round(0.85)])["chronological"]
+    assert same["token"] == pytest.approx((pooled["matched_token_ratio"],) * 2)
+    assert same["wall"] == pytest.approx((pooled["matched_wall_ratio"],) * 2)
+    rounds = [_round(0.82), _round(0.85), _round(0.88)]
+    low, high = bench.matched_interval(rounds, draws=500)["chronological"]["token"]
+    # no resample's chain is worse than three 0.82 seeds or better than three 0.88 seeds
+    worst = bench.matched([_round(0.82)])["chronological"]["matched_token_ratio"]
+    best = bench.matched([_round(0.88)])["chronological"]["matched_token_ratio"]
+    assert best <= low < bench.matched(rounds)["chronological"]["matched_token_ratio"] < high <= worst
+
+
+def test_a_resample_beyond_every_cap_counts_at_its_plain_ratio(bench):
+    interval = bench.matched_interval([_round(0.95)] * 3, draws=50)["chronological"]
+    assert interval["token"] == pytest.approx((0.4, 0.4)) and interval["wall"] == pytest.approx((0.35, 0.35))
+
+
+def test_rounds_of_separate_invocations_combine_and_mismatches_are_refused(bench, tmp_path):
+    import json
+
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({"seeds": [1, 2], "schedules": [_round(0.84), _round(0.86)]}))
+    b.write_text(json.dumps({"seeds": [3], "schedules": [_round(0.88)]}))
+    combined = bench.combine_rounds([a, b])
+    assert combined["seeds"] == [1, 2, 3] and combined["schedules"][2] == _round(0.88)
+    with pytest.raises(SystemExit, match="seed 1 appears twice"):
+        bench.combine_rounds([a, a])
+    other = _round(0.88)
+    other["chronological replay=1"] = other.pop("chronological")
+    c.write_text(json.dumps({"seeds": [4], "schedules": [other]}))
+    with pytest.raises(SystemExit, match="combine the outputs of one command only"):
+        bench.combine_rounds([a, c])
+    with pytest.raises(SystemExit, match="not a bench/train.py output"):
+        bench.combine_rounds([tmp_path / "missing.json"])
+
+
 @pytest.mark.parametrize("cutoffs, message", [
     (["2016-06-30", "2017-13-01", "2019-03-31"], "expected dates YYYY-MM-DD, got '2017-13-01'"),
     (["2016-06-30", "2018-03-31"], "ending at the corpus end 2019-03-31"),
