@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -25,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from corpora.audit import Audit, build_audit, format_audit, write_audit
 from corpora.config import ConfigError, doc
 from corpora.filters import Filter, build_filters
 from corpora.readers import ROW_COLUMN, RawFile, corpus_files, read_file
@@ -32,6 +34,7 @@ from corpora.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, UTC_TIMESTAMP
 from corpora.validation import CorpusConfig, _validate_file
 
 DEFAULT_FILTERS = {"revision": {}, "retrospective": {}, "anachronism": {}, "duplicates": {}}
+LARGEST_PRINTED = 20  # moves per filter that a dry run prints
 SLICE_SCHEMA = pa.schema([
     *DOCUMENT_SCHEMA,
     pa.field("knowledge_date", UTC_TIMESTAMP, nullable=False),
@@ -69,6 +72,9 @@ class SplitConfig:
     shuffle: Literal["sort_shuffle_pull_based", "hash_shuffle"] = doc(
         "Ray Data shuffle of the corpus-wide passes: the task-based sort shuffle starts in a fraction of the "
         "hash shuffle's time on small clusters (measured in bench/split.py)", "sort_shuffle_pull_based")
+    warn_fraction: float = doc("warn loudly when a filter moves more than this share of the corpus", 0.10)
+    warn_shift_years: float = doc("warn loudly when a filter moves any document by more than this many years", 5.0)
+    audit_plot: bool = doc("draw audit_shifts.png, the histogram of shifts per filter (about a second)", True)
 
     def __post_init__(self):
         if (self.cutoffs is None) == (self.cutoff_rule is None):
@@ -90,7 +96,8 @@ class SplitConfig:
     def fingerprint(self) -> str:
         """Hash of everything that changes the output (not where it goes, nor the engine)."""
         data = asdict(self)
-        for key in ("output", "engine", "batch_size", "partitions", "shuffle"):
+        for key in ("output", "engine", "batch_size", "partitions", "shuffle", "warn_fraction", "warn_shift_years",
+                    "audit_plot"):
             data.pop(key)
         data["corpus"].pop("path")  # where the input lives is not what it is: input_fingerprint covers that
         data["cutoffs"] = [d.isoformat() for d in self.cutoff_dates()]
@@ -178,13 +185,15 @@ def apply_filters(batch: pa.Table, filters: list[Filter], contexts: dict[str, An
     redated_by: list[list[str]] = [[] for _ in best]
     evidence: list[str | None] = [None] * len(best)
     drop: list[str | None] = [None] * len(best)
+    drop_evidence: list[str | None] = [None] * len(best)
+    dropped_by: list[str | None] = [None] * len(best)
     for f in filters:
         proposal = f.apply(batch, contexts.get(f.name))
         for i, (date, reason, why) in enumerate(zip(proposal["date"].to_pylist(), proposal["drop"].to_pylist(),
                                                     proposal["evidence"].to_pylist())):
             if reason is not None and drop[i] is None:
-                drop[i] = reason
-                evidence[i] = f"{f.name}: {why}" if why else f.name
+                drop[i], dropped_by[i] = reason, f.name
+                drop_evidence[i] = evidence[i] = f"{f.name}: {why}" if why else f.name
             if date is not None and date > best[i]:  # only ever later
                 best[i] = date
                 redated_by[i].append(f.name)
@@ -208,6 +217,8 @@ def apply_filters(batch: pa.Table, filters: list[Filter], contexts: dict[str, An
         .append_column("evidence", pa.array(evidence, pa.string())) \
         .append_column("slice", pa.array(slices, pa.string())) \
         .append_column("__drop", pa.array(drop, pa.string())) \
+        .append_column("__dropped_by", pa.array(dropped_by, pa.string())) \
+        .append_column("__drop_evidence", pa.array(drop_evidence, pa.string())) \
         .append_column("__file", batch["__file"]).append_column("__row", batch["__row"])
 
 
@@ -223,7 +234,7 @@ def _quarantine_from_dated(table: pa.Table) -> pa.Table:
     for row in table.to_pylist():
         if row["__drop"] is not None:
             reasons.append(row["__drop"])
-            details.append(row["evidence"])
+            details.append(row["__drop_evidence"])
         else:
             reasons.append("after_last_cutoff")
             details.append(f"knowledge_date {row['knowledge_date'].isoformat()} is after the last cutoff")
@@ -237,12 +248,11 @@ def leakage_report(dated: pa.Table, filters: list[Filter], examples: int = 5) ->
     """Per filter and slice: documents re-dated and dropped, with example ids."""
     import polars as pl
 
-    frame = pl.from_arrow(dated.select(["doc_id", "slice", "redated_by", "__drop", "evidence"]))
+    frame = pl.from_arrow(dated.select(["doc_id", "slice", "redated_by", "__dropped_by"]))
     rows = []
     for f in filters:
         redated = frame.filter(pl.col("redated_by").list.contains(f.name)).with_columns(pl.lit("redated").alias("action"))
-        dropped = frame.filter(pl.col("evidence").str.starts_with(f"{f.name}:") & pl.col("__drop").is_not_null()) \
-            .with_columns(pl.lit("dropped").alias("action"))
+        dropped = frame.filter(pl.col("__dropped_by") == f.name).with_columns(pl.lit("dropped").alias("action"))
         for part in (redated, dropped):
             if part.height == 0:
                 continue
@@ -295,6 +305,7 @@ class SplitResult:
     output: Path
     manifest: dict
     skipped: bool  # True when an identical finished split was already there
+    audit: Audit | None = None  # what the filters moved (None when skipped)
 
     def read_slices(self, up_to: str | None = None) -> pa.Table:
         return read_slices(self.output, up_to)
@@ -308,24 +319,35 @@ def read_slices(output: str | Path, up_to: str | None = None) -> pa.Table:
     return table.sort_by([("knowledge_date", "ascending"), ("doc_id", "ascending")])
 
 
-def run_split(config: SplitConfig) -> SplitResult:
-    """Run the split unless an identical one is already at `config.output` (then it is a no-op)."""
+def run_split(config: SplitConfig, dry_run: bool = False) -> SplitResult:
+    """Run the split unless an identical one is already at `config.output` (then it is a no-op).
+
+    dry_run: run every filter and print the full audit, but write nothing (not even the staging folder stays).
+    """
     started = time.perf_counter()
     cutoffs = config.cutoff_dates()
     filters = build_filters(config.filters)
     output = Path(config.output)
     config_hash, input_hash = config.fingerprint(), input_fingerprint(config.corpus)
-    done = existing_split(output, config_hash, input_hash)
+    done = None if dry_run else existing_split(output, config_hash, input_hash)
     if done is not None:
         print(f"split: {output} already holds this split (config {config_hash}, input {input_hash}); nothing to do")
         return SplitResult(output, done, skipped=True)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
-    staging.mkdir()
+    if dry_run:
+        import tempfile
+
+        staging = Path(tempfile.mkdtemp(prefix="vintage-split-dry-run-"))
+    else:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        staging = output.parent / f".{output.name}.staging-{uuid.uuid4().hex[:8]}"
+        staging.mkdir()
     (staging / "slices").mkdir()  # present even when no document falls before the last cutoff
     try:
         engine = _ray_engine if config.engine == "ray" else _polars_engine
-        stats = engine(config, filters, cutoffs, staging)
+        stats, audit = engine(config, filters, cutoffs, staging)
+        print(format_audit(audit, largest=LARGEST_PRINTED if dry_run else 0), flush=True)
+        for warning in audit.warnings:
+            print(warning, file=sys.stderr, flush=True)
         manifest = {
             "config_hash": config_hash,
             "input_fingerprint": input_hash,
@@ -338,6 +360,11 @@ def run_split(config: SplitConfig) -> SplitResult:
             "code_version": _code_version(),
             **stats,
         }
+        if dry_run:
+            shutil.rmtree(staging, ignore_errors=True)
+            return SplitResult(output, {**manifest, "dry_run": True}, skipped=False, audit=audit)
+        manifest["audit"] = {"warnings": audit.warnings,
+                             "files": sorted(p.name for p in staging.glob("audit*"))}
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str) + "\n")
         if output.exists():  # empty directory (checked above)
             output.rmdir()
@@ -345,7 +372,7 @@ def run_split(config: SplitConfig) -> SplitResult:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return SplitResult(output, manifest, skipped=False)
+    return SplitResult(output, manifest, skipped=False, audit=audit)
 
 
 def _code_version() -> str:
@@ -378,20 +405,27 @@ def _counts(slices: pa.Table) -> tuple[dict, dict]:
     return dict(per_slice), dict(redated)
 
 
-def _write_outputs(staging: Path, quarantine: pa.Table, dated: pa.Table, filters) -> None:
+def _write_outputs(staging: Path, quarantine: pa.Table, acted: pa.Table, filters, config: "SplitConfig",
+                   documents: int) -> Audit:
+    """quarantine.parquet, leakage_report.parquet and the audit (`acted`: rows a filter re-dated or dropped)."""
     pq.write_table(quarantine, staging / "quarantine.parquet")
-    pq.write_table(leakage_report(dated, filters), staging / "leakage_report.parquet")
+    pq.write_table(leakage_report(acted, filters), staging / "leakage_report.parquet")
+    audit = build_audit(acted, documents, config.warn_fraction, config.warn_shift_years)
+    write_audit(audit, staging, plot=config.audit_plot)
+    return audit
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Engines.
 
-def _polars_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
+def _polars_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> tuple[dict, Audit]:
+    stages = _Stages("polars", 3 + sum(f.key is not None for f in filters))
     checked = pa.concat_tables([read_and_validate(u, config.corpus) for u in read_units(config.corpus)])
     valid, quarantine = _resolve_duplicate_ids(checked)
     if valid.num_rows == 0:
         raise SplitError(f"{config.corpus.path}: no valid document after validation: "
                          f"{dict(sorted(_count(quarantine['reason']).items()))}")
+    stages.done("read + validate", checked.num_rows, f"{valid.num_rows:,} valid documents")
     batches = [valid.slice(i, config.batch_size) for i in range(0, valid.num_rows, config.batch_size)]
     contexts = {}
     for f in filters:
@@ -400,15 +434,19 @@ def _polars_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict
         observations = pa.concat_tables([f.observe(b) for b in batches])
         reduced = f.reduce(observations)
         contexts[f.name] = f.finalize(reduced)
+        stages.done(f"{f.name}: corpus pass", valid.num_rows)
     dated = pa.concat_tables([apply_filters(b, filters, contexts, cutoffs) for b in batches])
+    stages.done("apply filters", valid.num_rows)
     kept_mask = pc.and_(pc.is_null(dated["__drop"]), pc.is_valid(dated["slice"]))
     kept = dated.filter(kept_mask)
     quarantine = pa.concat_tables([quarantine, _quarantine_from_dated(dated.filter(pc.invert(kept_mask)))])
     slices = kept.select(SLICE_SCHEMA.names).cast(SLICE_SCHEMA)
     pads.write_dataset(slices, staging / "slices", format="parquet", partitioning=["slice"],
                        partitioning_flavor="hive", basename_template="part-{i}.parquet")
-    _write_outputs(staging, quarantine, dated, filters)
-    return {**_summarise(quarantine, *_counts(slices), filters, checked.num_rows, cutoffs), "nodes": 1}
+    audit = _write_outputs(staging, quarantine, _acted_on(dated), filters, config, valid.num_rows)
+    stages.done("write slices + report", valid.num_rows)
+    return {**_summarise(quarantine, *_counts(slices), filters, checked.num_rows, cutoffs), "nodes": 1,
+            "stage_seconds": stages.times}, audit
 
 
 def _count(column) -> dict:
@@ -443,37 +481,86 @@ def _resolve_duplicate_ids(checked: pa.Table) -> tuple[pa.Table, pa.Table]:
 
 
 class _Stages:
-    """Progress lines with the wall time of each stage of a split."""
+    """One progress line per stage of a split: its wall time, documents per second, and a rough ETA (the mean
+    stage time so far times the stages left)."""
 
-    def __init__(self, engine: str):
-        self.engine, self.last, self.times = engine, time.perf_counter(), {}
+    def __init__(self, engine: str, total: int):
+        self.engine, self.total, self.last, self.times = engine, total, time.perf_counter(), {}
 
-    def done(self, name: str, detail: str = "") -> None:
+    def done(self, name: str, documents: int, detail: str = "") -> None:
         now = time.perf_counter()
-        self.times[name] = round(now - self.last, 3)
-        print(f"[split:{self.engine}] {name:<28} {now - self.last:7.1f} s  {detail}", flush=True)
+        took = now - self.last
+        self.times[name] = round(took, 3)
+        k = len(self.times)
+        left = max(self.total - k, 0)
+        eta = f"eta ~{sum(self.times.values()) / k * left:.0f} s" if left else "done"
+        rate = f"{documents / took:,.0f} docs/s" if took > 0 else ""
+        print(f"[split:{self.engine}] {k}/{self.total} {name:<26} {took:6.1f} s {rate:>14}  {eta:<12} {detail}",
+              flush=True)
         self.last = now
 
 
-def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
+class _QuietRayData:
+    """Ray Data's INFO lines and progress bars stay in Ray's log files (ray-data.log) during a split;
+    warnings and errors still reach the console. The DataContext settings the split needs are restored after,
+    so nothing leaks into later Ray Data work in the same process (a backtest)."""
+
+    def __init__(self, **settings):
+        self.settings = settings
+
+    def __enter__(self):
+        import logging
+
+        import ray.data
+
+        self.context = ray.data.DataContext.get_current()
+        self.saved = {k: getattr(self.context, k) for k in self.settings}
+        for k, v in self.settings.items():
+            setattr(self.context, k, v)
+        self.handlers = [(h, h.level) for h in logging.getLogger("ray.data").handlers if h.name == "console"]
+        for handler, _ in self.handlers:
+            handler.setLevel(logging.WARNING)
+            handler.addFilter(_not_our_choice)
+        return self.context
+
+    def __exit__(self, *exc):
+        for k, v in self.saved.items():
+            setattr(self.context, k, v)
+        for handler, level in self.handlers:
+            handler.setLevel(level)
+            handler.removeFilter(_not_our_choice)
+        return False
+
+
+def _not_our_choice(record) -> bool:
+    """Drop Ray Data's warning that progress bars are off: the split turned them off for its own lines."""
+    return "Progress bars disabled" not in record.getMessage()
+
+
+def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> tuple[dict, Audit]:
     import ray
-    import ray.data
 
     if not ray.is_initialized():
         ray.init(runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1"}})
-    stages = _Stages("ray")
-    context = ray.data.DataContext.get_current()
-    context.shuffle_strategy = config.shuffle
     # Ray Data reserves a share of the cluster per operator; on a 2-CPU node that left one map task running
     # at a time (measured: a pure map stage 7.6 s with 1 or 2 CPUs, 4.3 s at 2 CPUs without reservation).
     # Every stage here is materialised before the next starts, so nothing competes for the reservation.
-    context.op_resource_reservation_enabled = False
+    with _QuietRayData(shuffle_strategy=config.shuffle, op_resource_reservation_enabled=False,
+                       enable_progress_bars=False):
+        return _ray_stages(config, filters, cutoffs, staging)
+
+
+def _ray_stages(config: SplitConfig, filters, cutoffs, staging: Path) -> tuple[dict, Audit]:
+    import ray
+    import ray.data
+
+    stages = _Stages("ray", 3 + sum(f.key is not None for f in filters))
     units = read_units(config.corpus)
     corpus = config.corpus
     checked = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
         _read_validate, fn_kwargs={"corpus": corpus}, batch_size=1, batch_format="pyarrow",
     ).materialize()
-    stages.done("read + validate", f"{len(units)} units")
+    n_units = len(units)
     quarantine = _to_table(checked.map_batches(_where, fn_kwargs={"column": "__reason", "null": False},
                                                batch_format="pyarrow"), CHECKED_SCHEMA)
     quarantine = _quarantine_from_checked(quarantine) if quarantine.num_rows else QUARANTINE_SCHEMA.empty_table()
@@ -484,18 +571,20 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
         raise SplitError(f"{corpus.path}: no valid document after validation: "
                          f"{dict(sorted(_count(quarantine['reason']).items()))}")
     repeated_ids = _repeated(ids["doc_id"])
+    repeated_rows: set = set()
     if repeated_ids:
         wanted = ray.put(pa.array(sorted(repeated_ids), pa.string()))
         repeated = _to_table(valid_ds.map_batches(_select_ids, fn_kwargs={"wanted": wanted}, batch_format="pyarrow"),
                              CHECKED_SCHEMA)
         kept, extra = _resolve_duplicate_ids(repeated)
         keep = set(zip(kept["__file"].to_pylist(), kept["__row"].to_pylist()))
-        drop = set(zip(repeated["__file"].to_pylist(), repeated["__row"].to_pylist())) - keep
-        valid_ds = valid_ds.filter(lambda r: (r["__file"], r["__row"]) not in drop)
+        repeated_rows = set(zip(repeated["__file"].to_pylist(), repeated["__row"].to_pylist())) - keep
+        valid_ds = valid_ds.filter(lambda r: (r["__file"], r["__row"]) not in repeated_rows)
         quarantine = pa.concat_tables([quarantine, extra])
     valid_ds = valid_ds.repartition(target_num_rows_per_block=config.batch_size).materialize()
     rows_read = checked.count()  # every input row: valid or quarantined by validation
-    stages.done("unique ids + repartition", f"{ids.num_rows:,} valid documents")
+    valid_docs = ids.num_rows - len(repeated_rows)
+    stages.done("read + validate + unique ids", rows_read, f"{n_units} units, {valid_docs:,} valid documents")
 
     # Corpus-wide passes: each filter's observations are hash-partitioned on its key, so that every
     # partition holds whole key groups, and reduced there by the filter (one Ray Data groupby per filter).
@@ -511,15 +600,14 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
                                                                       batch_format="pyarrow")
         parts = [t for t in ray.get(reduced.to_arrow_refs()) if t.num_rows]
         table = pa.concat_tables(parts) if parts else f.reduce(f.observe(_empty_batch()))
-        stages.done(f"{f.name}: observe + reduce", f"{table.num_rows:,} reduced rows")
         contexts[f.name] = f.finalize(table)
-        stages.done(f"{f.name}: finalize")
+        stages.done(f"{f.name}: corpus pass", valid_docs, f"{table.num_rows:,} reduced rows")
     contexts_ref = ray.put(contexts)
     dated_ds = valid_ds.map_batches(
         _apply_task, fn_kwargs={"filters": filters, "contexts_ref": contexts_ref, "cutoffs": cutoffs},
         batch_size=config.batch_size, batch_format="pyarrow",
     ).materialize()
-    stages.done("apply filters")
+    stages.done("apply filters", valid_docs)
     dated_ds.map_batches(_where_kept, fn_kwargs={"keep": True}, batch_format="pyarrow").write_parquet(
         str(staging / "slices"), partition_cols=["slice"])
     rest = _to_table(dated_ds.map_batches(_where_kept, fn_kwargs={"keep": False}, batch_format="pyarrow"), None)
@@ -528,8 +616,9 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
     # Only what the report needs comes back to the driver: documents a filter acted on, and per-batch counts.
     acted = _to_table(dated_ds.map_batches(_acted_on, batch_format="pyarrow"), None)
     tallies = _to_table(dated_ds.map_batches(_tally, batch_format="pyarrow"), None)
-    _write_outputs(staging, quarantine, acted if acted.num_rows else _empty_acted(), filters)
-    stages.done("write slices + report")
+    audit = _write_outputs(staging, quarantine, acted if acted.num_rows else _empty_acted(), filters, config,
+                           valid_docs)
+    stages.done("write slices + report", valid_docs)
     slice_counts, redated, nodes = {}, {}, set()
     for kind, key, count in zip(tallies["kind"].to_pylist(), tallies["key"].to_pylist(), tallies["count"].to_pylist()):
         if kind == "node":
@@ -539,19 +628,24 @@ def _ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> dict:
             target[key] = target.get(key, 0) + count
     nodes = sorted(nodes)
     return {**_summarise(quarantine, slice_counts, redated, filters, rows_read, cutoffs),
-            "nodes": len(nodes), "node_ids": nodes}
+            "nodes": len(nodes), "node_ids": nodes, "stage_seconds": stages.times}, audit
 
 
 def _acted_on(batch: pa.Table) -> pa.Table:
     """Rows a filter re-dated or dropped (what the leakage report lists)."""
     mask = pc.or_(pc.greater(pc.list_value_length(batch["redated_by"]), 0), pc.is_valid(batch["__drop"]))
-    return batch.filter(pc.fill_null(mask, False)).select(["doc_id", "slice", "redated_by", "__drop", "evidence"])
+    return batch.filter(pc.fill_null(mask, False)).select(ACTED_COLUMNS)
+
+
+ACTED_COLUMNS = ["doc_id", "published_at", "knowledge_date", "slice", "redated_by", "__drop", "__dropped_by",
+                 "evidence"]
 
 
 def _empty_acted() -> pa.Table:
-    return pa.table({"doc_id": pa.array([], pa.string()), "slice": pa.array([], pa.string()),
+    return pa.table({"doc_id": pa.array([], pa.string()), "published_at": pa.array([], UTC_TIMESTAMP),
+                     "knowledge_date": pa.array([], UTC_TIMESTAMP), "slice": pa.array([], pa.string()),
                      "redated_by": pa.array([], pa.list_(pa.string())), "__drop": pa.array([], pa.string()),
-                     "evidence": pa.array([], pa.string())})
+                     "__dropped_by": pa.array([], pa.string()), "evidence": pa.array([], pa.string())})
 
 
 def _tally(batch: pa.Table) -> pa.Table:

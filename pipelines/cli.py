@@ -59,7 +59,8 @@ def _validate(args) -> int:
 def _split(args) -> int:
     from pipelines.split import main as split_main
 
-    return split_main(["--config", args.config] + [f"--set={pair}" for pair in args.set])
+    return split_main(["--config", args.config] + [f"--set={pair}" for pair in args.set]
+                      + (["--dry-run"] if args.dry_run else []))
 
 
 def _train(args) -> int:
@@ -147,6 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     split = commands.add_parser("split", help="split a corpus into point-in-time slices (Ray Data)")
     split.add_argument("--config", required=True, help="YAML with a SplitConfig")
     split.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    split.add_argument("--dry-run", action="store_true",
+                       help="run the filters and print the audit (the largest moves with evidence); write nothing")
     split.set_defaults(func=_split)
 
     train = commands.add_parser("train", help="train vintage surrogates into a model registry (Ray Train)")

@@ -63,8 +63,9 @@ def test_split_keeps_the_invariant_and_loses_nothing(tiny, tmp_path):
     world, corpus = tiny
     result = run_split(split_config(corpus, tmp_path / "out"))
     check_invariants(tmp_path / "out", world.documents["doc_id"].to_pylist())
-    assert {p.name for p in (tmp_path / "out").iterdir()} == {"slices", "quarantine.parquet",
-                                                                "leakage_report.parquet", "manifest.json"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {
+        "slices", "quarantine.parquet", "leakage_report.parquet", "manifest.json", "audit.parquet",
+        "audit_moves.parquet", "audit_shifts.png"}
     assert sorted(p.name for p in (tmp_path / "out" / "slices").iterdir()) == [
         "slice=2017-06-30", "slice=2017-12-31", "slice=2018-06-30", "slice=2019-12-31"]
     report = pq.read_table(tmp_path / "out" / "leakage_report.parquet").to_pylist()
@@ -149,10 +150,21 @@ def test_calendar_cutoffs():
     assert calendar_cutoffs("month", dt.date(2020, 1, 15), dt.date(2020, 3, 31))[0] == dt.date(2020, 1, 31)
 
 
-def test_ray_engine_equals_polars_engine(ray_local, tiny, tmp_path):
+def test_ray_engine_equals_polars_engine(ray_local, tiny, tmp_path, capfd):
+    import ray.data
+
     world, corpus = tiny
     polars_out = run_split(split_config(corpus, tmp_path / "polars")).output
-    ray_result = run_split(split_config(corpus, tmp_path / "ray", engine="ray", batch_size=64))
+    capfd.readouterr()
+    before = ray.data.DataContext.get_current().shuffle_strategy
+    ray_result = run_split(split_config(corpus, tmp_path / "ray", engine="ray", batch_size=64,
+                                        shuffle="hash_shuffle"))
+    console = capfd.readouterr()
+    # one line per stage on the console; Ray Data's INFO lines stay in its log files; its settings restored
+    stage_lines = [line for line in console.out.splitlines() if line.startswith("[split:ray]")]
+    assert [line.split()[1] for line in stage_lines] == [f"{k}/6" for k in range(1, 7)]
+    assert "Execution plan" not in console.out + console.err and "INFO" not in console.out + console.err
+    assert ray.data.DataContext.get_current().shuffle_strategy == before
     assert ray_result.manifest["documents"] > 0
     assert ray_result.manifest["rows_read"] == world.documents.num_rows
     a, b = read_slices(polars_out), read_slices(ray_result.output)
@@ -219,7 +231,7 @@ def test_property_knowledge_dates_only_move_later_and_slices_hold(tmp_path_facto
         ("updated_at", pa.timestamp("us", tz="UTC")), ("entities", pa.list_(pa.string()))]))
     pq.write_table(table, base / "c.parquet")
     config = SplitConfig(corpus=CorpusConfig(path=str(base / "c.parquet")), output=str(base / "out"),
-                         cutoffs=cutoffs, filters=filters, engine="polars", batch_size=7)
+                         cutoffs=cutoffs, filters=filters, engine="polars", batch_size=7, audit_plot=False)
     run_split(config)
     slices = check_invariants(base / "out", [r["doc_id"] for r in rows])
     quarantine = pq.read_table(base / "out" / "quarantine.parquet")
@@ -277,3 +289,71 @@ def test_property_a_clean_corpus_without_repeated_terms_is_never_redated(tmp_pat
     assert result.manifest["redated_by_filter"] == {"revision": 0, "retrospective": 0, "anachronism": 0,
                                                     "duplicates": 0}
     assert pc.all(pc.equal(slices["knowledge_date"], slices["published_at"])).as_py()
+
+
+# --- the audit a person reads -------------------------------------------------------------------------------
+
+def test_the_audit_counts_each_filters_moves_and_lists_the_largest_with_evidence(tiny, tmp_path, capsys):
+    world, corpus = tiny
+    result = run_split(split_config(corpus, tmp_path / "out"))
+    summary = {r["filter"]: r for r in pq.read_table(tmp_path / "out" / "audit.parquet").to_pylist()}
+    slices = read_slices(tmp_path / "out")
+    for name, count in result.manifest["redated_by_filter"].items():
+        moved = [r for r in slices.to_pylist() if name in r["redated_by"]]
+        assert summary.get(name, {"moved": 0})["moved"] >= count == len(moved)  # + moved, then quarantined
+    moves = pq.read_table(tmp_path / "out" / "audit_moves.parquet").to_pylist()
+    anachronism = [m for m in moves if m["filter"] == "anachronism"]
+    assert anachronism and all(m["evidence"].startswith("anachronism: names '") for m in anachronism)
+    shifts = [m["shift_days"] for m in anachronism]
+    assert shifts == sorted(shifts, reverse=True) and max(shifts) == summary["anachronism"]["max_shift_days"]
+    assert all(m["knowledge_date"] - m["published_at"] == dt.timedelta(days=m["shift_days"]) for m in moves)
+    assert (tmp_path / "out" / "audit_shifts.png").stat().st_size > 10_000
+    assert "anachronism" in capsys.readouterr().out  # the per-filter lines are printed
+
+
+def test_a_split_that_moves_much_of_the_corpus_warns_loudly(tmp_path, capsys):
+    # every later document is an exact revision far in the future: revision moves 90% by 10 years
+    rows = [dict(doc_id=f"d{i}", published_at=START + dt.timedelta(days=i), text=f"Note {i} about Acme.",
+                 updated_at=START + dt.timedelta(days=3650) if i else None) for i in range(10)]
+    table = pa.Table.from_pylist(rows, schema=pa.schema([
+        ("doc_id", pa.string()), ("published_at", pa.timestamp("us", tz="UTC")), ("text", pa.string()),
+        ("updated_at", pa.timestamp("us", tz="UTC"))]))
+    pq.write_table(table, tmp_path / "c.parquet")
+    config = SplitConfig(corpus=CorpusConfig(path=str(tmp_path / "c.parquet")), output=str(tmp_path / "out"),
+                         cutoffs=[START + dt.timedelta(days=4000)], engine="polars", audit_plot=False)
+    result = run_split(config)
+    err = capsys.readouterr().err
+    assert "WARNING: filter 'revision' moved 9 of 10 documents (90.0%; warn_fraction 10%), the largest by 10.0 " \
+           "years" in err
+    assert result.manifest["audit"]["warnings"] == [line for line in err.splitlines() if line.startswith("WARNING")]
+    quiet = run_split(SplitConfig(**{**config.__dict__, "output": str(tmp_path / "out2"), "warn_fraction": 0.95,
+                                     "warn_shift_years": 11.0}))
+    assert quiet.manifest["audit"]["warnings"] == [] and "WARNING" not in capsys.readouterr().err
+
+
+def test_a_dry_run_prints_the_audit_and_writes_nothing(tiny, tmp_path, capsys):
+    world, corpus = tiny
+    result = run_split(split_config(corpus, tmp_path / "out"), dry_run=True)
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+    out = capsys.readouterr().out
+    assert "anachronism: the 4 largest moves" in out and "first corroborated on" in out
+    assert result.manifest["dry_run"] and result.audit.summary.num_rows >= 3
+
+
+def test_the_dropping_filter_is_credited_whatever_the_filter_order(tmp_path):
+    # the later copy is both a duplicate (dropped) and a past-tense mention of a later date (re-dated): with
+    # duplicates first, the retrospective filter's evidence must not take the credit for the drop
+    text = "On March 3, 2021, Acme reported results that beat estimates."
+    rows = [dict(doc_id="a", published_at=dt.datetime(2021, 1, 5, tzinfo=UTC), text=text),
+            dict(doc_id="b", published_at=dt.datetime(2021, 1, 6, tzinfo=UTC), text=text)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "c.parquet")
+    for order in (["duplicates", "retrospective"], ["retrospective", "duplicates"]):
+        out = tmp_path / "-".join(order)
+        run_split(SplitConfig(corpus=CorpusConfig(path=str(tmp_path / "c.parquet")), output=str(out),
+                              cutoffs=[dt.datetime(2021, 12, 31, tzinfo=UTC)], engine="polars",
+                              filters={name: {} for name in order}, audit_plot=False))
+        report = pq.read_table(out / "leakage_report.parquet").to_pylist()
+        assert [(r["filter"], r["action"], r["example_ids"]) for r in report if r["action"] == "dropped"] == [
+            ("duplicates", "dropped", ["b"])]
+        (quarantined,) = pq.read_table(out / "quarantine.parquet").to_pylist()
+        assert quarantined["doc_id"] == "b" and quarantined["detail"] == "duplicates: copy of a"
