@@ -9,8 +9,7 @@ in an LRU (@serve.multiplexed, called with the cutoff rather than routed by a mu
 Serve's batching does not split a batch by vintage); concurrent requests are batched (@serve.batch) into one
 steered decoding step (serving/engine.py). Every request needs `Authorization: Bearer KEY`.
 """
-from __future__ import annotations
-
+# no `from __future__ import annotations`: FastAPI reads the route signatures' annotations at runtime
 import asyncio
 import hmac
 import json
@@ -79,8 +78,10 @@ class VintageServer:
         even for the frontier method), checked against a vintage named as the model."""
         try:
             cutoff = self.engine.vintage_for(sampling.as_of)
-        except RegistryError as err:
-            raise APIError(400, str(err), "as_of", "before_first_vintage") from None
+        except RegistryError:  # its message names the registry's path, which clients need not see
+            raise APIError(400, f"as_of {sampling.as_of.isoformat()} precedes every vintage (cutoffs: "
+                                f"{', '.join(self.engine.cutoffs())}); no point-in-time model exists for it",
+                           "as_of", "before_first_vintage") from None
         known = {self.frontier_id} | {vintage_model_id(c) for c in self.engine.cutoffs()}
         if sampling.model not in known:
             raise APIError(404, f"model {sampling.model!r} does not exist; GET /v1/models lists "
