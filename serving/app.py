@@ -113,15 +113,43 @@ class VintageServer:
     # -- batched decoding --------------------------------------------------------------------------------
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _decode(self, jobs: list[DecodeJob]):
-        """Every concurrent job in one batch; yields one event per job per step (StopIteration once done)."""
-        batch = self.engine.start(jobs)
-        while not batch.done:
-            events = await asyncio.to_thread(batch.step)  # keeps the loop free to queue the next batch
-            yield [StopIteration if e is None else e for e in events]
+    async def _decode(self, requests: list[tuple[DecodeJob, asyncio.Queue]]) -> list[int]:
+        """Every concurrent job in one batch, stepped together; each step's events go to the jobs' queues, so
+        that a reader that falls behind takes several tokens in one message (Serve streams per message)."""
+        batch = self.engine.start([job for job, _ in requests])
+        try:
+            while not batch.done:
+                events = await asyncio.to_thread(batch.step)  # keeps the loop free to queue the next batch
+                for (_, queue), event in zip(requests, events):
+                    if event is not None:
+                        queue.put_nowait(event)
+        except Exception as err:  # noqa: BLE001 - every reader of this batch is told, then Serve re-raises
+            for _, queue in requests:
+                queue.put_nowait(err)
+            raise
+        return [len(row.tokens) for row in batch.rows]
+
+    async def _events(self, job: DecodeJob):
+        """The job's tokens as they are decoded, in lists of those ready together."""
+        queue: asyncio.Queue = asyncio.Queue()
+        task = asyncio.create_task(self._decode((job, queue)))
+        finished = False
+        try:
+            while not finished:
+                ready = [await queue.get()]
+                while not queue.empty():
+                    ready.append(queue.get_nowait())
+                for item in ready:
+                    if isinstance(item, BaseException):
+                        raise item
+                finished = ready[-1].finish_reason is not None
+                yield ready
+        finally:
+            if finished:
+                await task
 
     async def _collect(self, job: DecodeJob) -> list:
-        return [event async for event in self._decode(job)]
+        return [event async for ready in self._events(job) for event in ready]
 
     # -- routes ------------------------------------------------------------------------------------------
 
@@ -156,10 +184,14 @@ class VintageServer:
     async def _stream_completion(self, rid, model, job, s):
         offset, count = 0, 0
         try:
-            async for event in self._decode(job):
-                count += 1
-                yield protocol.sse(protocol.completion_chunk(rid, model, event, s.logprobs is not None, offset))
-                offset += len(event.token)
+            async for ready in self._events(job):
+                message = []
+                for event in ready:
+                    count += 1
+                    message.append(protocol.sse(protocol.completion_chunk(rid, model, event, s.logprobs is not None,
+                                                                          offset)))
+                    offset += len(event.token)
+                yield "".join(message)
         except Exception as err:  # noqa: BLE001 - the status is sent already; report in-band as OpenAI does
             yield protocol.sse(APIError(500, f"generation failed: {err}", None, "server_error", "server_error").body())
         if s.include_usage:
@@ -186,9 +218,13 @@ class VintageServer:
     async def _stream_chat(self, rid, model, job, s):
         count = 0
         try:
-            async for event in self._decode(job):
-                yield protocol.sse(protocol.chat_chunk(rid, model, event, s.logprobs is not None, first=count == 0))
-                count += 1
+            async for ready in self._events(job):
+                message = []
+                for event in ready:
+                    message.append(protocol.sse(protocol.chat_chunk(rid, model, event, s.logprobs is not None,
+                                                                    first=count == 0)))
+                    count += 1
+                yield "".join(message)
         except Exception as err:  # noqa: BLE001 - as in _stream_completion
             yield protocol.sse(APIError(500, f"generation failed: {err}", None, "server_error", "server_error").body())
         if s.include_usage:
