@@ -88,6 +88,12 @@ def stream_request(port: int, key: str, body: dict) -> tuple[float, float, int]:
     return first or 0.0, time.perf_counter() - started, tokens
 
 
+def batch_sizes(port: int, key: str) -> list[int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("GET", "/v1/vintage/stats", headers={"Authorization": f"Bearer {key}"})
+    return json.loads(conn.getresponse().read())["batch_sizes"]
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -192,12 +198,12 @@ def stop_server(process: subprocess.Popen) -> None:
 
 def table(rows: list[dict]) -> str:
     head = (f"{'scenario':<24} {'clients':>7} {'requests':>8} {'tokens/s':>9} {'x 1 client':>10} {'TTFT p50':>9} "
-            f"{'TTFT p99':>9} {'req p50':>8} {'req p99':>8}")
+            f"{'TTFT p99':>9} {'req p50':>8} {'req p99':>8} {'batch':>6}")
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['scenario']:<24} {r['clients']:>7} {r['requests']:>8} {r['tokens_per_s']:>9.1f} "
                      f"{r['speedup']:>10.2f} {r['ttft_p50'] * 1e3:>7.0f}ms {r['ttft_p99'] * 1e3:>7.0f}ms "
-                     f"{r['latency_p50'] * 1e3:>6.0f}ms {r['latency_p99'] * 1e3:>6.0f}ms")
+                     f"{r['latency_p50'] * 1e3:>6.0f}ms {r['latency_p99'] * 1e3:>6.0f}ms {r['mean_batch']:>6.1f}")
     return "\n".join(lines)
 
 
@@ -246,7 +252,10 @@ def main() -> None:
                         date, method = pick(i)
                         bodies.append({"model": "frontier", "prompt": prompts[i % len(prompts)], "as_of": date,
                                        "method": method, "max_tokens": args.max_tokens, "temperature": 0})
+                    before = len(batch_sizes(port, key))
                     row = {"scenario": name, **run_level(port, key, bodies, clients)}
+                    sizes = batch_sizes(port, key)[before:]
+                    row["mean_batch"] = sum(sizes) / max(len(sizes), 1)
                     rows.append(row)
                     print(f"  {name:<24} {clients:>2} clients: {row['tokens_per_s']:.1f} tokens/s", flush=True)
         memory["peak_8_vintages_resident"] = watch.peak

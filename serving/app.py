@@ -5,9 +5,10 @@
     POST /v1/chat/completions      messages + as_of (the frontier's chat template when it has one)
 
 Each replica loads the frontier and the full surrogate once; vintage surrogates are loaded on demand and kept
-in an LRU (@serve.multiplexed, called with the cutoff rather than routed by a multiplexed-model header, so that
-Serve's batching does not split a batch by vintage); concurrent requests are batched (@serve.batch) into one
-steered decoding step (serving/engine.py). Every request needs `Authorization: Bearer KEY`.
+in an LRU (@serve.multiplexed, called with the cutoff rather than routed by a multiplexed-model header, which
+would also split batches by vintage); concurrent requests are batched into one steered decoding step by the
+replica's decoding loop (serving/scheduler.py: @serve.batch fragments long generations, see there).
+Every request needs `Authorization: Bearer KEY`.
 """
 # no `from __future__ import annotations`: FastAPI reads the route signatures' annotations at runtime
 import asyncio
@@ -22,6 +23,7 @@ from ray import serve
 from serving import protocol
 from serving.config import ServeConfig, key_digest
 from serving.engine import DecodeJob, Engine
+from serving.scheduler import DecodeLoop
 from serving.protocol import APIError
 from vintage.registry import RegistryError
 
@@ -48,8 +50,7 @@ class VintageServer:
         self.config, self._digest = config, digest
         self.engine = Engine(registry, frontier)
         self.frontier_id = self.engine.frontier_dir.name
-        self._decode.set_max_batch_size(config.max_batch_size)
-        self._decode.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
+        self.loop = DecodeLoop(self.engine, config.max_batch_size, config.batch_wait_timeout_s)
 
         async def load(cutoff: str):
             return await asyncio.to_thread(self.engine.load_vintage, cutoff)
@@ -110,47 +111,6 @@ class VintageServer:
                 job.vintage = vintage
         return jobs
 
-    # -- batched decoding --------------------------------------------------------------------------------
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _decode(self, requests: list[tuple[DecodeJob, asyncio.Queue]]) -> list[int]:
-        """Every concurrent job in one batch, stepped together; each step's events go to the jobs' queues, so
-        that a reader that falls behind takes several tokens in one message (Serve streams per message)."""
-        batch = self.engine.start([job for job, _ in requests])
-        try:
-            while not batch.done:
-                events = await asyncio.to_thread(batch.step)  # keeps the loop free to queue the next batch
-                for (_, queue), event in zip(requests, events):
-                    if event is not None:
-                        queue.put_nowait(event)
-        except Exception as err:  # noqa: BLE001 - every reader of this batch is told, then Serve re-raises
-            for _, queue in requests:
-                queue.put_nowait(err)
-            raise
-        return [len(row.tokens) for row in batch.rows]
-
-    async def _events(self, job: DecodeJob):
-        """The job's tokens as they are decoded, in lists of those ready together."""
-        queue: asyncio.Queue = asyncio.Queue()
-        task = asyncio.create_task(self._decode((job, queue)))
-        finished = False
-        try:
-            while not finished:
-                ready = [await queue.get()]
-                while not queue.empty():
-                    ready.append(queue.get_nowait())
-                for item in ready:
-                    if isinstance(item, BaseException):
-                        raise item
-                finished = ready[-1].finish_reason is not None
-                yield ready
-        finally:
-            if finished:
-                await task
-
-    async def _collect(self, job: DecodeJob) -> list:
-        return [event async for ready in self._events(job) for event in ready]
-
     # -- routes ------------------------------------------------------------------------------------------
 
     @app.get("/v1/models")
@@ -163,6 +123,12 @@ class VintageServer:
                   "role": "vintage", "cutoff": c} for c in self.engine.cutoffs()]
         return JSONResponse({"object": "list", "data": data})
 
+    @app.get("/v1/vintage/stats")
+    async def stats(self, request: Request) -> JSONResponse:
+        """Not OpenAI's: how many batches this replica decoded and their sizes (for bench/serve.py)."""
+        self._authorize(request)
+        return JSONResponse({"batch_sizes": self.loop.batch_sizes})
+
     @app.post("/v1/completions")
     async def completions(self, request: Request):
         req = protocol.parse_completion(await self._body(request), self.config.default_max_tokens,
@@ -174,7 +140,7 @@ class VintageServer:
                                                                      else None)
         if s.stream:
             return StreamingResponse(self._stream_completion(rid, model, jobs[0], s), media_type="text/event-stream")
-        results = await asyncio.gather(*(self._collect(job) for job in jobs))
+        results = await asyncio.gather(*(self.loop.collect(job) for job in jobs))
         choices = [protocol.completion_choice(i, events, s.logprobs is not None) for i, events in enumerate(results)]
         body = protocol.completion_body(rid, model, choices, sum(len(j.prompt_ids) for j in jobs),
                                         sum(len(e) for e in results), cutoff if s.method.steered else None,
@@ -184,7 +150,7 @@ class VintageServer:
     async def _stream_completion(self, rid, model, job, s):
         offset, count = 0, 0
         try:
-            async for ready in self._events(job):
+            async for ready in self.loop.events(job):
                 message = []
                 for event in ready:
                     count += 1
@@ -211,14 +177,14 @@ class VintageServer:
                                                                          else None)
         if s.stream:
             return StreamingResponse(self._stream_chat(rid, model, job, s), media_type="text/event-stream")
-        events = await self._collect(job)
+        events = await self.loop.collect(job)
         return JSONResponse(protocol.chat_body(rid, model, events, s.logprobs is not None, len(job.prompt_ids),
                                                cutoff if s.method.steered else None, s.method))
 
     async def _stream_chat(self, rid, model, job, s):
         count = 0
         try:
-            async for ready in self._events(job):
+            async for ready in self.loop.events(job):
                 message = []
                 for event in ready:
                     message.append(protocol.sse(protocol.chat_chunk(rid, model, event, s.logprobs is not None,

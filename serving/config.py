@@ -20,7 +20,7 @@ class ServeConfig:
                                    "variable (one of the two is required)", None)
     default_method: str = doc("method of requests that name none (serving/methods.py spec string)", DEFAULT_METHOD)
     default_max_tokens: int = doc("max_tokens of requests that give none (OpenAI's completions default)", 16)
-    max_batch_size: int = doc("requests decoded together in one steered step (@serve.batch)", 16)
+    max_batch_size: int = doc("requests decoded together in one steered step (serving/scheduler.py)", 16)
     batch_wait_timeout_s: float = doc("how long a batch waits to fill once its first request arrived", 0.005)
     max_vintages: int = doc("vintage surrogates kept loaded per replica (LRU, @serve.multiplexed)", 8)
     num_replicas: int = doc("replicas of the application; each loads the frontier once", 1)
