@@ -162,11 +162,12 @@ class MemoryWatch:
         self._thread.join()
 
 
-def start_server(registry: Path, port: int, key: str, log: Path, num_cpus: int) -> subprocess.Popen:
+def start_server(registry: Path, port: int, key: str, log: Path, num_cpus: int, config: Path) -> subprocess.Popen:
     env = {**os.environ, "VINTAGE_API_KEY": key, "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
     with open(log, "w") as out:
         process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "serve", "--registry", str(registry),
-                                    "--port", str(port), "--num-cpus", str(num_cpus)], cwd=ROOT, env=env,
+                                    "--port", str(port), "--num-cpus", str(num_cpus), "--config", str(config)],
+                                   cwd=ROOT, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -219,6 +220,9 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--method", default="linear alpha=0.5")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--max-batch-size", type=int, default=16)
+    parser.add_argument("--batch-wait", type=float, default=0.02,
+                        help="seconds a batch waits to fill after its first request (serve config)")
     parser.add_argument("--out", help="directory for the registry, the server log and results.json (default: temp)")
     args = parser.parse_args()
 
@@ -230,7 +234,10 @@ def main() -> None:
     as_of = [(dt.date.fromisoformat(c) + dt.timedelta(days=1)).isoformat() for c in cutoffs]
     key, port = secrets.token_hex(16), free_port()
     started = time.perf_counter()
-    process = start_server(registry, port, key, out / "server.log", args.num_cpus)
+    config = out / "serve.yaml"
+    config.write_text(f"max_batch_size: {args.max_batch_size}\nbatch_wait_timeout_s: {args.batch_wait}\n"
+                      f"max_vintages: {args.vintages}\n")
+    process = start_server(registry, port, key, out / "server.log", args.num_cpus, config)
     print(f"server up on 127.0.0.1:{port} in {time.perf_counter() - started:.1f} s (log {out / 'server.log'})",
           flush=True)
     scenarios = {"point-in-time, 1 vintage": lambda i: (as_of[len(as_of) // 2], args.method),
