@@ -88,10 +88,12 @@ def stream_request(port: int, key: str, body: dict) -> tuple[float, float, int]:
     return first or 0.0, time.perf_counter() - started, tokens
 
 
-def batch_sizes(port: int, key: str) -> list[int]:
+def decode_stats(port: int, key: str) -> tuple[int, int]:
+    """(steps, rows advanced) the replica has run so far."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     conn.request("GET", "/v1/vintage/stats", headers={"Authorization": f"Bearer {key}"})
-    return json.loads(conn.getresponse().read())["batch_sizes"]
+    stats = json.loads(conn.getresponse().read())
+    return stats["steps"], stats["rows"]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -259,10 +261,10 @@ def main() -> None:
                         date, method = pick(i)
                         bodies.append({"model": "frontier", "prompt": prompts[i % len(prompts)], "as_of": date,
                                        "method": method, "max_tokens": args.max_tokens, "temperature": 0})
-                    before = len(batch_sizes(port, key))
+                    steps, rows_before = decode_stats(port, key)
                     row = {"scenario": name, **run_level(port, key, bodies, clients)}
-                    sizes = batch_sizes(port, key)[before:]
-                    row["mean_batch"] = sum(sizes) / max(len(sizes), 1)
+                    steps_after, rows_after = decode_stats(port, key)
+                    row["mean_batch"] = (rows_after - rows_before) / max(steps_after - steps, 1)
                     rows.append(row)
                     print(f"  {name:<24} {clients:>2} clients: {row['tokens_per_s']:.1f} tokens/s", flush=True)
         memory["peak_8_vintages_resident"] = watch.peak

@@ -125,9 +125,9 @@ class VintageServer:
 
     @app.get("/v1/vintage/stats")
     async def stats(self, request: Request) -> JSONResponse:
-        """Not OpenAI's: how many batches this replica decoded and their sizes (for bench/serve.py)."""
+        """Not OpenAI's: decoding steps this replica ran and the rows they advanced (for bench/serve.py)."""
         self._authorize(request)
-        return JSONResponse({"batch_sizes": self.loop.batch_sizes})
+        return JSONResponse({"steps": self.loop.steps, "rows": self.loop.rows})
 
     @app.post("/v1/completions")
     async def completions(self, request: Request):

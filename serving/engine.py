@@ -1,10 +1,11 @@
 """The serving engine: a frontier and a full surrogate shared by every request, vintage surrogates handed in
-per request, and batches of requests decoded together, one steered step for the whole batch at a time.
+per request, and a running batch decoded one steered step at a time for all its rows.
 
-A batch is static (its rows are fixed when it starts) and left-padded like PointInTimeLM.generate; each
-model keeps a KV cache over the rows it serves: the frontier over all of them, the full surrogate over the
-steered ones, each vintage over the rows that asked for it. The arithmetic per row is PointInTimeLM's, so a
-greedy answer here equals `PointInTimeLM.generate` for the same vintage and method token for token.
+The batch is continuous: new requests join between steps (prefilled on their own, then their KV caches are
+left-padded and concatenated to the running ones) and finished rows leave at once. Each model keeps a cache over
+the rows it serves: the frontier over all, the full surrogate over the steered ones, each vintage over the rows
+that asked for it. Left padding is masked, positions come from the mask (as in PointInTimeLM.generate), and the
+arithmetic per row is PointInTimeLM's, so a greedy answer equals `PointInTimeLM.generate` token for token.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from serving.methods import Method
 from vintage.decoding import check_vocabularies, has_tokenizer, model_logits
@@ -103,80 +105,179 @@ class Engine:
             return self.tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
         return "\n".join(m["content"] for m in messages)
 
-    def start(self, jobs: Sequence[DecodeJob]) -> "Batch":
+    def start(self, jobs: Sequence[DecodeJob] = ()) -> "Batch":
         return Batch(self, jobs)
 
 
-class Batch:
-    """Rows decoded together; `step()` advances every unfinished row by one token."""
+class _Group:
+    """One model and the rows it computes, in order, with its KV cache over them."""
 
-    def __init__(self, engine: Engine, jobs: Sequence[DecodeJob]):
-        if not jobs or any(not job.prompt_ids for job in jobs):
-            raise ValueError("every job needs a non-empty prompt")
+    def __init__(self, model, rows: list[_Row]):
+        self.model, self.rows, self.cache = model, rows, None
+
+
+def _group_key(job: DecodeJob, role: str):
+    return role if role != "vintage" else ("vintage", id(job.vintage))
+
+
+def _pad_cache(cache, columns: int) -> None:
+    """Left-pad every layer's keys and values by `columns` masked positions."""
+    if columns:
+        for layer in cache.layers:
+            layer.keys = F.pad(layer.keys, (0, 0, columns, 0))
+            layer.values = F.pad(layer.values, (0, 0, columns, 0))
+
+
+def _concat_cache(cache, other) -> None:
+    for layer, extra in zip(cache.layers, other.layers):
+        layer.keys = torch.cat([layer.keys, extra.keys], dim=0)
+        layer.values = torch.cat([layer.values, extra.values], dim=0)
+
+
+def _joinable(cache) -> bool:
+    """Caches this module knows how to pad, join and slice: transformers' DynamicCache of full-attention layers."""
+    layers = getattr(cache, "layers", None)
+    return bool(layers) and all(type(layer).__name__ == "DynamicLayer" and getattr(layer, "keys", None) is not None
+                                and layer.keys.dim() == 4 for layer in layers)
+
+
+class Batch:
+    """The running batch: `admit(jobs)` queues rows to join at the next step, `step()` advances every row by one
+    token and returns (job, event) pairs; a row leaves as soon as its event carries a finish reason.
+
+    Invariant between steps: `mask` is [rows, W] (1 for real tokens, 0 for left padding), every cache holds W - 1
+    positions, and `last` is the token each row feeds next (the mask's last column)."""
+
+    def __init__(self, engine: Engine, jobs: Sequence[DecodeJob] = ()):
         self.engine = engine
-        self.rows = [_Row(job, torch.Generator().manual_seed(job.seed) if job.seed is not None else None)
-                     for job in jobs]
-        width = max(len(job.prompt_ids) for job in jobs)
-        self.ids = torch.full((len(jobs), width), engine.pad_id, dtype=torch.long)
-        self.mask = torch.zeros_like(self.ids)
-        for r, job in enumerate(jobs):
-            self.ids[r, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            self.mask[r, width - len(job.prompt_ids):] = 1
-        # which rows each model computes: the frontier all, the full surrogate the steered ones, each vintage its own
-        steered = [r for r, job in enumerate(jobs) if job.method.steered]
-        self.calls: list[list] = [[engine.frontier, None, None]]  # model, rows (None: all), cache
-        if steered:
-            self.calls.append([engine.full, torch.tensor(steered), None])
-            by_vintage: dict[int, list[int]] = {}
-            for r in steered:
-                if jobs[r].vintage is None:
-                    raise ValueError(f"job {r}: method {jobs[r].method.spec!r} needs a vintage model")
-                by_vintage.setdefault(id(jobs[r].vintage), []).append(r)
-            for rows in by_vintage.values():
-                self.calls.append([jobs[rows[0]].vintage, torch.tensor(rows), None])
-        self.by_method: dict[Method, torch.Tensor] = {}
-        for r, job in enumerate(jobs):
-            self.by_method.setdefault(job.method, [])
-            self.by_method[job.method].append(r)
-        self.by_method = {m: torch.tensor(rows) for m, rows in self.by_method.items()}
+        self.rows: list[_Row] = []
+        self.mask = torch.zeros((0, 0), dtype=torch.long)
+        self.last = torch.zeros(0, dtype=torch.long)
+        self.groups: dict = {}
+        self.pending: list[DecodeJob] = []
+        self.joinable = True  # False once a model's cache is not one `_joinable` accepts: rows then wait
         self.steps = 0
-        self.vintages = len(self.calls) - 2 if steered else 0
+        self.admit(jobs)
+
+    def admit(self, jobs: Sequence[DecodeJob]) -> None:
+        for job in jobs:
+            if not job.prompt_ids:
+                raise ValueError("every job needs a non-empty prompt")
+            if job.method.steered and job.vintage is None:
+                raise ValueError(f"method {job.method.spec!r} needs a vintage model")
+        self.pending.extend(jobs)
+
+    @property
+    def size(self) -> int:
+        return len(self.rows) + len(self.pending)
 
     @property
     def done(self) -> bool:
-        return all(row.finished for row in self.rows)
+        return not self.rows and not self.pending
 
-    def _logprobs(self) -> torch.Tensor:
-        """Combined next-token log-probs [B, V], each row under its own method."""
-        engine = self.engine
-        positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
-        first = self.steps == 0
-        ids, pos = (self.ids, positions) if first else (self.ids[:, -1:], positions[:, -1:])
-        batch = len(self.rows)
+    @property
+    def vintages(self) -> int:
+        return sum(isinstance(key, tuple) for key in self.groups)
+
+    # -- model calls ---------------------------------------------------------------------------------------
+
+    def _groups_for(self, rows: list[_Row]) -> dict:
+        groups: dict = {"frontier": _Group(self.engine.frontier, list(rows))}
+        for row in rows:
+            if row.job.method.steered:
+                for role, model in (("full", self.engine.full), ("vintage", row.job.vintage)):
+                    groups.setdefault(_group_key(row.job, role), _Group(model, [])).rows.append(row)
+        return groups
+
+    def _forward(self, rows, groups, ids, mask, positions):
+        """Each group's model on its rows (caches updated in place); the last position's logits [B, V] of the
+        frontier, the vintages and the full surrogate (zeros where a row has none)."""
+        vocab, at = self.engine.vocab, {id(row): i for i, row in enumerate(rows)}
         frontier = vintage = full = None
-        for k, call in enumerate(self.calls):
-            model, rows, cache = call
-            if rows is None:
-                logits, call[2] = model_logits(model, ids, self.mask, pos, cache, 1, engine.vocab)
-            else:
-                logits, call[2] = model_logits(model, ids[rows], self.mask[rows], pos[rows], cache, 1, engine.vocab)
+        for key, group in groups.items():
+            index = torch.tensor([at[id(row)] for row in group.rows])
+            logits, group.cache = model_logits(group.model, ids[index], mask[index], positions[index], group.cache,
+                                               1, vocab)
             logits = logits[:, -1].float()
-            if k == 0:
-                frontier = logits
-            elif k == 1:
-                full = torch.zeros((batch, logits.shape[-1]))
-                full[rows] = logits
+            if key == "frontier":
+                frontier = torch.empty((len(rows), logits.shape[-1]))
+                frontier[index] = logits
+                continue
+            if full is None:
+                full = torch.zeros((len(rows), logits.shape[-1]))
                 vintage = torch.zeros_like(full)
-            else:
-                vintage[rows] = logits
-        if len(self.by_method) == 1:
-            method = next(iter(self.by_method))
-            return method.logprobs(frontier, vintage, full)
+            (full if key == "full" else vintage)[index] = logits
+        return frontier, vintage, full
+
+    def _combine(self, rows, frontier, vintage, full) -> torch.Tensor:
+        """Combined next-token log-probs [B, V], each row under its own method."""
+        methods: dict[Method, list[int]] = {}
+        for i, row in enumerate(rows):
+            methods.setdefault(row.job.method, []).append(i)
+        if len(methods) == 1:
+            return next(iter(methods)).logprobs(frontier, vintage, full)
         out = torch.empty_like(frontier)
-        for method, rows in self.by_method.items():
-            out[rows] = method.logprobs(frontier[rows], None if vintage is None else vintage[rows],
-                                        None if full is None else full[rows])
+        for method, index in methods.items():
+            index = torch.tensor(index)
+            out[index] = method.logprobs(frontier[index], None if vintage is None else vintage[index],
+                                         None if full is None else full[index])
         return out
+
+    def _prefill(self, jobs):
+        """The new rows on their own: left-padded prompts through every model, fresh caches."""
+        rows = [_Row(job, torch.Generator().manual_seed(job.seed) if job.seed is not None else None) for job in jobs]
+        width = max(len(job.prompt_ids) for job in jobs)
+        ids = torch.full((len(jobs), width), self.engine.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, job in enumerate(jobs):
+            ids[r, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids, dtype=torch.long)
+            mask[r, width - len(job.prompt_ids):] = 1
+        groups = self._groups_for(rows)
+        logits = self._forward(rows, groups, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
+        return rows, groups, mask, self._combine(rows, *logits)
+
+    def _join(self, rows, groups, mask) -> None:
+        """Append prefilled rows (their mask already holds their first token's column) to the running batch."""
+        if not self.rows:
+            self.rows, self.groups, self.mask = rows, groups, mask
+            return
+        width = max(self.mask.shape[1], mask.shape[1])
+        for group in self.groups.values():
+            _pad_cache(group.cache, width - self.mask.shape[1])
+        for key, group in groups.items():
+            _pad_cache(group.cache, width - mask.shape[1])
+            if key in self.groups:
+                _concat_cache(self.groups[key].cache, group.cache)
+                self.groups[key].rows += group.rows
+            else:
+                self.groups[key] = group
+        self.mask = torch.cat([F.pad(self.mask, (width - self.mask.shape[1], 0)),
+                               F.pad(mask, (width - mask.shape[1], 0))])
+        self.rows = self.rows + rows
+
+    def _retire(self) -> None:
+        """Drop finished rows from the mask and every cache, and columns no remaining row attends to."""
+        keep = [i for i, row in enumerate(self.rows) if not row.finished]
+        if len(keep) < len(self.rows):
+            for key in list(self.groups):
+                group = self.groups[key]
+                local = [j for j, row in enumerate(group.rows) if not row.finished]
+                if not local:
+                    del self.groups[key]
+                elif len(local) < len(group.rows):
+                    group.cache.batch_select_indices(torch.tensor(local))
+                    group.rows = [group.rows[j] for j in local]
+            index = torch.tensor(keep, dtype=torch.long)
+            self.rows, self.mask, self.last = [self.rows[i] for i in keep], self.mask[index], self.last[index]
+        if self.rows:
+            first = int(self.mask.any(0).long().argmax())
+            if first:
+                self.mask = self.mask[:, first:]
+                for group in self.groups.values():
+                    for layer in group.cache.layers:
+                        layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+
+    # -- one step ------------------------------------------------------------------------------------------
 
     def _choose(self, row: _Row, lp: torch.Tensor) -> int:
         """The next token of one row from its log-probs [1, V]: greedy, or sampled as PointInTimeLM does."""
@@ -198,8 +299,7 @@ class Batch:
         text = tokenizer.decode(row.tokens)
         finish = "stop" if eos else None
         end = len(text)
-        hits = [text.find(s, max(0, row.released - len(s) + 1)) for s in job.stop]
-        hits = [h for h in hits if h >= 0]
+        hits = [h for h in (text.find(s) for s in job.stop) if h >= 0]
         if hits:
             end, finish = min(hits), "stop"
         elif finish is None and len(row.tokens) >= job.max_tokens:
@@ -214,29 +314,40 @@ class Batch:
         row.released = max(row.released, end)
         return released, finish
 
-    def step(self) -> list[TokenEvent | None]:
-        """One decoding step for every row: an event per row, None for rows that had already finished."""
+    def step(self) -> list[tuple[DecodeJob, TokenEvent]]:
+        """One token for every row (the running ones and those admitted since the last step)."""
         tokenizer = self.engine.tokenizer
         with torch.inference_mode():
-            lp = self._logprobs()
-        events: list[TokenEvent | None] = []
-        chosen = []
-        for r, row in enumerate(self.rows):
-            if row.finished:
-                events.append(None)
-                chosen.append(self.engine.pad_id)
-                continue
-            token = self._choose(row, lp[r:r + 1])
-            chosen.append(token)
-            text, finish = self._release(row, token)
-            top = None
-            if row.job.logprobs:
-                best = lp[r].topk(min(row.job.logprobs, lp.shape[-1]))
-                top = {tokenizer.decode([int(i)]): float(v) for v, i in zip(best.values, best.indices)}
-            events.append(TokenEvent(token, tokenizer.decode([token]), text, float(lp[r, token]), top, finish))
-            row.finished = finish is not None
-        was_active = torch.tensor([e is not None for e in events], dtype=torch.long)
-        self.ids = torch.cat([self.ids, torch.tensor(chosen, dtype=torch.long)[:, None]], dim=1)
-        self.mask = torch.cat([self.mask, was_active[:, None]], dim=1)
+            parts = []
+            if self.rows:
+                positions = (self.mask.cumsum(-1) - 1).clamp(min=0)
+                logits = self._forward(self.rows, self.groups, self.last[:, None], self.mask, positions[:, -1:])
+                parts.append((self.rows, self._combine(self.rows, *logits)))
+            joining = None
+            if self.pending and (self.joinable or not self.rows):
+                jobs, self.pending = self.pending, []
+                rows, groups, mask, lp = self._prefill(jobs)
+                joining = (rows, groups, mask)
+                parts.append((rows, lp))
+        events, chosen = [], {}
+        for rows, lp in parts:
+            for r, row in enumerate(rows):
+                token = self._choose(row, lp[r:r + 1])
+                chosen[id(row)] = token
+                text, finish = self._release(row, token)
+                top = None
+                if row.job.logprobs:
+                    best = lp[r].topk(min(row.job.logprobs, lp.shape[-1]))
+                    top = {tokenizer.decode([int(i)]): float(v) for v, i in zip(best.values, best.indices)}
+                events.append((row.job, TokenEvent(token, tokenizer.decode([token]), text, float(lp[r, token]), top,
+                                                   finish)))
+                row.finished = finish is not None
+        if joining is not None:
+            rows, groups, mask = joining
+            self.joinable = self.joinable and all(_joinable(g.cache) for g in groups.values())
+            self._join(rows, groups, mask)
+        self.last = torch.tensor([chosen[id(row)] for row in self.rows], dtype=torch.long)
+        self.mask = torch.cat([self.mask, torch.ones((len(self.rows), 1), dtype=torch.long)], dim=1)
+        self._retire()
         self.steps += 1
         return events

@@ -1,10 +1,11 @@
-"""The replica's decoding loop: requests queue up while a batch decodes; the next batch takes every waiting
-request (up to `max_batch_size`) and steps them together, one steered step per token for the whole batch.
+"""The replica's decoding loop: one running batch (serving/engine.py) that requests join between steps and
+leave when they finish, so every step advances every request in flight by one steered token.
 
 Why not @serve.batch: it forms a new batch every `batch_wait_timeout_s` while the previous one still runs, and
-the new ones wait behind it; a generation batch runs for tens of steps, so under steady load the arrivals were
-cut into batches of 1-7 (bench/serve.py, 16 clients) and throughput stopped growing with clients. Here one
-loop owns the engine, so nothing else competes for the replica's torch thread either.
+the new ones wait behind it; a generation runs for tens of steps, so under steady load the arrivals were cut
+into batches of 1-7 (bench/serve.py, 16 clients) and throughput stopped growing with clients. Static batches
+formed from everything waiting did better, but settled into two halves taking turns. Here one loop owns the
+engine, so nothing else competes for the replica's torch thread either.
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ class DecodeLoop:
     def __init__(self, engine: Engine, max_batch_size: int = 16, batch_wait_timeout_s: float = 0.005):
         self.engine, self.max_batch_size, self.wait_s = engine, max_batch_size, batch_wait_timeout_s
         self.waiting: list[tuple[DecodeJob, asyncio.Queue]] = []
-        self.batch_sizes: list[int] = []  # of every batch run (what the tests and the bench read)
+        self.steps = 0  # decoding steps run, and the rows they advanced (mean batch = rows / steps)
+        self.rows = 0
+        self._queues: dict[int, asyncio.Queue] = {}
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
 
@@ -32,29 +35,37 @@ class DecodeLoop:
         self._wakeup.set()
         return queue
 
+    def _admit(self, batch) -> None:
+        room = self.max_batch_size - batch.size
+        taken, self.waiting = self.waiting[:max(room, 0)], self.waiting[max(room, 0):]
+        for job, queue in taken:
+            self._queues[id(job)] = queue
+        batch.admit([job for job, _ in taken])
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             if self.wait_s:
-                await asyncio.sleep(self.wait_s)  # a burst of requests arrives over a few milliseconds
-            taken, self.waiting = self.waiting[: self.max_batch_size], self.waiting[self.max_batch_size:]
-            if not self.waiting:
-                self._wakeup.clear()
-            if taken:
-                await self._decode(taken)
-
-    async def _decode(self, taken: list[tuple[DecodeJob, asyncio.Queue]]) -> None:
-        self.batch_sizes.append(len(taken))
-        try:
-            batch = self.engine.start([job for job, _ in taken])
-            while not batch.done:
-                events = await asyncio.to_thread(batch.step)  # the loop stays free to take new requests
-                for (_, queue), event in zip(taken, events):
-                    if event is not None:
+                await asyncio.sleep(self.wait_s)  # when idle, a burst of requests arrives over a few milliseconds
+            self._wakeup.clear()
+            batch = self.engine.start()
+            self._admit(batch)
+            try:
+                while not batch.done:
+                    events = await asyncio.to_thread(batch.step)  # the loop stays free to take new requests
+                    self.steps, self.rows = self.steps + 1, self.rows + len(events)
+                    for job, event in events:
+                        queue = self._queues[id(job)]
                         queue.put_nowait(event)
-        except Exception as err:  # noqa: BLE001 - every request of the batch is told; the loop goes on
-            for _, queue in taken:
-                queue.put_nowait(err)
+                        if event.finish_reason is not None:
+                            del self._queues[id(job)]
+                    self._admit(batch)
+            except Exception as err:  # noqa: BLE001 - every request in the batch is told; the loop goes on
+                for queue in self._queues.values():
+                    queue.put_nowait(err)
+                self._queues.clear()
+            if self.waiting:
+                self._wakeup.set()
 
     async def events(self, job: DecodeJob):
         """The job's TokenEvents as they are decoded, in lists of those ready together (a stream that falls

@@ -98,23 +98,31 @@ def test_request_rules_name_the_field():
                        "logprobs": True, "top_logprobs": 2}).sampling.logprobs == 2
 
 
-def test_one_batch_of_mixed_vintages_and_methods_equals_pointintimelm(registry):
+def test_a_running_batch_that_rows_join_and_leave_equals_pointintimelm(registry):
+    """Rows of every method and vintage join a running batch at different steps with different lengths and
+    leave when done (caches padded, joined and sliced): each still answers as PointInTimeLM does alone."""
     engine = Engine(registry)
-    cases = [(m, a) for m in METHODS for a in ("2019-04-10", "2019-07-02", "2019-10-01")]
+    vintages = {c: engine.load_vintage(c) for c in CUTOFFS}  # shared, as the server's LRU shares them
+    cases = [(m, a, 4 + (i % 7)) for i, (m, a) in
+             enumerate((m, a) for m in METHODS for a in ("2019-04-10", "2019-07-02", "2019-10-01"))]
+    prompts = [PROMPT, "Brio 2019q2 preview points to a", "the market"]
     jobs = []
-    for method, as_of in cases:
+    for i, (method, as_of, n) in enumerate(cases):
         m = parse_method(method)
-        cutoff = engine.vintage_for(parse_as_of(as_of))
-        jobs.append(DecodeJob(engine.encode(PROMPT), m, engine.load_vintage(cutoff) if m.steered else None, 10))
-    batch = engine.start(jobs)
-    assert batch.vintages == 9  # one vintage object per steered job here: each is its own group
-    events = [[] for _ in jobs]
-    while not batch.done:
-        for row, event in enumerate(batch.step()):
-            if event is not None:
-                events[row].append(event)
-    for (method, as_of), row in zip(cases, events):
-        assert "".join(e.text for e in row) == reference(registry, as_of, method)[0], (method, as_of)
+        vintage = vintages[engine.vintage_for(parse_as_of(as_of))] if m.steered else None
+        jobs.append(DecodeJob(engine.encode(prompts[i % 3]), m, vintage, n))
+    batch, later, texts, widest, most_vintages = engine.start(jobs[:3]), jobs[3:], {}, 0, 0
+    while later or not batch.done:
+        if later and (batch.steps % 2 == 1 or batch.done):
+            batch.admit(later[:2])
+            later = later[2:]
+        for job, event in batch.step():
+            texts[id(job)] = texts.get(id(job), "") + event.text
+        widest, most_vintages = max(widest, len(batch.rows)), max(most_vintages, batch.vintages)
+    assert widest >= 6 and most_vintages == 3
+    for i, ((method, as_of, n), job) in enumerate(zip(cases, jobs)):
+        expected = reference(registry, as_of, method, prompt=prompts[i % 3], max_new_tokens=n)[0]
+        assert texts[id(job)] == expected, (method, as_of, n)
 
 
 def test_ask_prints_the_continuation_and_choices(registry, capsys):
