@@ -1,7 +1,7 @@
 """Serving benchmark: `vintage serve` on 127.0.0.1, streamed completions from 1, 4 and 16 concurrent clients.
 
-    python bench/serve.py                                  # about 3 minutes on 2 cores
-    python bench/serve.py --clients 1 4 --rounds 2         # quicker
+    python bench/serve.py                                  # about 7 minutes on 2 cores
+    python bench/serve.py --clients 1 4 --repeats 1        # quicker
 
 Three scenarios, same server, same run: the point-in-time model at one vintage, the frontier alone (method
 `frontier`: no surrogate runs, served the same way) and the point-in-time model with requests spread over 8
@@ -120,7 +120,27 @@ def run_level(port, key, bodies: list[dict], clients: int) -> dict:
     ttft, latency, tokens = zip(*results)
     return {"clients": clients, "requests": len(results), "tokens": sum(tokens), "wall_s": wall,
             "tokens_per_s": sum(tokens) / wall, "ttft_p50": percentile(ttft, 0.5), "ttft_p99": percentile(ttft, 0.99),
+            "latency_p50": percentile(latency, 0.5), "latency_p99": percentile(latency, 0.99),
+            "ttft": list(ttft), "latency": list(latency)}
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One row from a level's repeats: median tokens/s, latency percentiles over every request of them."""
+    ttft = [t for r in runs for t in r["ttft"]]
+    latency = [t for r in runs for t in r["latency"]]
+    return {"scenario": runs[0]["scenario"], "clients": runs[0]["clients"],
+            "requests": sum(r["requests"] for r in runs), "repeats": len(runs),
+            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in runs),
+            "tokens_per_s_each": [round(r["tokens_per_s"], 1) for r in runs],
+            "mean_batch": statistics.mean(r["mean_batch"] for r in runs),
+            "ttft_p50": percentile(ttft, 0.5), "ttft_p99": percentile(ttft, 0.99),
             "latency_p50": percentile(latency, 0.5), "latency_p99": percentile(latency, 0.99)}
+
+
+def paired(runs: dict, a: tuple, b: tuple) -> tuple[float, float, float]:
+    """Median, min and max over repeats of tokens/s of level `a` / level `b` measured in the same repeat."""
+    ratios = [x["tokens_per_s"] / y["tokens_per_s"] for x, y in zip(runs[a], runs[b])]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 class MemoryWatch:
@@ -222,6 +242,7 @@ def main() -> None:
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--method", default="linear alpha=0.5")
     parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats of every level")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait", type=float, default=0.02,
                         help="seconds a batch waits to fill after its first request (serve config)")
@@ -252,40 +273,45 @@ def main() -> None:
         for date in as_of:  # warm-up: every vintage loaded (resident in the LRU) before anything is timed
             stream_request(port, key, {"model": "frontier", "prompt": prompts[0], "as_of": date, "max_tokens": 2,
                                        "temperature": 0, "method": args.method})
+        runs: dict[tuple[str, int], list[dict]] = {(name, c): [] for name in scenarios for c in args.clients}
         with watch:
-            for name, pick in scenarios.items():
+            # round-robin over repeats, so that drift in the machine's load hits every level alike
+            for repeat in range(args.repeats):
                 for clients in args.clients:
-                    total = max(clients * args.rounds, args.min_requests)
-                    bodies = []
-                    for i in range(total):
-                        date, method = pick(i)
-                        bodies.append({"model": "frontier", "prompt": prompts[i % len(prompts)], "as_of": date,
-                                       "method": method, "max_tokens": args.max_tokens, "temperature": 0})
-                    steps, rows_before = decode_stats(port, key)
-                    row = {"scenario": name, **run_level(port, key, bodies, clients)}
-                    steps_after, rows_after = decode_stats(port, key)
-                    row["mean_batch"] = (rows_after - rows_before) / max(steps_after - steps, 1)
-                    rows.append(row)
-                    print(f"  {name:<24} {clients:>2} clients: {row['tokens_per_s']:.1f} tokens/s", flush=True)
+                    for name, pick in scenarios.items():
+                        total = max(clients * args.rounds, args.min_requests)
+                        bodies = []
+                        for i in range(total):
+                            date, method = pick(i)
+                            bodies.append({"model": "frontier", "prompt": prompts[i % len(prompts)], "as_of": date,
+                                           "method": method, "max_tokens": args.max_tokens, "temperature": 0})
+                        steps, rows_before = decode_stats(port, key)
+                        run = {"scenario": name, **run_level(port, key, bodies, clients)}
+                        steps_after, rows_after = decode_stats(port, key)
+                        run["mean_batch"] = (rows_after - rows_before) / max(steps_after - steps, 1)
+                        runs[(name, clients)].append(run)
+                        print(f"  repeat {repeat}: {name:<26} {clients:>2} clients: {run['tokens_per_s']:.1f} tokens/s",
+                              flush=True)
         memory["peak_8_vintages_resident"] = watch.peak
     finally:
         stop_server(process)
+    low, top = min(args.clients), max(args.clients)
+    rows = [summarise(runs[(name, c)]) for name in scenarios for c in args.clients]
     for row in rows:
-        base = next(r for r in rows if r["scenario"] == row["scenario"] and r["clients"] == min(args.clients))
-        row["speedup"] = row["tokens_per_s"] / base["tokens_per_s"]
+        row["speedup"] = paired(runs, (row["scenario"], row["clients"]), (row["scenario"], low))[0]
     print()
     print(table(rows))
+    print(f"(tokens/s: median of {args.repeats} repeats run round-robin; x {low} client: median of the same-repeat "
+          f"ratios; latencies over every request of the repeats; batch: mean rows per decoding step)")
     print()
-    pit, alone = list(scenarios)[0], "frontier alone"
+    pit, alone, spread = list(scenarios)
     for clients in args.clients:
-        a = next(r for r in rows if r["scenario"] == pit and r["clients"] == clients)
-        b = next(r for r in rows if r["scenario"] == alone and r["clients"] == clients)
-        c = next(r for r in rows if r["scenario"] == list(scenarios)[2] and r["clients"] == clients)
-        print(f"{clients:>2} clients: point-in-time / frontier alone = {a['tokens_per_s'] / b['tokens_per_s']:.2f} "
-              f"(goal >= 0.75); {args.vintages} vintages / 1 vintage = {c['tokens_per_s'] / a['tokens_per_s']:.2f}")
-    top, low = max(args.clients), min(args.clients)
-    speed = next(r["speedup"] for r in rows if r["scenario"] == pit and r["clients"] == top)
-    print(f"point-in-time at {top} clients / {low} client: {speed:.2f}x (goal >= 4)")
+        r, lo, hi = paired(runs, (pit, clients), (alone, clients))
+        v, vlo, vhi = paired(runs, (spread, clients), (pit, clients))
+        print(f"{clients:>2} clients: point-in-time / frontier alone = {r:.2f} ({lo:.2f}-{hi:.2f}; goal >= 0.75); "
+              f"{args.vintages} vintages / 1 vintage = {v:.2f} ({vlo:.2f}-{vhi:.2f})")
+    r, lo, hi = paired(runs, (pit, top), (pit, low))
+    print(f"point-in-time at {top} clients / {low} client: {r:.2f}x ({lo:.2f}-{hi:.2f}; goal >= 4)")
     gib = 1 << 30
     print(f"memory before vintages load: replica RSS {memory['before_vintages']['replica_rss'] / gib:.2f} GiB, "
           f"server {memory['before_vintages']['server_rss'] / gib:.2f} GiB")
@@ -293,7 +319,10 @@ def main() -> None:
     print(f"peak with {args.vintages} vintages resident: replica RSS {peak['replica_rss'] / gib:.2f} GiB "
           f"(PSS {peak['replica_pss'] / gib:.2f}), whole server RSS {peak['server_rss'] / gib:.2f} GiB "
           f"(PSS {peak['server_pss'] / gib:.2f})")
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "memory": memory}, indent=2))
+    raw = {f"{name} / {c}": [{k: v for k, v in r.items() if k not in ("ttft", "latency")} for r in rs]
+           for (name, c), rs in runs.items()}
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "runs": raw, "memory": memory},
+                                                 indent=2))
     print(f"results: {out / 'results.json'}")
 
 

@@ -35,6 +35,7 @@ class DecodeJob:
     stop: tuple[str, ...] = ()
     logprobs: int | None = None  # None: no log-probs; n >= 0: the chosen token's and the top n alternatives'
     seed: int | None = None
+    cancelled: bool = False  # set when the client went away: the row leaves the batch at the next step
 
 
 @dataclass
@@ -257,6 +258,9 @@ class Batch:
 
     def _retire(self) -> None:
         """Drop finished rows from the mask and every cache, and columns no remaining row attends to."""
+        for row in self.rows:
+            row.finished = row.finished or row.job.cancelled
+        self.pending = [job for job in self.pending if not job.cancelled]
         keep = [i for i, row in enumerate(self.rows) if not row.finished]
         if len(keep) < len(self.rows):
             for key in list(self.groups):

@@ -36,6 +36,9 @@ class DecodeLoop:
         return queue
 
     def _admit(self, batch) -> None:
+        for job in [job for job, _ in self.waiting if job.cancelled] + [j for j in batch.pending if j.cancelled]:
+            self._queues.pop(id(job), None)
+        self.waiting = [(job, queue) for job, queue in self.waiting if not job.cancelled]
         room = self.max_batch_size - batch.size
         taken, self.waiting = self.waiting[:max(room, 0)], self.waiting[max(room, 0):]
         for job, queue in taken:
@@ -55,10 +58,11 @@ class DecodeLoop:
                     events = await asyncio.to_thread(batch.step)  # the loop stays free to take new requests
                     self.steps, self.rows = self.steps + 1, self.rows + len(events)
                     for job, event in events:
-                        queue = self._queues[id(job)]
-                        queue.put_nowait(event)
-                        if event.finish_reason is not None:
-                            del self._queues[id(job)]
+                        queue = self._queues.get(id(job))
+                        if queue is not None:
+                            queue.put_nowait(event)
+                        if event.finish_reason is not None or job.cancelled:
+                            self._queues.pop(id(job), None)
                     self._admit(batch)
             except Exception as err:  # noqa: BLE001 - every request in the batch is told; the loop goes on
                 for queue in self._queues.values():
@@ -71,16 +75,19 @@ class DecodeLoop:
         """The job's TokenEvents as they are decoded, in lists of those ready together (a stream that falls
         behind sends several tokens in one message)."""
         queue = self.submit(job)
-        while True:
-            ready: list[Any] = [await queue.get()]
-            while not queue.empty():
-                ready.append(queue.get_nowait())
-            for item in ready:
-                if isinstance(item, BaseException):
-                    raise item
-            yield ready
-            if ready[-1].finish_reason is not None:
-                return
+        try:
+            while True:
+                ready: list[Any] = [await queue.get()]
+                while not queue.empty():
+                    ready.append(queue.get_nowait())
+                for item in ready:
+                    if isinstance(item, BaseException):
+                        raise item
+                yield ready
+                if ready[-1].finish_reason is not None:
+                    return
+        finally:
+            job.cancelled = True  # a no-op when it finished; frees its batch slot when the reader went away
 
     async def collect(self, job: DecodeJob) -> list:
         return [event async for ready in self.events(job) for event in ready]

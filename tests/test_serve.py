@@ -125,6 +125,23 @@ def test_a_running_batch_that_rows_join_and_leave_equals_pointintimelm(registry)
         assert texts[id(job)] == expected, (method, as_of, n)
 
 
+def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(registry):
+    engine = Engine(registry)
+    method = parse_method("linear alpha=0.5")
+    vintage = engine.load_vintage("2019-06-30")
+    gone, stays = (DecodeJob(engine.encode(p), method, vintage, 10) for p in ("the market", PROMPT))
+    batch, text = engine.start([gone, stays]), ""
+    for step in range(12):
+        if step == 2:
+            gone.cancelled = True  # what the server does when a client disconnects
+        text += "".join(e.text for job, e in batch.step() if job is stays)
+        if step >= 2:
+            assert [row.job for row in batch.rows] in ([stays], [])
+        if batch.done:
+            break
+    assert text == reference(registry, "2019-07-02", "linear alpha=0.5")[0]
+
+
 def test_ask_prints_the_continuation_and_choices(registry, capsys):
     assert vintage_main(["ask", "--registry", str(registry), "--as-of", "2019-07-02", "--max-new-tokens", "10",
                          PROMPT]) == 0
