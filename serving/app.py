@@ -204,6 +204,7 @@ def build_app(registry: str | Path, frontier: str | Path | None, config: ServeCo
     """The bound application for serve.run (the replicas get the key's digest, never the key)."""
     deployment = VintageServer.options(
         num_replicas=config.num_replicas, max_ongoing_requests=config.max_ongoing_requests,
-        ray_actor_options={"num_cpus": config.cpus_per_replica})
+        ray_actor_options={"num_cpus": config.cpus_per_replica},
+        logging_config={"enable_access_log": config.access_log})
     return deployment.bind(str(Path(registry).resolve()), str(Path(frontier).resolve()) if frontier else None,
                            config, key_digest(api_key))

@@ -27,6 +27,7 @@ class ServeConfig:
     cpus_per_replica: float = doc("Ray CPUs reserved per replica", 1.0)
     torch_threads: int = doc("torch threads per replica (1: under contention more threads run slower)", 1)
     max_ongoing_requests: int = doc("requests a replica accepts at once (>= max_batch_size)", 64)
+    access_log: bool = doc("one line per request in the replica's log (Ray Serve's access log)", True)
 
     def __post_init__(self):
         try:
