@@ -143,7 +143,8 @@ class VintageServer:
         results = await asyncio.gather(*(self.loop.collect(job) for job in jobs))
         choices = [protocol.completion_choice(i, events, s.logprobs is not None) for i, events in enumerate(results)]
         body = protocol.completion_body(rid, model, choices, sum(len(j.prompt_ids) for j in jobs),
-                                        sum(len(e) for e in results), cutoff if s.method.steered else None,
+                                        sum(len(protocol.answered(e)) for e in results),
+                                        cutoff if s.method.steered else None,
                                         s.method)
         return JSONResponse(body)
 
@@ -153,7 +154,7 @@ class VintageServer:
             async for ready in self.loop.events(job):
                 message = []
                 for event in ready:
-                    count += 1
+                    count += not event.eos
                     message.append(protocol.sse(protocol.completion_chunk(rid, model, event, s.logprobs is not None,
                                                                           offset)))
                     offset += len(event.token)
@@ -182,14 +183,14 @@ class VintageServer:
                                                cutoff if s.method.steered else None, s.method))
 
     async def _stream_chat(self, rid, model, job, s):
-        count = 0
+        count, first = 0, True
         try:
             async for ready in self.loop.events(job):
                 message = []
                 for event in ready:
                     message.append(protocol.sse(protocol.chat_chunk(rid, model, event, s.logprobs is not None,
-                                                                    first=count == 0)))
-                    count += 1
+                                                                    first=first)))
+                    first, count = False, count + (not event.eos)
                 yield "".join(message)
         except Exception as err:  # noqa: BLE001 - as in _stream_completion
             yield protocol.sse(APIError(500, f"generation failed: {err}", None, "server_error", "server_error").body())

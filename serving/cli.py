@@ -24,7 +24,11 @@ def _as_of(value: str):
 
 
 def ask(args) -> int:
+    from transformers.utils import logging as hf_logging
+
     from vintage.decoding import PointInTimeLM
+
+    hf_logging.disable_progress_bar()  # a bar per model load would bury the answer
 
     if args.prompt is None:  # `--choices " beat" " miss" "prompt"`: nargs="+" took the prompt as well
         if not args.choices or len(args.choices) < 2:

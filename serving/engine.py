@@ -48,6 +48,7 @@ class TokenEvent:
     logprob: float
     top_logprobs: dict[str, float] | None = None
     finish_reason: str | None = None  # "stop" (EOS or a stop string), "length", or None while going on
+    eos: bool = False  # the end-of-text token: ends the row, is no part of the answer (as in PointInTimeLM)
 
 
 @dataclass
@@ -344,7 +345,7 @@ class Batch:
                     best = lp[r].topk(min(row.job.logprobs, lp.shape[-1]))
                     top = {tokenizer.decode([int(i)]): float(v) for v, i in zip(best.values, best.indices)}
                 events.append((row.job, TokenEvent(token, tokenizer.decode([token]), text, float(lp[r, token]), top,
-                                                   finish)))
+                                                   finish, token == tokenizer.eos_token_id)))
                 row.finished = finish is not None
         if joining is not None:
             rows, groups, mask = joining

@@ -176,7 +176,13 @@ def served_model(frontier: str, cutoff: str | None) -> str:
     return frontier if cutoff is None else f"{frontier}@{cutoff}"
 
 
+def answered(events: Sequence[TokenEvent]) -> list[TokenEvent]:
+    """The events of the answer's tokens (without the end-of-text token that ended it)."""
+    return [e for e in events if not e.eos]
+
+
 def completion_logprobs(events: Sequence[TokenEvent], offset: int = 0) -> dict:
+    events = answered(events)
     tokens = [e.token for e in events]
     offsets, at = [], offset
     for t in tokens:
@@ -187,6 +193,7 @@ def completion_logprobs(events: Sequence[TokenEvent], offset: int = 0) -> dict:
 
 
 def chat_logprobs(events: Sequence[TokenEvent]) -> dict:
+    events = answered(events)
     return {"content": [{"token": e.token, "logprob": e.logprob, "bytes": list(e.token.encode()),
                          "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())}
                                           for t, v in (e.top_logprobs or {}).items()]} for e in events]}
@@ -216,7 +223,7 @@ def chat_body(rid: str, model: str, events: Sequence[TokenEvent], logprobs: bool
               "finish_reason": events[-1].finish_reason if events else "length",
               "logprobs": chat_logprobs(events) if logprobs else None}
     return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [choice], "usage": usage(prompt_tokens, len(events)),
+            "choices": [choice], "usage": usage(prompt_tokens, len(answered(events))),
             "vintage_cutoff": cutoff, "method": method.spec}
 
 

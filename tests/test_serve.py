@@ -98,6 +98,17 @@ def test_request_rules_name_the_field():
                        "logprobs": True, "top_logprobs": 2}).sampling.logprobs == 2
 
 
+def test_the_end_of_text_token_is_no_part_of_the_answer():
+    from serving.engine import TokenEvent
+    from serving.protocol import chat_body, completion_choice
+
+    events = [TokenEvent(5, "beat", "beat", -0.1), TokenEvent(2, "[EOS]", "", -0.2, None, "stop", eos=True)]
+    choice = completion_choice(0, events, logprobs=True)
+    assert choice["text"] == "beat" and choice["logprobs"]["tokens"] == ["beat"] and choice["finish_reason"] == "stop"
+    body = chat_body("id", "m", events, True, 3, "2019-06-30", parse_method(None))
+    assert body["usage"]["completion_tokens"] == 1 and len(body["choices"][0]["logprobs"]["content"]) == 1
+
+
 def test_a_running_batch_that_rows_join_and_leave_equals_pointintimelm(registry):
     """Rows of every method and vintage join a running batch at different steps with different lengths and
     leave when done (caches padded, joined and sliced): each still answers as PointInTimeLM does alone."""
