@@ -345,3 +345,22 @@ def test_defaults_bind_localhost_and_only_safetensors_load(registry, tmp_path):
     weights.unlink()
     with pytest.raises(OSError):
         Engine(copy)
+
+
+def test_the_api_key_comes_from_the_config_file_or_the_environment(tmp_path, monkeypatch):
+    from corpora.config import ConfigError
+    from serving.config import ServeConfig, key_digest, load_config, read_api_key
+
+    monkeypatch.setenv("VINTAGE_API_KEY", "from-env")
+    assert read_api_key(ServeConfig()) == "from-env"
+    (tmp_path / "key.txt").write_text("from-file\n")
+    (tmp_path / "serve.yaml").write_text("api_key_file: key.txt\nmax_vintages: 2\n")
+    config = load_config(tmp_path / "serve.yaml")
+    assert read_api_key(config, tmp_path / "serve.yaml") == "from-file" and config.max_vintages == 2
+    assert key_digest("from-file") != "from-file"  # replicas hold only the digest
+    (tmp_path / "key.txt").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        read_api_key(config, tmp_path / "serve.yaml")
+    (tmp_path / "bad.yaml").write_text("max_batch_size: 32\nmax_ongoing_requests: 8\n")
+    with pytest.raises(ConfigError, match="max_ongoing_requests"):
+        load_config(tmp_path / "bad.yaml")
