@@ -20,8 +20,9 @@ class ServeConfig:
                                    "variable (one of the two is required)", None)
     default_method: str = doc("method of requests that name none (serving/methods.py spec string)", DEFAULT_METHOD)
     default_max_tokens: int = doc("max_tokens of requests that give none (OpenAI's completions default)", 16)
-    max_batch_size: int = doc("requests decoded together in one steered step (serving/scheduler.py)", 16)
-    batch_wait_timeout_s: float = doc("how long a batch waits to fill once its first request arrived", 0.005)
+    max_batch_size: int = doc("most requests decoded together in one steered step (serving/scheduler.py)", 16)
+    batch_wait_timeout_s: float = doc("when idle, how long the first request waits for others to start with it",
+                                      0.005)
     max_vintages: int = doc("vintage surrogates kept loaded per replica (LRU, @serve.multiplexed)", 8)
     num_replicas: int = doc("replicas of the application; each loads the frontier once", 1)
     cpus_per_replica: float = doc("Ray CPUs reserved per replica", 1.0)
