@@ -4,6 +4,8 @@
     vintage validate --config configs/corpora/example.yaml --out out/validated
     vintage split --config configs/split/synthetic_small.yaml
     vintage train --config configs/train/tiny.yaml
+    vintage ask --registry out/tiny/models --as-of 2018-01-15 "Velmora 2017q4 results:"
+    VINTAGE_API_KEY=secret vintage serve --registry out/tiny/models
 """
 from __future__ import annotations
 
@@ -212,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     temps.add_argument("--kinds", default="neural,ngram", help="comma-separated: neural, ngram")
     temps.add_argument("--holdout-every", type=int, default=20)
     temps.set_defaults(func=_fit_temperatures)
+
+    from serving.cli import add_commands
+
+    add_commands(commands)  # ask, serve
     return parser
 
 

@@ -9,11 +9,12 @@ from corpora.config import ConfigError, load_yaml
 from corpora.validation import CorpusConfig
 from corpora.split import SplitConfig
 from pipelines.end_to_end import EndToEndConfig
+from serving.config import ServeConfig
 from vintage.runs import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_CLASSES = {"corpora": CorpusConfig, "split": SplitConfig, "train": TrainConfig, "backtest": BacktestSpec,
-                  "": EndToEndConfig}
+                  "serve": ServeConfig, "": EndToEndConfig}
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").rglob("*.yaml")), ids=lambda p: p.name)

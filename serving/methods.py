@@ -1,0 +1,132 @@
+"""Decoding methods for ask and serve: one spec string (or mapping) parsed by one function into a `Method`.
+
+    frontier                       the frontier alone (no steering)
+    linear alpha=0.5 [plausibility=0.3]
+    rank k=1 [margin=0] [plausibility=0.1]
+    switch [margin=0] [plausibility=0.1]
+
+The modes and their knobs are PointInTimeLM's (vintage/decoding.py), with the backtest spec's defaults
+(margin 0, no plausibility mask, temperatures 1). The default for requests that name no method is
+DEFAULT_METHOD; change it here and nowhere else.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from vintage.decoding import combine_logprobs, rank_logprobs, switch_logprobs
+
+# The method used when a request or `vintage ask` names none. The linear contrast at alpha 0.5 is the demo's
+# backtest setting; PointInTimeLM.from_registry's own default ("calibrated") needs a calibration that
+# registries written by the pipeline do not record. Which default to recommend is settled elsewhere.
+DEFAULT_METHOD = "linear alpha=0.5"
+
+MODES = ("frontier", "linear", "rank", "switch")
+KNOBS = {"frontier": (), "linear": ("alpha", "plausibility"), "rank": ("k", "margin", "plausibility"),
+         "switch": ("margin", "plausibility")}
+
+
+class MethodError(ValueError):
+    """A method spec that names an unknown mode or knob, or a knob out of range."""
+
+
+@dataclass(frozen=True)
+class Method:
+    """One way of decoding: the mode and its knobs (hashable: requests with equal methods share a combine)."""
+
+    mode: str
+    alpha: float = 0.5  # linear: contrast strength in [0, 4]
+    k: int = 1  # rank: tokens banned per step (>= 1)
+    margin: float = 0.0  # rank and switch: minimum log p_full - log p_vintage to act on
+    plausibility: float | None = None  # fraction of the frontier's top probability; None: no mask
+
+    @property
+    def steered(self) -> bool:
+        """Whether the surrogates are needed at all (the frontier alone and alpha 0 need none)."""
+        return self.mode != "frontier" and not (self.mode == "linear" and self.alpha == 0)
+
+    @property
+    def spec(self) -> str:
+        """The canonical spec string (parse_method(m.spec) == m)."""
+        parts = [self.mode] + [f"{knob}={getattr(self, knob)}" for knob in KNOBS[self.mode]
+                               if not (knob == "plausibility" and self.plausibility is None)]
+        return " ".join(parts)
+
+    def lm_kwargs(self) -> dict:
+        """The PointInTimeLM constructor settings of this method (from_registry(..., **m.lm_kwargs()))."""
+        if self.mode == "frontier":
+            return {"alpha": 0.0}
+        if self.mode == "linear":
+            return {"alpha": self.alpha, "plausibility": self.plausibility}
+        # rank and switch: alpha only switches the steering on
+        if self.mode == "rank":
+            return {"alpha": 1.0, "rank_k": self.k, "rank_margin": self.margin, "plausibility": self.plausibility}
+        return {"alpha": 1.0, "switch_margin": self.margin, "plausibility": self.plausibility}
+
+    def logprobs(self, frontier: torch.Tensor, vintage: torch.Tensor | None, full: torch.Tensor | None) -> torch.Tensor:
+        """Next-token log-probs [..., V] from the three models' logits; the same arithmetic as
+        PointInTimeLM._combine, so served answers equal PointInTimeLM's."""
+        if not self.steered:
+            return F.log_softmax(frontier.float(), dim=-1)
+        if self.mode == "rank":
+            return rank_logprobs(frontier, vintage, full, self.k, self.margin, self.plausibility)
+        if self.mode == "switch":
+            return switch_logprobs(frontier, vintage, full, self.margin, self.plausibility)
+        return combine_logprobs(frontier, vintage, full, self.alpha, plausibility=self.plausibility)
+
+
+def _number(mode: str, knob: str, value: Any, kind: type):
+    if isinstance(value, str):
+        text = value.strip()
+        if knob == "plausibility" and text.lower() in ("none", "null", ""):
+            return None
+        try:
+            value = int(text) if kind is int else float(text)
+        except ValueError:
+            raise MethodError(f"method {mode}: {knob}={value!r} is not {'an integer' if kind is int else 'a number'}"
+                              ) from None
+    if value is None and knob == "plausibility":
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+        raise MethodError(f"method {mode}: {knob}={value!r} is not {'an integer' if kind is int else 'a number'}")
+    return kind(value)
+
+
+def parse_method(spec: str | Mapping[str, Any] | None) -> Method:
+    """'linear alpha=0.5' or {"mode": "linear", "alpha": 0.5} → Method; None → DEFAULT_METHOD."""
+    if spec is None:
+        spec = DEFAULT_METHOD
+    if isinstance(spec, Mapping):
+        knobs = dict(spec)
+        mode = knobs.pop("mode", None)
+    elif isinstance(spec, str):
+        words = spec.split()
+        if not words:
+            raise MethodError(f"method is empty; expected one of {', '.join(MODES)} (e.g. {DEFAULT_METHOD!r})")
+        mode, knobs = words[0], {}
+        for word in words[1:]:
+            key, sep, value = word.partition("=")
+            if not sep:
+                raise MethodError(f"method {spec!r}: {word!r} is not key=value")
+            knobs[key] = value
+    else:
+        raise MethodError(f"method must be a string such as {DEFAULT_METHOD!r} or a mapping with a 'mode', "
+                          f"got {type(spec).__name__}")
+    if mode not in MODES:
+        raise MethodError(f"unknown method {mode!r}; expected one of {', '.join(MODES)} (e.g. {DEFAULT_METHOD!r})")
+    unknown = sorted(set(knobs) - set(KNOBS[mode]))
+    if unknown:
+        allowed = ", ".join(KNOBS[mode]) or "none"
+        raise MethodError(f"method {mode}: unknown setting(s) {unknown}; {mode} takes {allowed}")
+    values = {knob: _number(mode, knob, value, int if knob == "k" else float) for knob, value in knobs.items()}
+    method = Method(mode, **values)
+    if not 0 <= method.alpha <= 4:
+        raise MethodError(f"method {mode}: alpha {method.alpha} outside [0, 4]")
+    if method.k < 1:
+        raise MethodError(f"method {mode}: k must be >= 1, got {method.k}")
+    if method.plausibility is not None and not 0 < method.plausibility <= 1:
+        raise MethodError(f"method {mode}: plausibility must be in (0, 1], got {method.plausibility}")
+    return method
