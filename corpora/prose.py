@@ -99,6 +99,11 @@ _DATE_SPAN = re.compile(
 _FIRST_OF_MONTH = dt.datetime(2000, 1, 1)
 
 
+def has_date(text: str) -> bool:
+    """Whether the text holds anything `dates_in` could read (a cheap test before splitting sentences)."""
+    return _DATE_SPAN.search(text) is not None
+
+
 def dates_in(sentence: str) -> list[tuple[dt.date, int, int]]:
     """(date, start, end) of every full date (day, month and year; or month and year) in a sentence.
 

@@ -120,21 +120,22 @@ def test_trusted_first_appearance_ignores_a_lone_early_mention():
 
 def feed(scale_days=1.0):
     """A dated feed: Oldco covered from the start, Newco from its listing burst on (30 documents after the early
-    use), and one document naming Newco and Oldco long before the burst. `scale_days`: days between documents."""
+    use, which comes after the burn-in), and one document naming Newco and Oldco long before the burst.
+    `scale_days`: days between documents."""
     at = lambda k: day(2019, 1, 1) + dt.timedelta(days=k * scale_days)  # noqa: E731
-    rows = [(f"old{i}", at(i), "Markets were calm.", None, ["Oldco"]) for i in range(20)]
-    rows += [("early", at(20), "Traders compared Oldco with Newco.", None, ["Oldco", "Newco"])]
-    rows += [(f"quiet{i}", at(21 + i), "Markets were calm.", None, ["Oldco"]) for i in range(29)]
-    rows += [(f"new{i}", at(50 + i), "Newco listed.", None, ["Newco"]) for i in range(6)]
+    rows = [(f"old{i}", at(i), "Markets were calm.", None, ["Oldco"]) for i in range(100)]
+    rows += [("early", at(100), "Traders compared Oldco with Newco.", None, ["Oldco", "Newco"])]
+    rows += [(f"quiet{i}", at(101 + i), "Markets were calm.", None, ["Oldco"]) for i in range(29)]
+    rows += [(f"new{i}", at(130 + i), "Newco listed.", None, ["Newco"]) for i in range(6)]
     return rows
 
 
 def test_anachronism_moves_a_document_naming_a_term_before_its_burst():
     rows = feed()
     out = dict(zip([r[0] for r in rows], run(Anachronism(), rows)))
-    assert out["early"]["date"] == day(2019, 2, 20)  # new0: the first corroborated appearance
+    assert out["early"]["date"] == day(2019, 5, 11)  # new0: the first corroborated appearance
     assert out["early"]["evidence"].startswith(
-        "names 'newco' (1 of 2 judged terms early), first corroborated on 2019-02-20")
+        "names 'newco' (1 of 2 judged terms early), first corroborated on 2019-05-11")
     assert all(o["date"] is None for k, o in out.items() if k != "early")
 
 
@@ -150,12 +151,13 @@ def test_anachronism_gives_the_same_decision_at_any_density(scale_days):
 def test_anachronism_reads_names_from_text_and_ignores_common_words():
     # no entities: names come from the text; "Department" and "Revenue" are words the corpus also writes in
     # lower case, "January" a calendar word, "Markets" only ever starts a sentence
-    rows = [(f"d{i}", day(2019, 1, 1 + i), "Markets rose. The department reported revenue to Oldco.") for i in range(20)]
-    rows += [("early", day(2019, 2, 1), "Markets fell. The Department and Revenue of Newco in January were noted.")]
-    rows += [(f"q{i}", day(2019, 2, 2 + i), "Markets rose. The department reported revenue to Oldco.") for i in range(8)]
-    rows += [(f"n{i}", day(2019, 3, 1 + i), "Markets rose as traders bought Newco shares.") for i in range(6)]
+    on = lambda k: day(2019, 1, 1) + dt.timedelta(days=k)  # noqa: E731
+    rows = [(f"d{i}", on(i), "Markets rose. The department reported revenue to Oldco.") for i in range(100)]
+    rows += [("early", on(100), "Markets fell. The Department and Revenue of Newco in January were noted.")]
+    rows += [(f"q{i}", on(101 + i), "Markets rose. The department reported revenue to Oldco.") for i in range(29)]
+    rows += [(f"n{i}", on(130 + i), "Markets rose as traders bought Newco shares.") for i in range(6)]
     out = dict(zip([r[0] for r in rows], run(Anachronism(), rows)))
-    assert out["early"]["date"] == day(2019, 3, 1)
+    assert out["early"]["date"] == on(130)
     assert out["early"]["evidence"].startswith("names 'newco' (1 of 1 judged terms early)")
     assert '"The Department and Revenue of Newco in January were noted."' in out["early"]["evidence"]
     assert sum(o["date"] is not None for o in out.values()) == 1
@@ -164,24 +166,25 @@ def test_anachronism_reads_names_from_text_and_ignores_common_words():
 def test_one_early_name_in_a_long_document_is_not_enough():
     # "early" names Newco before its burst, and five old names: 1 early of 6 judged (min_early 2, share 0.25)
     olds = ["Alco", "Brio", "Cobalt", "Dyna", "Evo"]
-    rows = [(f"old{i}", day(2019, 1, 1 + i), "x", None, olds) for i in range(20)]
-    rows += [("early", day(2019, 2, 1), "x", None, olds + ["Newco"])]
-    rows += [(f"quiet{i}", day(2019, 2, 2 + i), "x", None, olds) for i in range(8)]
-    rows += [(f"new{i}", day(2019, 3, 1 + i), "x", None, ["Newco"]) for i in range(6)]
+    on = lambda k: day(2019, 1, 1) + dt.timedelta(days=k)  # noqa: E731
+    rows = [(f"old{i}", on(i), "x", None, olds) for i in range(100)]
+    rows += [("early", on(100), "x", None, olds + ["Newco"])]
+    rows += [(f"quiet{i}", on(101 + i), "x", None, olds) for i in range(29)]
+    rows += [(f"new{i}", on(130 + i), "x", None, ["Newco"]) for i in range(6)]
     assert all(o["date"] is None for o in run(Anachronism(), rows))
     two_late = [r if r[0] != "early" else (*r[:4], ["Alco", "Brio", "Cobalt", "Newco", "Newer"]) for r in rows]
-    two_late += [(f"newer{i}", day(2019, 3, 10 + i), "x", None, ["Newer"]) for i in range(6)]
+    two_late += [(f"newer{i}", on(140 + i), "x", None, ["Newer"]) for i in range(6)]
     out = dict(zip([r[0] for r in two_late], run(Anachronism(), two_late)))
-    assert out["early"]["date"] == day(2019, 3, 10)  # 2 of 5 early: the latest burst
+    assert out["early"]["date"] == on(140)  # 2 of 5 early: the latest burst
     assert out["early"]["evidence"].startswith("names 'newer' (2 of 5 judged terms early: also 'newco')")
 
 
 def test_a_term_named_now_and_then_before_its_burst_dates_nothing():
     # "Johnson" named in three documents long before the corpus's burst of it: a surname, not a new name
     rows = feed()
-    rows += [(f"j{i}", day(2019, 1, 2 + 9 * i, 13), "x", None, ["Oldco", "Johnson"]) for i in range(3)]
-    rows += [(f"jb{i}", day(2019, 3, 1 + i), "x", None, ["Johnson"]) for i in range(4)]
-    assert len([r for r in rows if "Johnson" in (r[4] or ()) and r[1] < day(2019, 3, 1)]) == 3  # > max_early
+    rows += [(f"j{i}", day(2019, 4, 2 + 9 * i, 13), "x", None, ["Oldco", "Johnson"]) for i in range(3)]
+    rows += [(f"jb{i}", day(2019, 6, 1 + i), "x", None, ["Johnson"]) for i in range(4)]
+    assert len([r for r in rows if "Johnson" in (r[4] or ()) and r[1] < day(2019, 6, 1)]) == 3  # > max_early
     out = dict(zip([r[0] for r in rows], run(Anachronism(), rows)))
     assert all(out[f"j{i}"]["date"] is None for i in range(3))
     assert out["early"]["date"] is not None

@@ -233,7 +233,8 @@ def corpora_and_configs(draw):
         "revision": {},
         "retrospective": {"min_support": draw(st.integers(1, 4)), "window_days": draw(st.floats(0, 10))},
         "anachronism": {"min_support": draw(st.integers(1, 3)), "min_mentions": draw(st.integers(1, 4)),
-                        "burn_in": draw(st.floats(0, 0.5)), "window_docs": draw(st.integers(0, 10)),
+                        "burn_in_days": draw(st.floats(0, 100)),
+                        "burn_in_docs": draw(st.integers(0, 20)), "window_docs": draw(st.integers(0, 10)),
                         "min_share": draw(st.floats(0.05, 1.0)), "terms": draw(st.sampled_from(
                             ["entities", "names", "both"]))},
         "duplicates": {"near": draw(st.booleans()), "containment": draw(st.floats(0.5, 1.0))},

