@@ -36,6 +36,11 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_BREAK.split(text) if s.strip()]
 
 
+def quoted(sentence: str, limit: int) -> str:
+    """A sentence as evidence: in double quotes, cut to `limit` characters (an ellipsis says where)."""
+    return f'"{sentence[:limit]}{"…" if len(sentence) > limit else ""}"'
+
+
 def names_and_lower_words(text: str) -> tuple[set[tuple[str, ...]], set[tuple[str, ...]], set[str]]:
     """(names, sentence-initial names, lower-case words) of a text.
 

@@ -40,7 +40,7 @@ import pyarrow as pa
 
 from corpora.config import doc
 from corpora.filters import Filter, proposals, register
-from corpora.prose import names_and_lower_words, sentences
+from corpora.prose import names_and_lower_words, quoted, sentences
 from corpora.schema import UTC_TIMESTAMP
 
 _CORPUS = "\x00corpus"  # reserved key: one row per document, so that finalize knows the corpus's order
@@ -149,6 +149,7 @@ class Anachronism(Filter):
         dates = reduced["dates"]
         corpus = _micros(dates[terms.index(_CORPUS)])
         p = self.params
+        burn_in_end = max(corpus[0] + int(p.burn_in_days * _DAY_US), corpus[min(p.burn_in_docs, len(corpus) - 1)])
         out = {}
         for i, (term, entity) in enumerate(zip(terms, reduced["entity"].to_pylist())):
             if term == _CORPUS or len(dates[i]) < p.min_mentions:
@@ -156,7 +157,8 @@ class Anachronism(Filter):
             if not entity and all(word in lowered for word in term.split(" ")):
                 continue  # a common word, or a name made of common words only
             mentions = _micros(dates[i])
-            first = _first_corroborated(np.searchsorted(corpus, mentions, side="left"), mentions, corpus, p)
+            first = _first_corroborated(np.searchsorted(corpus, mentions, side="left"), mentions, corpus,
+                                        burn_in_end, p)
             if first is not None:
                 out[term] = first
         return out
@@ -189,18 +191,14 @@ def _micros(dates: pa.Scalar) -> np.ndarray:
     return np.asarray(dates.values.cast(pa.int64()), dtype=np.int64)
 
 
-def _first_corroborated(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray,
+def _first_corroborated(ranks: np.ndarray, mentions: np.ndarray, corpus: np.ndarray, burn_in_end: int,
                         p: Params) -> dt.datetime | None:
-    """F of one term (None: not judged: too rare, never named in a burst, or in use before it).
+    """F of one term named often enough (None: never named in a burst, or in use before it).
 
     ranks: positions in the corpus (sorted publication times `corpus`, µs) of the documents naming it at
-    `mentions` (µs, sorted)."""
-    count = len(ranks)
-    if count < p.min_mentions:
-        return None
+    `mentions` (µs, sorted); terms first named by `burn_in_end` (µs) are trusted from their first mention."""
     k = p.min_support - 1
     first = 0
-    burn_in_end = max(corpus[0] + int(p.burn_in_days * _DAY_US), corpus[min(p.burn_in_docs, len(corpus) - 1)])
     if k > 0 and mentions[0] > burn_in_end:
         ends = corpus[np.minimum(ranks[:-k] + p.window_docs, len(corpus) - 1)]
         window = np.maximum(ends - corpus[ranks[:-k]], int(p.window_days * _DAY_US))
@@ -217,6 +215,6 @@ def _sentence_with(text: str, term: str) -> str:
     """The first sentence naming `term` (case-insensitively), quoted and cut to 160 characters."""
     for sentence in sentences(text):
         if term in sentence.lower():
-            return f'"{sentence[:160]}{"…" if len(sentence) > 160 else ""}"'
+            return quoted(sentence, 160)
     return '""'
 

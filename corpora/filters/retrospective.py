@@ -24,7 +24,7 @@ import pyarrow.compute as pc
 
 from corpora.config import doc
 from corpora.filters import Filter, proposals, register, trusted_first_appearance
-from corpora.prose import dates_in, has_date, sentences
+from corpora.prose import dates_in, has_date, quoted, sentences
 from corpora.schema import UTC_TIMESTAMP
 
 # The sentence reports something that happened: reporting and outcome verbs, retrospective adverbs.
@@ -125,8 +125,7 @@ class Retrospective(Filter):
             for day, sentence in explicit_past_dates(text):
                 # A date on the day of publication is the document's own day, not a later event.
                 if day.date() > published.date() and day > published + tolerance and (best is None or day > best):
-                    quoted = sentence if len(sentence) <= 200 else sentence[:200] + "…"
-                    best, why = day, f'mentions {day.date()} in the past tense: "{quoted}"'
+                    best, why = day, f"mentions {day.date()} in the past tense: {quoted(sentence, 200)}"
             for key in result_mentions(text):
                 first = context.get(key)
                 if first is not None and first > published and (best is None or first > best):
