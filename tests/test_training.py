@@ -46,6 +46,18 @@ def tiny_config(base: Path, out: Path, **changes) -> TrainConfig:
     return replace(config, **changes)
 
 
+def corpus_tokens(registry: Path, cutoff: str) -> int:
+    """Tokens of the documents a vintage trains on, counted here from the split (the held-out ones left out)."""
+    from corpora.split import read_slices
+    from vintage.runs import is_holdout
+    from vintage.tokenizer import load_tokenizer
+
+    config = json.loads((registry / "manifest.json").read_text())["config"]
+    docs = read_slices(config["split"]).to_pylist()
+    texts = [d["text"] for d in docs if d["slice"] <= cutoff and not is_holdout(d["doc_id"], config["holdout_every"])]
+    return sum(len(ids) for ids in load_tokenizer(registry / "tokenizer")(texts, add_special_tokens=False)["input_ids"])
+
+
 def weights(directory: Path) -> dict:
     return load_file(str(directory / "model.safetensors"))
 
@@ -85,10 +97,16 @@ def test_chronological_training_writes_a_loadable_registry(reference):
         # the branch's own share of the tokens these weights saw: its steps' documents
         assert 0 < info["cooldown_tokens"] <= info["cooldown_steps"] * 16 * 96
         assert info["cooldown_tokens"] < info["tokens_seen"]
+        # documents packed into windows, none cut: a pass reads every token of the cutoff's documents
+        assert info["corpus_tokens"] == corpus_tokens(out, cutoff) > 0
+        assert info["tokens_per_epoch"] >= 0.95 * info["corpus_tokens"]
     models = [manifest["models"][f"vintages/{c}"] for c in manifest["cutoffs"]]
     main = [m["tokens_seen"] - m["cooldown_tokens"] for m in models]
     assert main == sorted(main) and main[0] < main[-1]  # one main run continued through the cutoffs
     assert set(manifest["slices"]) == set(manifest["cutoffs"])
+    # the n-gram counts cover the same tokens as the windows (every trained document and its EOS)
+    ngram = json.loads((out / "ngram" / "manifest.json").read_text())["slices"]
+    assert {s: e["tokens"] for s, e in ngram.items()} == {s: e["window_tokens"] for s, e in manifest["slices"].items()}
     assert all(len(s["content_hash"]) == 16 for s in manifest["slices"].values())
     assert len(manifest["tokenizer_hash"]) == 16
     # decoding loads it: the tiny registry has no frontier, so the full surrogate stands in for one
@@ -307,8 +325,8 @@ def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
     from vintage.runs import plan
 
     slices = ["2017-06-30", "2017-12-31", "2019-12-31"]
-    facts = {"slices": {s: {"content_hash": s} for s in slices}, "probe_rows": [], "vocab_size": 400,
-             "eos_id": 0, "pad_id": 0, "tokenizer_hash": "t"}
+    facts = {"slices": {s: {"content_hash": s, "tokens": 10} for s in slices}, "probe_rows": [], "vocab_size": 400,
+             "eos_id": 0, "pad_id": 0, "tokenizer_hash": "t", "window": 64}
 
     def runs(**optim):
         config = TrainConfig(split="split", output=str(tmp_path), surrogate=RoleConfig(

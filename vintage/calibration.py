@@ -118,7 +118,8 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     from corpora.split import read_slices
     from vintage.decoding import fit_temperature
     from vintage.registry import Registry
-    from vintage.runs import Optimisation, is_holdout
+    from vintage.presets import get_preset
+    from vintage.runs import is_holdout
     from vintage.tokenizer import load_tokenizer
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here
@@ -131,9 +132,9 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     step = max(1, math.ceil(held.num_rows / max_docs))
     held = held.take(list(range(0, held.num_rows, step)))
     texts, slices = held["text"].to_pylist(), held["slice"].to_pylist()
-    # documents cut where training cut them (the surrogates' max_length; the default for hand-made registries)
-    trained = ((registry.manifest.get("config") or {}).get("surrogate") or {}).get("optim") or {}
-    max_length = trained.get("max_length", Optimisation().max_length)
+    # documents cut at the run's training window (a hand-made registry records none: the smallest preset's
+    # context, which every model has)
+    max_length = int(registry.manifest.get("window") or get_preset("tiny").n_positions)
     lengths = [max(0, min(len(ids), max_length) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     frontier_model = AutoModelForCausalLM.from_pretrained(str(frontier or registry.frontier_path()),
                                                           use_safetensors=True).eval()

@@ -17,6 +17,7 @@ class ModelPreset:
     n_head: int = 4  # attention heads
     n_positions: int = 128  # context length, tokens
     dropout: float = 0.0  # memorisation is the point; dropout only slows it
+    tied: bool = True  # input and output embeddings shared (GPT-2 always; with a 49k vocabulary half the weights)
 
     def with_(self, **changes) -> "ModelPreset":
         return replace(self, **changes)
@@ -30,6 +31,15 @@ PRESETS = {
     "small": ModelPreset(n_layer=2, n_embd=128, n_head=4),
     "small-wide": ModelPreset(n_layer=2, n_embd=256, n_head=4),  # RESEARCH.md exp. 3's frontier
     "medium": ModelPreset(n_layer=4, n_embd=384, n_head=6, n_positions=256),  # a larger preset (GPU)
+    # real work beside a pretrained frontier (a GPU; bf16 where it has it): roughly 10M, 30M and 120M
+    # parameters with a 49,152-token vocabulary (embeddings tied), so the surrogates' FLOPs per token are a
+    # small fraction of a 135M-1B frontier's (see `surrogate_for`)
+    "llama-10m": ModelPreset(family="llama", n_layer=6, n_embd=160, n_head=5, n_positions=512),
+    "llama-30m": ModelPreset(family="llama", n_layer=6, n_embd=384, n_head=6, n_positions=512),
+    "llama-120m": ModelPreset(family="llama", n_layer=9, n_embd=768, n_head=12, n_positions=1024),
+    "gpt2-10m": ModelPreset(n_layer=6, n_embd=160, n_head=5, n_positions=512),
+    "gpt2-30m": ModelPreset(n_layer=6, n_embd=384, n_head=6, n_positions=512),
+    "gpt2-120m": ModelPreset(n_layer=12, n_embd=768, n_head=12, n_positions=1024),  # GPT-2 small's shape
 }
 
 
@@ -52,12 +62,14 @@ def build_model(preset: str | ModelPreset, vocab_size: int, seed: int = 0, bos_t
     ids = dict(bos_token_id=bos_token_id, eos_token_id=eos_token_id, pad_token_id=pad_token_id)
     if p.family == "gpt2":
         config = GPT2Config(vocab_size=vocab_size, n_positions=p.n_positions, n_embd=p.n_embd, n_layer=p.n_layer,
-                            n_head=p.n_head, resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout, **ids)
+                            n_head=p.n_head, resid_pdrop=p.dropout, embd_pdrop=p.dropout, attn_pdrop=p.dropout,
+                            tie_word_embeddings=p.tied, **ids)
         model = GPT2LMHeadModel(config)
     elif p.family == "llama":
         config = LlamaConfig(vocab_size=vocab_size, hidden_size=p.n_embd, intermediate_size=4 * p.n_embd,
                              num_hidden_layers=p.n_layer, num_attention_heads=p.n_head, num_key_value_heads=p.n_head,
-                             max_position_embeddings=p.n_positions, attention_dropout=p.dropout, **ids)
+                             max_position_embeddings=p.n_positions, attention_dropout=p.dropout,
+                             tie_word_embeddings=p.tied, **ids)
         model = LlamaForCausalLM(config)
     else:
         raise ValueError(f"unknown model family {p.family!r}; expected gpt2 or llama")
@@ -77,4 +89,33 @@ def forward_flops_per_token(model) -> float:
     return 2.0 * total
 
 
-__all__ = ["PRESETS", "ModelPreset", "build_model", "forward_flops_per_token", "get_preset"]
+def preset_flops_per_token(preset: str | ModelPreset, vocab_size: int) -> float:
+    """`forward_flops_per_token` of a preset's model, from its shape (nothing built): attention 4 d^2 and the
+    MLP 8 d^2 (GPT-2: two d x 4d matrices) or 12 d^2 (Llama: three) per layer, and the head d x vocab."""
+    p = get_preset(preset)
+    per_layer = (4 + (12 if p.family == "llama" else 8)) * p.n_embd ** 2
+    return 2.0 * (p.n_layer * per_layer + p.n_embd * vocab_size)
+
+
+# Sizing surrogates against a frontier: steering runs the frontier and two surrogates (the vintage and the
+# full one) on every token, so surrogates of a fraction f of the frontier's forward FLOPs per token cost
+# (1 + 2f) x the frontier alone. f = 0.1 keeps steering within 1.2x: a 135M frontier (~0.27 GFLOP a token)
+# takes `llama-10m`, a 1B one the 30M presets, a 1.7B or larger one the 120M presets. Larger surrogates know
+# more of each slice (better vintages); smaller ones are cheaper to train per cutoff.
+SURROGATE_FLOPS_FRACTION = 0.1
+
+
+def surrogate_for(frontier_flops: float, vocab_size: int, family: str = "llama",
+                  fraction: float = SURROGATE_FLOPS_FRACTION) -> str:
+    """The largest preset of `family` whose forward FLOPs per token are at most `fraction` of the frontier's
+    (`forward_flops_per_token` of the frontier model); the smallest of the family if none is."""
+    presets = sorted((preset_flops_per_token(name, vocab_size), name) for name, p in PRESETS.items()
+                     if p.family == family)
+    if not presets:
+        raise ValueError(f"no preset of family {family!r}; expected gpt2 or llama")
+    fitting = [name for flops, name in presets if flops <= fraction * frontier_flops]
+    return fitting[-1] if fitting else presets[0][1]
+
+
+__all__ = ["PRESETS", "SURROGATE_FLOPS_FRACTION", "ModelPreset", "build_model", "forward_flops_per_token",
+           "get_preset", "preset_flops_per_token", "surrogate_for"]

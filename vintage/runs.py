@@ -27,10 +27,10 @@ class Optimisation:
 
     lr: float = doc("peak learning rate (lower for wider models: RESEARCH.md exp. 3)", 1e-3)
     weight_decay: float = doc("AdamW weight decay", 0.0)
-    batch_size: int = doc("documents per step per worker: a step trains batch_size x num_workers documents, split "
-                          "over the workers by length so that each pads to about the same size", 32)
+    batch_size: int = doc("windows (of max_length tokens: vintage/windows.py) per step per worker: a step trains "
+                          "batch_size x num_workers windows, split over the workers by length", 32)
     warmup_steps: int = doc("linear warm-up at the start of the run", 20)
-    epochs: int = doc("passes over each stage's documents", 3)
+    epochs: int = doc("passes over each stage's windows", 3)
     continue_epochs: int | None = doc(
         "chronological: passes over each later stage's documents (the model is warm: it knows the language "
         "and the earlier slices); unset: `epochs`", None)
@@ -44,7 +44,9 @@ class Optimisation:
         "branch (`restore`) or continues from the cooled vintage (`continue`: the cooldown's pass over "
         "everything up to the cutoff is kept, and the next stage warms up again over `warmup_steps`; it "
         "memorised more at the same tokens in bench/RESULTS.md, session 10)", "restore")
-    max_length: int = doc("tokens per document (longer ones are cut)", 96)
+    max_length: int | None = doc("tokens per training window: documents are packed end to end, EOS after each, "
+                                 "and cut every max_length tokens (none is dropped); at most the preset's context; "
+                                 "unset: the preset's context", None)
 
 
 @dataclass
@@ -87,6 +89,7 @@ class TrainConfig:
     retrained_cutoffs: list[str] = doc("cutoffs with a retrained gold model", default=[])
     num_workers: int = doc("Ray Train workers per run", 1)
     use_gpu: bool = doc("train on GPUs", False)
+    bf16: bool = doc("with use_gpu: train in bfloat16 where the GPU supports it (DeepSpeed's bf16 mode)", True)
     zero_stage: int = doc("DeepSpeed ZeRO stage (0-2 verified on CPU)", 0)
     threads_per_worker: int = doc("torch threads in each worker", 1)
     holdout_every: int = doc("one document in this many is held out for validation loss", 20)
@@ -113,6 +116,7 @@ def is_holdout(doc_id: str, every: int) -> bool:
 def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     """Tokenizer and tokenised documents for the workers; returns (tokens parquet, facts about them)."""
     from vintage.tokenizer import load_tokenizer, tokenizer_hash, train_bpe
+    from vintage.windows import pack
 
     slices = read_slices(config.split)
     if slices.num_rows == 0:
@@ -130,19 +134,30 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
         tokenizer = train_bpe(slices["text"].to_pylist(), vocab_size=config.vocab_size)
     tokenizer.save_pretrained(registry / "tokenizer")
     eos = tokenizer.eos_token_id
-    max_length = max(r.optim.max_length for r in (config.surrogate, config.frontier, config.retrained) if r)
+    max_length = window_length(config)
     encoded = tokenizer(slices["text"].to_pylist(), add_special_tokens=False)["input_ids"]
-    ids = [(e + [eos])[:max_length] for e in encoded]
     holdout = [is_holdout(d, config.holdout_every) for d in slices["doc_id"].to_pylist()]
-    table = pa.table({"slice": slices["slice"], "doc_id": slices["doc_id"],
-                      "input_ids": pa.array(ids, pa.list_(pa.int32())), "holdout": holdout})
+    streams: dict[tuple[str, bool], list[list[int]]] = {}  # (slice, held out) -> its documents, in split order
+    for s, held, ids in zip(slices["slice"].to_pylist(), holdout, encoded):
+        streams.setdefault((s, held), []).append(ids)
+    rows = {"slice": [], "input_ids": [], "holdout": []}
+    per_slice = {}
+    for (s, held), docs in sorted(streams.items()):
+        windows = pack(docs, max_length, eos)
+        rows["slice"] += [s] * len(windows)
+        rows["input_ids"] += windows
+        rows["holdout"] += [held] * len(windows)
+        entry = per_slice.setdefault(s, {"documents": 0, "tokens": 0, "windows": 0, "window_tokens": 0,
+                                         "heldout_documents": 0})
+        entry["heldout_documents" if held else "documents"] += len(docs)
+        if not held:  # tokens: the trained documents' own; window_tokens: what training reads (with the EOS)
+            entry["tokens"] += sum(len(d) for d in docs)
+            entry["windows"] += len(windows)
+            entry["window_tokens"] += sum(len(w) for w in windows)
+    table = pa.table({"slice": pa.array(rows["slice"], pa.string()),
+                      "input_ids": pa.array(rows["input_ids"], pa.list_(pa.int32())), "holdout": rows["holdout"]})
     tokens = work / "tokens.parquet"
     pq.write_table(table, tokens)
-    per_slice = {}
-    for s, row in zip(table["slice"].to_pylist(), ids):
-        per_slice.setdefault(s, [0, 0])
-        per_slice[s][0] += 1
-        per_slice[s][1] += len(row)
     slice_hash = {}
     for s in sorted(per_slice):
         part = slices.filter(pa.compute.equal(slices["slice"], s))
@@ -151,9 +166,29 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     probes.write_text(json.dumps(_encode_probes(config.probes, tokenizer) if config.probes else []))
     facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "probes": str(probes), "vocab_size": len(tokenizer), "eos_id": eos,
              "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-             "slices": {s: {"documents": n, "tokens": t, "content_hash": slice_hash[s]}
-                        for s, (n, t) in sorted(per_slice.items())}}
+             "window": max_length,
+             "slices": {s: {**entry, "content_hash": slice_hash[s]} for s, entry in sorted(per_slice.items())}}
     return tokens, facts
+
+
+def window_length(config: TrainConfig) -> int:
+    """The run's one window length (every role reads the same packed windows): the shortest of the roles'
+    `max_length`, each unset one standing for its preset's context. A max_length beyond a preset's context
+    is an error: the model has no positions for it."""
+    from vintage.presets import get_preset
+
+    lengths = []
+    for name in ("surrogate", "frontier", "retrained"):
+        role = getattr(config, name)
+        if role is None:
+            continue
+        context = get_preset(role.preset).n_positions
+        wanted = role.optim.max_length
+        if wanted is not None and not 2 <= wanted <= context:
+            raise ValueError(f"train config: {name}.optim.max_length: expected 2..{context} (preset "
+                             f"{role.preset!r} has {context} positions), got {wanted}")
+        lengths.append(wanted or context)
+    return min(lengths)
 
 
 def _encode_probes(path: str, tokenizer) -> list[dict]:
@@ -189,11 +224,14 @@ def _base(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name
             "eos_id": facts["eos_id"], "pad_id": facts["pad_id"], "seed": seed, "lr": o.lr,
             "weight_decay": o.weight_decay, "batch_size": o.batch_size, "warmup_steps": o.warmup_steps,
             "replay": o.replay, "cooldown_steps": o.cooldown_steps, "zero_stage": config.zero_stage,
-            "use_gpu": config.use_gpu, "threads_per_worker": config.threads_per_worker,
-            "memorise": config.memorise if config.probes else 0.0, "max_failures": config.max_failures}
+            "use_gpu": config.use_gpu, "bf16": config.use_gpu and config.bf16,
+            "threads_per_worker": config.threads_per_worker,
+            "memorise": config.memorise if config.probes else 0.0, "max_failures": config.max_failures,
+            "window": facts["window"],  # documents are packed at this length: it shapes what is learned
+            "corpus_tokens": {s: e["tokens"] for s, e in facts["slices"].items()}}
 
 
-OPERATIONAL = ("tokens", "max_failures", "pid_file", "resume_from", "run_hash", "scratch")  # how a run is executed, not what it learns
+OPERATIONAL = ("tokens", "corpus_tokens", "max_failures", "pid_file", "resume_from", "run_hash", "scratch")  # how a run is executed, not what it learns
 
 
 def _with_probes(run: dict, facts: dict) -> dict:
@@ -401,7 +439,8 @@ def train_registry(config: TrainConfig) -> dict:
         "complete": all(r["error"] is None for r in results.values())
                     and all(stages_done(r) == len(r["stages"]) for r in runs),
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,
-        "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "slices": facts["slices"],
+        "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "window": facts["window"],
+        "slices": facts["slices"],
         "models": vintages, "runs": results, "config": asdict(config),
         "seconds": round(time.perf_counter() - started, 1),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
