@@ -230,7 +230,7 @@ def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
     lm = PointInTimeLM.from_registry(registry, "2019-08-01")  # the recommended method: no calibration needed
     assert (lm.alpha, lm.plausibility) == (recommended.ALPHA, recommended.PLAUSIBILITY)
     assert lm.rank_k is None and lm.switch_margin is None
-    with pytest.raises(RegistryError, match=r"no calibrated alpha.*opt-in.*calibrate_alpha.*record_calibration"):
+    with pytest.raises(RegistryError, match=r"no calibrated alpha.*opt-in.*vintage calibrate --registry"):
         PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
     assert lm.vintage_cutoff == "2019-06-30" and lm.alpha == 0.4

@@ -100,10 +100,10 @@ class Registry:
         if evidence is None:
             raise RegistryError(
                 f"{self.root}: vintage {cutoff} has no calibrated alpha in manifest.json (alpha='calibrated' is an "
-                f"opt-in; the pipeline does not calibrate). Calibrate it with vintage.calibration.calibrate_alpha on "
-                f"fact probes before and after the cutoff and record the result with "
-                f"Registry.record_calibration(cutoff, result.evidence()), or give alpha as a number (the "
-                f"recommended method, vintage/recommended.py, needs no calibration)")
+                f"opt-in; the pipeline does not calibrate). Calibrate with `vintage calibrate --registry {self.root} "
+                f"--world WORLD` (fact queries before and after each cutoff; or vintage.calibration.calibrate_alpha "
+                f"and Registry.record_calibration), or give alpha as a number (the recommended method, "
+                f"vintage/recommended.py, needs no calibration)")
         return float(evidence["alpha"])
 
     def update_manifest(self, **entries) -> dict:
