@@ -3,7 +3,9 @@
     queries: out/demo/world/synthetic-market/queries.parquet
     registry: out/demo/models
     output: out/demo/backtest
-    methods: [{name: frontier}, {name: surrogate}, {name: point_in_time, alpha: 0.5}, {name: retrained}]
+    methods: [{name: frontier}, {name: surrogate}, {name: point_in_time}, {name: retrained}]
+
+A bare `{name: point_in_time}` is the recommended method (vintage/recommended.py: linear, alpha 0.5).
 """
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Literal
 
 from corpora.config import doc
+from vintage import recommended
 
 METHODS = ("frontier", "surrogate", "point_in_time", "retrained")
 
@@ -23,9 +26,13 @@ class MethodSpec:
 
     name: Literal["frontier", "surrogate", "point_in_time", "retrained"] = doc(
         "frontier alone; the vintage surrogate alone; the frontier steered to the vintage; the gold retrained model")
-    alpha: float | Literal["calibrated"] = doc("point_in_time: contrast strength, or the registry's calibrated one", 0.5)
+    alpha: float | Literal["calibrated"] = doc(
+        "point_in_time: contrast strength, or 'calibrated': the alpha recorded in the registry's manifest (an "
+        "opt-in; the pipeline records none); default: the recommended method's (vintage/recommended.py)",
+        recommended.ALPHA)
     plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
-                                     "probability); unset: none", None)
+                                     "probability); default: the recommended method's (none)",
+                                     recommended.PLAUSIBILITY)
     mode: Literal["linear", "rank", "switch"] = doc(
         "point_in_time: linear contrast (alpha); rank (ban the k tokens the full surrogate prefers most over the "
         "vintage); switch (the vintage's distribution wherever the pair diverges by more than `margin`)", "linear")
@@ -44,7 +51,8 @@ class MethodSpec:
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
-        if self.name != "point_in_time" and (self.alpha != 0.5 or self.plausibility is not None
+        if self.name != "point_in_time" and (self.alpha != recommended.ALPHA
+                                             or self.plausibility != recommended.PLAUSIBILITY
                                              or self.mode != "linear" or self.confidence != "raw"):
             raise ValueError(f"method {self.name!r}: alpha, plausibility, mode and confidence apply to "
                              f"point_in_time only")

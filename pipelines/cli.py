@@ -4,6 +4,7 @@
     vintage validate --config configs/corpora/example.yaml --out out/validated
     vintage split --config configs/split/synthetic_small.yaml
     vintage train --config configs/train/tiny.yaml
+    vintage calibrate --registry out/tiny/models --world out/tiny/world/synthetic-market
     vintage ask --registry out/tiny/models --as-of 2018-01-15 "Velmora 2017q4 results:"
     VINTAGE_API_KEY=secret vintage serve --registry out/tiny/models
 """
@@ -143,6 +144,17 @@ def _fit_temperatures(args) -> int:
     return 0
 
 
+def _calibrate(args) -> int:
+    from vintage.calibration import calibrate_registry
+
+    found = calibrate_registry(args.registry, str(Path(args.world) / "queries.parquet"), frontier=args.frontier)
+    if not found:
+        raise ValueError(f"{args.world}: no vintage of {args.registry} has fact queries on both sides of its cutoff")
+    print(f"calibrated alphas of {len(found)} vintages written to {Path(args.registry) / 'manifest.json'} "
+          f"(use them with alpha='calibrated')")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vintage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     temps.add_argument("--kinds", default="neural,ngram", help="comma-separated: neural, ngram")
     temps.add_argument("--holdout-every", type=int, default=20)
     temps.set_defaults(func=_fit_temperatures)
+
+    calibrate = commands.add_parser("calibrate", help="calibrate alpha per vintage on a world's fact queries and "
+                                                      "record it in the registry (for alpha='calibrated')")
+    calibrate.add_argument("--registry", required=True, help="model registry directory")
+    calibrate.add_argument("--world", required=True, help="world directory (queries.parquet with fact queries)")
+    calibrate.add_argument("--frontier", help="frontier directory; default: the registry's frontier/")
+    calibrate.set_defaults(func=_calibrate)
 
     from serving.cli import add_commands
 

@@ -7,7 +7,7 @@
 
 The modes and their knobs are PointInTimeLM's (vintage/decoding.py), with the backtest spec's defaults
 (margin 0, no plausibility mask, temperatures 1). The default for requests that name no method is
-DEFAULT_METHOD; change it here and nowhere else.
+DEFAULT_METHOD, the recommended method of vintage/recommended.py (defined there, not here).
 """
 from __future__ import annotations
 
@@ -17,12 +17,12 @@ from typing import Any, Mapping
 import torch
 import torch.nn.functional as F
 
+from vintage import recommended
 from vintage.decoding import combine_logprobs, rank_logprobs, switch_logprobs
 
-# The method used when a request or `vintage ask` names none. The linear contrast at alpha 0.5 is the demo's
-# backtest setting; PointInTimeLM.from_registry's own default ("calibrated") needs a calibration that
-# registries written by the pipeline do not record. Which default to recommend is settled elsewhere.
-DEFAULT_METHOD = "linear alpha=0.5"
+# The method used when a request or `vintage ask` names none: the one PointInTimeLM.from_registry and a backtest's
+# bare point_in_time use too.
+DEFAULT_METHOD = recommended.SPEC
 
 MODES = ("frontier", "linear", "rank", "switch")
 KNOBS = {"frontier": (), "linear": ("alpha", "plausibility"), "rank": ("k", "margin", "plausibility"),
@@ -38,7 +38,7 @@ class Method:
     """One way of decoding: the mode and its knobs (hashable: requests with equal methods share a combine)."""
 
     mode: str
-    alpha: float = 0.5  # linear: contrast strength in [0, 4]
+    alpha: float = recommended.ALPHA  # linear: contrast strength in [0, 4]
     k: int = 1  # rank: tokens banned per step (>= 1)
     margin: float = 0.0  # rank and switch: minimum log p_full - log p_vintage to act on
     plausibility: float | None = None  # fraction of the frontier's top probability; None: no mask

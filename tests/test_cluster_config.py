@@ -24,6 +24,10 @@ def test_cluster_config_matches_rays_schema():
     assert sum(w.get("max_workers", 0) for w in workers.values()) <= config["max_workers"]
     assert any("pip install" in c and "-e ." in c for c in config["setup_commands"])
     assert any("--dashboard-host=127.0.0.1" in c for c in config["head_start_ray_commands"])
+    # a job's `python` is the one on the PATH of its node's `ray start` (tests/test_jobs.py runs the head's)
+    for kind in ("head_start_ray_commands", "worker_start_ray_commands"):
+        starts = [c for c in config[kind] if "ray start" in c]
+        assert starts and all(c.startswith("source ~/venv/bin/activate;") for c in starts), (kind, starts)
 
 
 def test_the_schema_check_catches_a_bad_key():

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.lm_fixtures import BigramMock, tiny_model, word_tokenizer
+from vintage import recommended
 from vintage.calibration import Probe, calibrate_alpha
 from vintage.decoding import (PointInTimeLM, PointInTimeLogitsProcessor, Temperatures, VocabularyMismatch,
                               combine_logprobs)
@@ -226,10 +227,28 @@ def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
     assert registry.vintage_for(dt.datetime(2019, 6, 30, 23, 0, tzinfo=dt.timezone.utc))[0] == "2019-03-31"
     with pytest.raises(RegistryError, match=r"precedes every vintage.*2019-03-31, 2019-06-30, 2019-12-31"):
         registry.vintage_for("2019-03-31T12:00:00Z")
-    with pytest.raises(RegistryError, match="no calibrated alpha"):
-        PointInTimeLM.from_registry(registry, "2019-08-01")
+    lm = PointInTimeLM.from_registry(registry, "2019-08-01")  # the recommended method: no calibration needed
+    assert (lm.alpha, lm.plausibility) == (recommended.ALPHA, recommended.PLAUSIBILITY)
+    assert lm.rank_k is None and lm.switch_margin is None
+    with pytest.raises(RegistryError, match=r"no calibrated alpha.*opt-in.*vintage calibrate --registry"):
+        PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
     assert lm.vintage_cutoff == "2019-06-30" and lm.alpha == 0.4
+
+
+def test_one_recommended_method_is_every_entry_points_default():
+    import inspect
+
+    from backtests.spec import MethodSpec
+    from serving.methods import DEFAULT_METHOD, parse_method
+
+    defaults = inspect.signature(PointInTimeLM.from_registry).parameters
+    assert (defaults["alpha"].default, defaults["plausibility"].default) == (recommended.ALPHA,
+                                                                             recommended.PLAUSIBILITY)
+    bare = MethodSpec(name="point_in_time")
+    assert (bare.mode, bare.alpha, bare.plausibility) == ("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
+    assert DEFAULT_METHOD == recommended.SPEC
+    assert parse_method(None).lm_kwargs() == {"alpha": recommended.ALPHA, "plausibility": recommended.PLAUSIBILITY}
 
 
 def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
@@ -250,7 +269,7 @@ def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
     assert chosen["admissible"] and chosen["distance"] == min(r["distance"] for r in admissible)
     registry.record_calibration("2019-06-30", result.evidence())
     assert registry.calibrated_alpha("2019-06-30") == result.alpha
-    assert PointInTimeLM.from_registry(registry, "2019-08-01").alpha == result.alpha
+    assert PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated").alpha == result.alpha
 
 
 def test_llama_directories_load_as_frontier_and_surrogates(tmp_path):

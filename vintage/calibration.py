@@ -8,6 +8,7 @@ the second, the one closest to the reference on the first wins (ties: the smalle
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 from vintage.decoding import PointInTimeLM, ScoredChoices
@@ -74,6 +75,64 @@ def calibrate_alpha(lm: PointInTimeLM, post: Sequence[Probe], pre: Sequence[Prob
     return CalibrationResult(alpha=best["alpha"], reference=reference, distance=best["distance"],
                              post_accuracy=best["post_accuracy"], pre_accuracy=best["pre_accuracy"],
                              frontier_pre_accuracy=frontier_pre, n_post=len(post), n_pre=len(pre), table=table)
+
+
+def calibrate_registry(registry, queries: str, frontier: str | None = None, grid: Sequence[float] = DEFAULT_GRID,
+                       max_pre_drop: float = 0.05) -> dict[str, dict]:
+    """`alpha="calibrated"` made possible: `calibrate_alpha` for every neural vintage of `registry` but the full one
+    (its contrast is zero) on the fact queries of `queries` (parquet: kind, as_of, prompt, choices, answer), those
+    asked after the cutoff day against those before it; the reference is the model retrained at the cutoff
+    (seed 0) where the registry has one, else the vintage surrogate. Each vintage's evidence, with the fingerprints
+    of the models it was measured on, goes to the manifest's `calibration[cutoff]` (Registry.record_calibration).
+    A vintage without facts on both sides of its cutoff is skipped and named."""
+    import datetime as dt
+
+    import polars as pl
+    from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from corpora.split import end_of_day
+    from vintage.registry import Registry, model_fingerprint
+    from vintage.tokenizer import load_tokenizer
+
+    hf_logging.disable_progress_bar()
+    registry = registry if isinstance(registry, Registry) else Registry(registry)
+    facts = pl.read_parquet(queries).filter(pl.col("kind") == "fact").with_columns(
+        pl.col("as_of").dt.convert_time_zone("UTC"))
+    if facts.is_empty():
+        raise ValueError(f"{queries}: no fact queries (kind == 'fact') to calibrate on")
+    tokenizer = load_tokenizer(registry.tokenizer_path())
+    load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
+    frontier_dir = frontier or registry.frontier_path()
+    frontier_model, full = load(frontier_dir), registry.load_surrogate("neural", registry.full_cutoff())
+    found = {}
+    for cutoff in registry.cutoffs()[:-1]:
+        boundary = end_of_day(dt.date.fromisoformat(cutoff))
+        sides = {side: [Probe(p, list(c), a) for p, c, a in zip(q["prompt"], q["choices"], q["answer"])]
+                 for side, q in (("post", facts.filter(pl.col("as_of") > boundary)),
+                                 ("pre", facts.filter(pl.col("as_of") <= boundary)))}
+        if not sides["post"] or not sides["pre"]:
+            print(f"[calibrate] {cutoff}: skipped, fact queries after / before the cutoff: "
+                  f"{len(sides['post'])} / {len(sides['pre'])}", flush=True)
+            continue
+        vintage = registry.load_surrogate("neural", cutoff)
+        seeds = registry.retrained_seeds(cutoff)
+        reference_dir = registry.retrained_path(cutoff, seeds[0]) if seeds else registry.vintage_path(cutoff)
+        alone = PointInTimeLM(load(reference_dir) if seeds else vintage, None, None, tokenizer)
+        reference = alone.score([p.prompt for p in sides["post"]], [p.choices for p in sides["post"]])
+        lm = PointInTimeLM(frontier_model, full, vintage, tokenizer, alpha=1.0)
+        result = calibrate_alpha(lm, sides["post"], sides["pre"], reference, "retrained" if seeds else "vintage",
+                                 grid, max_pre_drop)
+        evidence = {**result.evidence(), "queries": str(queries),
+                    "fingerprints": {"frontier": model_fingerprint(Path(frontier_dir)),
+                                     "full": registry.surrogate_fingerprint("neural", registry.full_cutoff()),
+                                     "vintage": registry.surrogate_fingerprint("neural", cutoff)}}
+        registry.record_calibration(cutoff, evidence)
+        found[cutoff] = evidence
+        print(f"[calibrate] {cutoff}: alpha {result.alpha:g} (reference {result.reference}: distance "
+              f"{result.distance:.3f}; pre-cutoff accuracy {result.pre_accuracy:.2f}, the frontier's "
+              f"{result.frontier_pre_accuracy:.2f}; {result.n_post} / {result.n_pre} facts after / before)", flush=True)
+    return found
 
 
 # -- confidence matching ---------------------------------------------------------------------------------

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from transformers import LogitsProcessor
 
+from vintage import recommended
+
 
 class VocabularyMismatch(ValueError):
     """Frontier and surrogates do not share one vocabulary."""
@@ -425,11 +427,14 @@ class PointInTimeLM:
         return cls(models[0], models[1], models[2], frontier_tok, alpha=alpha, **kwargs)
 
     @classmethod
-    def from_registry(cls, registry, as_of, frontier: str | Path | None = None, alpha: float | str = "calibrated",
+    def from_registry(cls, registry, as_of, frontier: str | Path | None = None,
+                      alpha: float | str = recommended.ALPHA, plausibility: float | None = recommended.PLAUSIBILITY,
                       surrogate: str = "neural", fallback: str | None = None, frontier_kwargs: dict | None = None,
                       surrogate_kwargs: dict | None = None, **kwargs) -> "PointInTimeLM":
         """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate,
-        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer). `surrogate`:
+        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer). `alpha` and
+        `plausibility` default to the recommended method (vintage/recommended.py); alpha="calibrated" reads the
+        alpha recorded in the registry's manifest (an opt-in: the pipeline records none). `surrogate`:
         the pair is the trained networks (neural) or the n-gram counts (ngram); `fallback` (switch mode):
         the kind whose vintage replaces the frontier where the gate fires (default: the pair's own).
 
@@ -453,8 +458,8 @@ class PointInTimeLM:
         full, vintage = load(surrogate, registry.full_cutoff()), load(surrogate, cutoff)
         fallback = load(fallback, cutoff) if fallback else None
         model = AutoModelForCausalLM.from_pretrained(str(frontier_dir), use_safetensors=True, **(frontier_kwargs or {}))
-        return cls(model, full, vintage, tokenizer, alpha=float(alpha), vintage_cutoff=cutoff, fallback=fallback,
-                   **kwargs)
+        return cls(model, full, vintage, tokenizer, alpha=float(alpha), plausibility=plausibility,
+                   vintage_cutoff=cutoff, fallback=fallback, **kwargs)
 
     def with_settings(self, **changes) -> "PointInTimeLM":
         """The same loaded models with other combination settings (alpha, temperatures, plausibility,

@@ -98,8 +98,12 @@ class Registry:
     def calibrated_alpha(self, cutoff: str) -> float:
         evidence = self.manifest.get("calibration", {}).get(cutoff)
         if evidence is None:
-            raise RegistryError(f"{self.root}: vintage {cutoff} has no calibrated alpha; run the calibration "
-                                f"or give alpha explicitly")
+            raise RegistryError(
+                f"{self.root}: vintage {cutoff} has no calibrated alpha in manifest.json (alpha='calibrated' is an "
+                f"opt-in; the pipeline does not calibrate). Calibrate with `vintage calibrate --registry {self.root} "
+                f"--world WORLD` (fact queries before and after each cutoff; or vintage.calibration.calibrate_alpha "
+                f"and Registry.record_calibration), or give alpha as a number (the recommended method, "
+                f"vintage/recommended.py, needs no calibration)")
         return float(evidence["alpha"])
 
     def update_manifest(self, **entries) -> dict:
