@@ -83,7 +83,9 @@ def plain_loop(run: dict, threads: int) -> tuple[float, int]:
     import torch
 
     from vintage.presets import build_model
-    from vintage.training import _batches, _collate
+    from vintage.loss import causal_lm_loss
+    from vintage.training import _batches
+    from vintage.windows import packed_batch
 
     torch.set_num_threads(threads)
     table = pq.read_table(run["tokens"], columns=["slice", "input_ids", "holdout"]).to_pylist()
@@ -96,13 +98,13 @@ def plain_loop(run: dict, threads: int) -> tuple[float, int]:
     tokens, started = 0, time.perf_counter()
     for _ in range(stage["epochs"]):
         for rows in _batches(docs, run["batch_size"], rng):
-            ids, mask, labels = _collate(rows, run["pad_id"])
-            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            ids, positions, labels = packed_batch(rows, run["pad_id"], run["eos_id"])
+            loss = causal_lm_loss(model, ids, None, labels, positions)  # as train_func
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
-            tokens += int(mask.sum())
+            tokens += sum(len(r) for r in rows)
     return time.perf_counter() - started, tokens
 
 

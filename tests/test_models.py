@@ -8,7 +8,7 @@ from vintage.presets import PRESETS, build_model, forward_flops_per_token, get_p
     surrogate_for
 from vintage.runs import Optimisation, RoleConfig, TrainConfig, window_length
 from vintage.training import _collate
-from vintage.windows import pack
+from vintage.windows import pack, packed_batch, window_targets
 
 
 def test_documents_are_packed_into_windows_none_dropped():
@@ -18,6 +18,32 @@ def test_documents_are_packed_into_windows_none_dropped():
     assert pack([], 4, eos=0) == []
     with pytest.raises(ValueError, match="at least 2 tokens"):
         pack(docs, 1, eos=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_packed_window_trains_as_its_documents_one_by_one(family):
+    """Positions restart after each EOS, attention stays within a document and no target crosses into the
+    next one: the packed loss is the token mean of the documents' own losses (cut at window edges)."""
+    eos = 299
+    model = build_model(get_preset("tiny").with_(family=family), 300, seed=0)
+    gen = torch.Generator().manual_seed(2)
+    docs = [torch.randint(1, 299, (n,), generator=gen).tolist() for n in (5, 1, 9, 3, 12, 2)]
+    windows = pack(docs, 16, eos)
+    ids, positions, labels = packed_batch(windows, pad=0, eos=eos)
+    packed = causal_lm_loss(model, ids, None, labels, positions)
+    segments = []  # each window cut after every EOS: the sequences a model reading them one by one sees
+    for window in windows:
+        start = 0
+        for i, token in enumerate(window):
+            if token == eos or i == len(window) - 1:
+                segments.append(window[start:i + 1])
+                start = i + 1
+    total = sum(model(input_ids=torch.tensor([seg]), labels=torch.tensor([seg])).loss.item() * (len(seg) - 1)
+                for seg in segments if len(seg) > 1)
+    count = sum(len(seg) - 1 for seg in segments)
+    assert count == sum(window_targets(w, eos) for w in windows) == int((labels[:, 1:] != -100).sum())
+    assert packed.item() == pytest.approx(total / count, rel=1e-5)
+    assert positions[0, :7].tolist() == [0, 1, 2, 3, 4, 5, 0]  # the second document starts at position 0
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])

@@ -60,14 +60,18 @@ def fused_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targe
     return _FusedLinearCrossEntropy.apply(hidden, weight, targets, chunk)
 
 
-def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def causal_lm_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor,
+                   position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """The mean next-token loss of a Hugging Face causal LM (equal to `model(..., labels=labels).loss`): the
-    body runs on every position, the head only on positions whose next token is a target. A head with a
-    bias (none of our presets) takes the ordinary path."""
+    body runs on every position, the head only on positions whose next token is a target. Packed windows
+    pass `position_ids` and no mask (`vintage.windows.packed_batch`). A head with a bias (none of our
+    presets) takes the ordinary path."""
+    # no cache: Hugging Face reads restarting positions as packed sequences only without one
+    inputs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     head = model.get_output_embeddings()
     if head is None or getattr(head, "bias", None) is not None:
-        return model(input_ids=input_ids, attention_mask=attention_mask, labels=labels).loss
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return model(**inputs, labels=labels).loss
+    hidden = model.base_model(**inputs).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100
     return fused_linear_cross_entropy(hidden[:, :-1][keep], head.weight, targets[keep])

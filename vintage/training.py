@@ -70,13 +70,15 @@ def _shards(rows: list[list[int]], world: int) -> list[list[list[int]]]:
     return shards + [[] for _ in range(world - len(shards))]
 
 
-def shard_weight(shard: list[list[int]], rows: list[list[int]], world: int) -> float:
+def shard_weight(shard: list[list[int]], rows: list[list[int]], world: int, eos: int | None = None) -> float:
     """What a worker's mean loss over `shard` is multiplied by so that the gradient averaged over the
     `world` workers is the token mean over the whole step's `rows`, as on one worker: its share of the
     step's predicted tokens, times `world` (an empty shard runs one document at weight 0, since every rank
-    must join the all-reduce)."""
-    def targets(docs):  # tokens a causal LM predicts: each document's first has no target
-        return sum(max(0, len(d) - 1) for d in docs)
+    must join the all-reduce). With `eos`, rows are packed windows (`vintage.windows.packed_batch`)."""
+    from vintage.windows import window_targets
+
+    def targets(docs):
+        return sum(window_targets(d, eos) for d in docs)
 
     return targets(shard) * world / max(1, targets(rows))
 
@@ -120,10 +122,12 @@ def _collate(rows: list[list[int]], pad: int):
     return ids, mask, labels
 
 
-def _mean_loss(engine, docs: list[list[int]], pad: int, batch: int, device) -> float:
+def _mean_loss(engine, docs: list[list[int]], pad: int, eos: int, batch: int, device) -> float:
+    """The token mean loss over packed windows (validation)."""
     import torch
 
     from vintage.loss import causal_lm_loss
+    from vintage.windows import packed_batch
 
     if not docs:
         return float("nan")
@@ -131,8 +135,8 @@ def _mean_loss(engine, docs: list[list[int]], pad: int, batch: int, device) -> f
     engine.module.eval()
     with torch.no_grad():
         for start in range(0, len(docs), batch):
-            ids, mask, labels = _collate(docs[start:start + batch], pad)
-            loss = causal_lm_loss(engine.module, ids.to(device), mask.to(device), labels.to(device))
+            ids, positions, labels = packed_batch(docs[start:start + batch], pad, eos)
+            loss = causal_lm_loss(engine.module, ids.to(device), None, labels.to(device), positions.to(device))
             tokens = int((labels[:, 1:] != -100).sum())
             total += float(loss) * tokens
             count += tokens
@@ -232,6 +236,7 @@ def train_func(config: dict[str, Any]) -> None:
 
     from vintage.loss import causal_lm_loss
     from vintage.presets import build_model
+    from vintage.windows import packed_batch
 
     torch.set_num_threads(config["threads_per_worker"])
     ctx = ray.train.get_context()
@@ -269,20 +274,20 @@ def train_func(config: dict[str, Any]) -> None:
             engine.load_checkpoint(directory, tag="main")
             state = json.loads((Path(directory) / "state.json").read_text())
 
-    pad = config["pad_id"]
+    pad, eos = config["pad_id"], config["eos_id"]
     batch = config["batch_size"]
 
     def step_on(rows: list[list[int]], lr: float) -> float:
         """One step over `rows`; returns this worker's share of the step's loss (`step_loss` adds them up)."""
         shard = _shards(rows, world)[rank]
-        ids, mask, labels = _collate(shard or rows[:1], pad)
+        ids, positions, labels = packed_batch(shard or rows[:1], pad, eos)
         for group in engine.optimizer.param_groups:
             group["lr"] = lr
         # the module itself, not the engine's forward: ZeRO 0-2 keep whole parameters, and the loss runs the
         # head only on target positions (vintage/loss.py: with a 49k vocabulary 2.4x the steps per second)
-        loss = causal_lm_loss(engine.module, ids.to(device), mask.to(device), labels.to(device))
+        loss = causal_lm_loss(engine.module, ids.to(device), None, labels.to(device), positions.to(device))
         if world > 1:
-            loss = loss * shard_weight(shard, rows, world)
+            loss = loss * shard_weight(shard, rows, world, eos)
         engine.backward(loss)
         engine.step()
         state["tokens"] += sum(len(r) for r in rows)  # the step's rows on every rank together
@@ -390,7 +395,7 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
                     break
         loss = step_loss(loss, world, device)
         cooldown_tokens = state["tokens"] - main_tokens
-        validation = _mean_loss(engine, held, config["pad_id"], 64, device)
+        validation = _mean_loss(engine, held, config["pad_id"], config["eos_id"], 64, device)
         probes = stage.get("probes") or []
         accuracy = fact_accuracy(engine.module, probes, config["pad_id"], device, rank=rank,
                                  world=world) if probes else None

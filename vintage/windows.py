@@ -21,3 +21,37 @@ def pack(documents: Iterable[Sequence[int]], length: int, eos: int) -> list[list
         stream.append(eos)
     return [stream[i:i + length] for i in range(0, len(stream), length)]
 
+
+
+def packed_batch(windows: Sequence[Sequence[int]], pad: int, eos: int):
+    """Windows as model inputs that keep their documents apart: positions restart after every EOS (a
+    document starts at position 0, as a prompt does at inference), and no target crosses from one document
+    to the next. Hugging Face causal LMs read restarting `position_ids` with no attention mask as packed
+    sequences and attend within each only, so a window trains exactly as its documents would one by one.
+    Returns (input_ids, position_ids, labels), [windows, longest]; padding is its own sequence, no target."""
+    import torch
+
+    width = max(len(w) for w in windows)
+    ids = torch.full((len(windows), width), pad, dtype=torch.long)
+    labels = torch.full_like(ids, -100)
+    positions = torch.arange(width).repeat(len(windows), 1)
+    for i, window in enumerate(windows):
+        tokens = torch.tensor(window, dtype=torch.long)
+        n = len(window)
+        ids[i, :n] = tokens
+        starts = torch.zeros(n, dtype=torch.bool)
+        starts[0] = True
+        starts[1:] = tokens[:-1] == eos  # a document begins after each EOS
+        index = torch.arange(n)
+        first = torch.cummax(torch.where(starts, index, torch.zeros_like(index)), 0).values
+        positions[i, :n] = index - first
+        positions[i, n:] = torch.arange(width - n)
+        labels[i, :n] = tokens.masked_fill(starts, -100)  # a document's first token has no context to predict it
+    return ids, positions, labels
+
+
+def window_targets(window: Sequence[int], eos: int | None) -> int:
+    """Tokens of `window` that `packed_batch` makes targets: all but the first and each document's first."""
+    if eos is None:
+        return max(0, len(window) - 1)
+    return sum(1 for previous in window[:-1] if previous != eos)
