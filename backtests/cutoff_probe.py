@@ -19,7 +19,14 @@ import polars as pl
 
 from corpora.config import ConfigError, doc
 
-METRICS = ("perplexity", "min_k_prob")
+# metric: (per-window value, weight) whose per-period ratio of sums rises as a model's familiarity falls
+METRICS = {
+    "perplexity": (pl.col("nll"), pl.col("tokens")),  # log perplexity, nats per token
+    "min_k_prob": (-pl.col("min_k_prob"), pl.lit(1.0)),  # minus the mean Min-K% prob, nats per token
+    # log of the model's perplexity over the frontier's on the same windows: each window's own difficulty
+    # (which varies a lot between periods of a small held-out set) cancels; none for the frontier itself
+    "perplexity_ratio": (pl.col("nll") - pl.col("frontier_nll"), pl.col("tokens")),
+}
 
 
 @dataclass
@@ -131,12 +138,15 @@ def window_scores(logprobs, min_k: float) -> dict:
 
 
 def per_period(scores: pl.DataFrame) -> pl.DataFrame:
-    """Rows (model, period, windows, tokens, perplexity, min_k_prob) from per-window scores: perplexity over
-    all the period's tokens, Min-K% prob the mean over its windows (nats, <= 0)."""
+    """Rows (model, period, windows, tokens, perplexity, min_k_prob, perplexity_ratio) from per-window scores:
+    perplexity over all the period's tokens, Min-K% prob the mean over its windows (nats, <= 0), and the
+    perplexity over the frontier's on the same windows (null for the frontier itself)."""
+    ratio = (pl.col("nll") - pl.col("frontier_nll")).sum() / pl.col("tokens").sum()
     return (scores.group_by("model", "period")
             .agg(windows=pl.len(), tokens=pl.col("tokens").sum(),
                  perplexity=(pl.col("nll").sum() / pl.col("tokens").sum()).exp(),
-                 min_k_prob=pl.col("min_k_prob").mean())
+                 min_k_prob=pl.col("min_k_prob").mean(),
+                 perplexity_ratio=pl.when(pl.col("frontier_nll").null_count() == 0).then(ratio.exp()))
             .sort("model", "period"))
 
 
@@ -156,35 +166,30 @@ def find_knee(series, min_size: int = 2) -> tuple[int, float]:
     return b, float(y[b:].mean() - y[:b].mean())
 
 
-def _curve(metric: str, nll: np.ndarray, tokens: np.ndarray, low: np.ndarray, groups) -> np.ndarray:
-    """The per-period series whose rise is a loss of familiarity: mean NLL per token (log perplexity) or
-    minus the mean Min-K% prob; `groups` are the window indices of each period."""
-    if metric == "perplexity":
-        return np.array([nll[g].sum() / tokens[g].sum() for g in groups])
-    return np.array([-low[g].mean() for g in groups])
+def _curve(values: np.ndarray, weights: np.ndarray, groups) -> np.ndarray:
+    """Per period (`groups`: its windows' indices), the sum of its windows' values over the sum of their weights."""
+    return np.array([values[g].sum() / weights[g].sum() for g in groups])
 
 
-def knee_with_interval(metric: str, nll, tokens, low, period_of, resamples: int = 200, level: float = 0.9,
-                       seed: int = 0) -> dict:
-    """The knee of one model's `metric` curve: the detected break; a percentile interval of it from a
-    bootstrap that resamples windows within each period (a period of one window keeps it); and the p-value of
-    its rise when windows are permuted across periods (no link between period and score: (1 + as high) /
-    (1 + permutations)). `period_of[i]`: the period index (0, 1, ...) of window i."""
-    nll, tokens, low = (np.asarray(a, dtype=float) for a in (nll, tokens, low))
+def knee_with_interval(values, weights, period_of, resamples: int = 200, level: float = 0.9, seed: int = 0) -> dict:
+    """The knee of the curve sum(values) / sum(weights) per period (a rise: less familiar): the detected break;
+    a percentile interval of it from a bootstrap that resamples windows within each period (a period of one
+    window keeps it); and the p-value of its rise when windows are permuted across periods (no link between
+    period and score: (1 + as high) / (1 + permutations)). `period_of[i]`: the period (0, 1, ...) of window i."""
+    values, weights = np.asarray(values, dtype=float), np.asarray(weights, dtype=float)
     period_of = np.asarray(period_of)
     groups = [np.flatnonzero(period_of == p) for p in range(period_of.max() + 1)]
-    series = _curve(metric, nll, tokens, low, groups)
+    series = _curve(values, weights, groups)
     b, rise = find_knee(series)
     rng = np.random.default_rng(seed)
-    breaks = [find_knee(_curve(metric, nll, tokens, low, [rng.choice(g, len(g)) for g in groups]))[0]
-              for _ in range(resamples)]
+    breaks = [find_knee(_curve(values, weights, [rng.choice(g, len(g)) for g in groups]))[0] for _ in range(resamples)]
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(breaks, [tail, 100 - tail], method="nearest") if resamples else (b, b)
     permuted = []
     for _ in range(resamples):
         labels = rng.permutation(period_of)
-        permuted.append(find_knee(_curve(metric, nll, tokens, low, [np.flatnonzero(labels == p)
-                                                                     for p in range(len(groups))]))[1])
+        permuted.append(find_knee(_curve(values, weights, [np.flatnonzero(labels == p)
+                                                            for p in range(len(groups))]))[1])
     p_value = (1 + sum(r >= rise for r in permuted)) / (1 + resamples)
     return dict(break_index=int(b), low_index=int(min(lo, b)), high_index=int(max(hi, b)), rise=rise,
                 before=float(series[:b].mean()), after=float(series[b:].mean()), p_value=float(p_value))
@@ -201,15 +206,17 @@ def effective_cutoffs(scores: pl.DataFrame, period: str, resamples: int = 200, l
     """Rows (model, metric, stated_cutoff, knee, cutoff, low, high, candidate, rise, before, after, p_value,
     periods, windows) from per-window scores. `cutoff` is the last day of the last familiar period, null when
     the rise is not significant (`candidate` keeps the best split's date either way); low and high bound
-    it at `level`. rise, before and after are in nats per token: log perplexity, or minus the Min-K% prob."""
+    it at `level`. rise, before and after are the METRICS curve's, in nats per token."""
     rows = []
     for (model,), part in scores.sort("period").group_by("model", maintain_order=True):
         periods = part["period"].unique(maintain_order=True).to_list()
         index = {p: i for i, p in enumerate(periods)}
         period_of = [index[p] for p in part["period"].to_list()]
-        for metric in METRICS:
-            knee = knee_with_interval(metric, part["nll"], part["tokens"], part["min_k_prob"], period_of, resamples,
-                                      level, seed)
+        for metric, (value, weight) in METRICS.items():
+            curve = part.select(value=value, weight=weight)
+            if curve["value"].null_count():  # perplexity_ratio of the frontier, or of a run without one
+                continue
+            knee = knee_with_interval(curve["value"], curve["weight"], period_of, resamples, level, seed)
             end = lambda i: period_end(periods[i - 1], period)  # noqa: E731  (break i: period i-1 is the last familiar)
             significant = knee["rise"] > 0 and knee["p_value"] < significance
             rows.append(dict(model=model, metric=metric, stated_cutoff=(stated or {}).get(model), knee=significant,
@@ -282,10 +289,12 @@ def probe_cutoff(config: ProbeCutoffConfig) -> dict[str, pl.DataFrame]:
         started = time.perf_counter()
         lm.batch_size = config.batch_size
         scores = window_scores(lm.ids_logprobs(windows["window"].to_list()), config.min_k)
-        parts.append(windows.select("period").with_columns(model=pl.lit(name),
-                                                           **{k: pl.Series(v) for k, v in scores.items()}))
+        parts.append(windows.select("period").with_row_index("window_id").with_columns(
+            model=pl.lit(name), **{k: pl.Series(v) for k, v in scores.items()}))
         print(f"[probe-cutoff] {name}: {windows.height} windows in {time.perf_counter() - started:.1f} s", flush=True)
-    scores = pl.concat(parts)
+    frontier_nll = parts[0]["nll"]  # the frontier is probed first, always
+    scores = pl.concat([part.with_columns(frontier_nll=pl.lit(None, pl.Float64) if name == "frontier" else frontier_nll)
+                        for (name, _, _), part in zip(models, parts)])
     curves = per_period(scores)
     cutoffs = effective_cutoffs(scores, config.period, config.resamples, config.level, config.significance,
                                 config.seed, stated={name: stated for name, _, stated in models})
@@ -299,29 +308,35 @@ def probe_cutoff(config: ProbeCutoffConfig) -> dict[str, pl.DataFrame]:
 
 
 def plot_curves(curves: pl.DataFrame, cutoffs: pl.DataFrame, path: Path, title: str) -> None:
-    """Perplexity and Min-K% prob by period, one line per model; a significant knee as a dashed line at the
-    cutoff with its interval shaded."""
+    """One panel per metric, one line per model; a significant knee as a dashed line at the cutoff with its
+    interval shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    metrics = [m for m in METRICS if curves[m].null_count() < curves.height]
+    labels = {"perplexity": "perplexity (held-out windows)",
+              "min_k_prob": "Min-K% prob (mean log-prob of the least likely tokens)",
+              "perplexity_ratio": "perplexity / the frontier's (same windows)"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (model,) in enumerate(curves.select("model").unique(maintain_order=True).iter_rows()):
         color = colors[i % len(colors)]
         part = curves.filter(pl.col("model") == model)
-        for ax, metric in zip(axes, METRICS):
-            knee = cutoffs.filter((pl.col("model") == model) & (pl.col("metric") == metric)).row(0, named=True)
+        for ax, metric in zip(axes[0], metrics):
+            knee = cutoffs.filter((pl.col("model") == model) & (pl.col("metric") == metric))
+            if knee.is_empty():
+                continue
+            knee = knee.row(0, named=True)
             label = f"{model}: knee {knee['cutoff']}" if knee["knee"] else f"{model}: no knee (p={knee['p_value']:.2f})"
             ax.plot(part["period"].to_list(), part[metric].to_list(), marker=".", color=color, label=label)
             if knee["knee"]:
                 ax.axvline(knee["cutoff"], color=color, linestyle="--", linewidth=1)
                 ax.axvspan(knee["low"], knee["high"], color=color, alpha=0.12)
-    axes[0].set(ylabel="perplexity (held-out windows)", yscale="log")
-    axes[1].set(ylabel="Min-K% prob (mean log-prob of the least likely tokens)")
-    for ax in axes:
-        ax.set_xlabel("start of the period (knowledge date)")
+    for ax, metric in zip(axes[0], metrics):
+        ax.set(xlabel="start of the period (knowledge date)", ylabel=labels[metric],
+               yscale="log" if metric != "min_k_prob" else "linear")
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
     fig.autofmt_xdate()

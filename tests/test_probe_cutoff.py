@@ -37,10 +37,10 @@ def test_knee_of_a_step_and_of_a_flat_curve():
     tokens = np.full(40, 20.0)
     nll = (3.0 + 0.5 * (period_of >= 5) + rng.normal(0, 0.1, 40)) * tokens
     low = -(6.0 + rng.normal(0, 0.1, 40))  # Min-K% flat: no knee
-    knee = knee_with_interval("perplexity", nll, tokens, low, period_of, resamples=60)
+    knee = knee_with_interval(nll, tokens, period_of, resamples=60)
     assert knee["break_index"] == 5 and knee["low_index"] >= 4 and knee["high_index"] <= 6
     assert knee["rise"] == pytest.approx(0.5, abs=0.1) and knee["p_value"] < 0.05
-    flat = knee_with_interval("min_k_prob", nll, tokens, low, period_of, resamples=60)
+    flat = knee_with_interval(-low, np.ones(40), period_of, resamples=60)
     assert flat["p_value"] > 0.05  # the best split of noise is not significant
     with pytest.raises(ValueError, match="at least 4 periods"):
         find_knee([1.0, 2.0, 3.0])
@@ -110,18 +110,21 @@ def test_the_gold_models_effective_cutoff_is_its_true_cutoff(tiny_registry, tmp_
     cutoffs = result["cutoffs"]
     with pl.Config(tbl_rows=20, tbl_width_chars=200):
         print(cutoffs)
-    gold = cutoffs.filter(pl.col("model") == "retrained", pl.col("metric") == "perplexity").row(0, named=True)
     true = dt.date.fromisoformat(CUTOFF)
-    assert gold["stated_cutoff"] == CUTOFF and gold["knee"], gold
-    assert quarter_apart(gold["cutoff"], true) and gold["low"] <= true <= gold["high"], gold
-    assert gold["rise"] > 0.1  # nats per token: the gold never read what came after
-    assert not quarter_apart(gold["cutoff"], dt.date(2018, 9, 30))  # a wrong true cutoff would fail
+    for metric in ("perplexity", "perplexity_ratio"):
+        gold = cutoffs.filter(pl.col("model") == "retrained", pl.col("metric") == metric).row(0, named=True)
+        assert gold["stated_cutoff"] == CUTOFF and gold["knee"], gold
+        assert quarter_apart(gold["cutoff"], true) and gold["low"] <= true <= gold["high"], gold
+        assert gold["rise"] > 0.1  # nats per token: the gold never read what came after
+        assert not quarter_apart(gold["cutoff"], dt.date(2018, 9, 30))  # a wrong true cutoff would fail
     frontier = cutoffs.filter(pl.col("model") == "frontier", pl.col("metric") == "perplexity").row(0, named=True)
     assert not (frontier["knee"] and quarter_apart(frontier["cutoff"], true)), frontier  # it read everything
     curves = pl.read_parquet(tmp_path / "probe_cutoff.parquet")
     assert set(curves["model"]) == {"frontier", "surrogate", "point_in_time(alpha=0.5)", "retrained"}
     assert curves["period"].n_unique() >= 8 and (curves["windows"] > 0).all()
     assert (curves["min_k_prob"] < 0).all() and (curves["perplexity"] > 1).all()
+    assert curves.filter(pl.col("model") == "frontier")["perplexity_ratio"].is_null().all()
+    assert set(cutoffs.filter(pl.col("model") == "frontier")["metric"]) == {"perplexity", "min_k_prob"}
 
 
 def test_the_command_writes_tables_and_a_plot(tiny_registry, tmp_path, capsys):
@@ -136,7 +139,7 @@ def test_the_command_writes_tables_and_a_plot(tiny_registry, tmp_path, capsys):
     assert code == 0 and "every document" in printed and "frontier" in printed
     for name in ("probe_cutoff.parquet", "probe_windows.parquet", "effective_cutoffs.parquet", "probe_cutoff.png"):
         assert (out / name).stat().st_size > 0, name
-    assert set(pl.read_parquet(out / "effective_cutoffs.parquet")["metric"]) == {"perplexity", "min_k_prob"}
+    assert set(pl.read_parquet(out / "effective_cutoffs.parquet")["metric"]) == {"perplexity", "min_k_prob"}  # no ratio
     assert main(["probe-cutoff", "--registry", str(tiny_registry / "models"), "--corpus", str(config),
                  "--out", str(out)]) == 2
     assert "--as-of together" in capsys.readouterr().err
