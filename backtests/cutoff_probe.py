@@ -18,6 +18,7 @@ import numpy as np
 import polars as pl
 
 from corpora.config import ConfigError, doc
+from vintage.registry import as_utc
 
 # metric: (per-window value, weight) whose per-period ratio of sums rises as a model's familiarity falls
 METRICS = {
@@ -42,6 +43,9 @@ class ProbeCutoffConfig:
     as_of: str | None = doc("with registry: the date whose vintage is probed (YYYY-MM-DD)", None)
     alpha: float = doc("point_in_time: the contrast's weight (explicit: a registry may hold no calibrated one)", 0.5)
     period: str = doc("calendar period of the curve, a polars duration: 1mo, 1q, 1y, 10y", "1y")
+    since: str | None = doc("probe only documents known on or after this date (YYYY-MM-DD): over centuries a real "
+                            "frontier's curve follows the language's drift, not its cutoff; unset: from the first", None)
+    until: str | None = doc("probe only documents known before this date (YYYY-MM-DD); unset: to the last", None)
     window: int = doc("tokens per packed window (capped at the smallest context of the probed models)", 256)
     min_k: float = doc("Min-K% prob: the share of a window's least likely tokens that are averaged", 0.2)
     max_windows: int | None = doc("at most this many windows per period, evenly spaced (long corpora); "
@@ -59,6 +63,14 @@ class ProbeCutoffConfig:
                               "registry's for as_of)")
         if self.registry is None and self.frontier is None:
             raise ConfigError("probe-cutoff: give --frontier DIR, or --registry R --as-of D (its frontier/)")
+        for name in ("since", "until", "as_of"):
+            value = getattr(self, name)
+            if value is not None:
+                try:
+                    dt.date.fromisoformat(str(value)[:10])
+                except ValueError as err:
+                    raise ConfigError(f"probe-cutoff: --{name.replace('_', '-')} {value!r} is not a date "
+                                      f"(expected YYYY-MM-DD)") from err
         if not 0 < self.min_k <= 1:
             raise ConfigError(f"probe-cutoff: min_k is a share of tokens in (0, 1], got {self.min_k}")
 
@@ -280,6 +292,10 @@ def probe_cutoff(config: ProbeCutoffConfig) -> dict[str, pl.DataFrame]:
     contexts = [c for _, lm, _ in models for c in (_context(lm.frontier), _context(lm.vintage), _context(lm.full)) if c]
     length = min([config.window, *contexts])
     docs, which = probed_documents(split, registry)
+    if config.since:
+        docs, which = docs.filter(pl.col("knowledge_date") >= as_utc(config.since)), f"{which}, since {config.since}"
+    if config.until:
+        docs, which = docs.filter(pl.col("knowledge_date") < as_utc(config.until)), f"{which}, until {config.until}"
     windows = period_windows(docs, tokenizer, config.period, length, config.max_windows)
     periods = windows["period"].n_unique()
     print(f"[probe-cutoff] {split}: {docs.height} documents probed, {which}; {windows.height} windows of <= "

@@ -125,7 +125,8 @@ def _probe_cutoff(args) -> int:
     from backtests.cutoff_probe import ProbeCutoffConfig, probe_cutoff
 
     config = ProbeCutoffConfig(corpus=args.corpus, out=args.out, frontier=args.frontier, registry=args.registry,
-                               as_of=args.as_of, alpha=args.alpha, period=args.period, window=args.window,
+                               as_of=args.as_of, alpha=args.alpha, period=args.period, since=args.since,
+                               until=args.until, window=args.window,
                                min_k=args.min_k, max_windows=args.max_windows, batch_size=args.batch_size,
                                threads=args.threads, resamples=args.resamples, seed=args.seed)
     result = probe_cutoff(config)
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--as-of", help="with --registry: the date whose vintage is probed")
     cut.add_argument("--alpha", type=float, default=0.5, help="point_in_time's contrast weight (default 0.5)")
     cut.add_argument("--period", default="1y", help="period of the curve: 1mo, 1q, 1y, 10y (default 1y)")
+    cut.add_argument("--since", help="probe only documents known on or after this date")
+    cut.add_argument("--until", help="probe only documents known before this date")
     cut.add_argument("--window", type=int, default=256, help="tokens per window (default 256; at most the "
                                                              "models' context)")
     cut.add_argument("--min-k", type=float, default=0.2, help="Min-K%% prob's share of tokens (default 0.2)")

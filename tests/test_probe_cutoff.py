@@ -106,7 +106,7 @@ def quarter_apart(a: dt.date, b: dt.date) -> bool:
 def test_the_gold_models_effective_cutoff_is_its_true_cutoff(tiny_registry, tmp_path):
     result = probe_cutoff(ProbeCutoffConfig(corpus=str(tiny_registry / "split"), out=str(tmp_path), period="1q",
                                             registry=str(tiny_registry / "models"), as_of="2018-01-15",
-                                            window=32, threads=1, resamples=100))
+                                            window=32, threads=1, resamples=60))
     cutoffs = result["cutoffs"]
     with pl.Config(tbl_rows=20, tbl_width_chars=200):
         print(cutoffs)
@@ -134,13 +134,18 @@ def test_the_command_writes_tables_and_a_plot(tiny_registry, tmp_path, capsys):
                       f"cutoffs: [2017-12-31, 2019-12-31]\n")
     out = tmp_path / "out"
     code = main(["probe-cutoff", "--frontier", str(tiny_registry / "models" / "frontier"), "--corpus", str(config),
-                 "--period", "1q", "--window", "32", "--threads", "1", "--resamples", "50", "--out", str(out)])
+                 "--period", "1q", "--since", "2017-04-01", "--window", "32", "--threads", "1", "--resamples", "50",
+                 "--out", str(out)])
     printed = capsys.readouterr().out
-    assert code == 0 and "every document" in printed and "frontier" in printed
+    assert code == 0 and "every document" in printed and "since 2017-04-01" in printed and "frontier" in printed
+    first = pl.read_parquet(out / "probe_cutoff.parquet")["period"].min()
+    assert first.date() == dt.date(2017, 4, 1)
     for name in ("probe_cutoff.parquet", "probe_windows.parquet", "effective_cutoffs.parquet", "probe_cutoff.png"):
         assert (out / name).stat().st_size > 0, name
     assert set(pl.read_parquet(out / "effective_cutoffs.parquet")["metric"]) == {"perplexity", "min_k_prob"}  # no ratio
     assert main(["probe-cutoff", "--registry", str(tiny_registry / "models"), "--corpus", str(config),
                  "--out", str(out)]) == 2
     assert "--as-of together" in capsys.readouterr().err
+    assert main(["probe-cutoff", "--frontier", "x", "--corpus", str(config), "--since", "2017/04", "--out", str(out)]) == 2
+    assert "--since '2017/04' is not a date" in capsys.readouterr().err
     shutil.rmtree(out)
