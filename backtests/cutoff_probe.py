@@ -44,7 +44,8 @@ class ProbeCutoffConfig:
     alpha: float = doc("point_in_time: the contrast's weight (explicit: a registry may hold no calibrated one)", 0.5)
     period: str = doc("calendar period of the curve, a polars duration: 1mo, 1q, 1y, 10y", "1y")
     since: str | None = doc("probe only documents known on or after this date (YYYY-MM-DD): over centuries a real "
-                            "frontier's curve follows the language's drift, not its cutoff; unset: from the first", None)
+                            "frontier's curve follows the language's drift, not its cutoff; unset: from the first",
+                            None)
     until: str | None = doc("probe only documents known before this date (YYYY-MM-DD); unset: to the last", None)
     window: int = doc("tokens per packed window (capped at the smallest context of the probed models)", 256)
     min_k: float = doc("Min-K% prob: the share of a window's least likely tokens that are averaged", 0.2)
@@ -71,6 +72,11 @@ class ProbeCutoffConfig:
                 except ValueError as err:
                     raise ConfigError(f"probe-cutoff: --{name.replace('_', '-')} {value!r} is not a date "
                                       f"(expected YYYY-MM-DD)") from err
+        try:
+            pl.Series([dt.datetime(2000, 1, 1)]).dt.truncate(self.period)
+        except Exception as err:  # polars' own error types: not a ValueError
+            raise ConfigError(f"probe-cutoff: --period {self.period!r} is not a calendar period (expected a polars "
+                              f"duration such as 1mo, 1q, 1y, 10y)") from err
         if not 0 < self.min_k <= 1:
             raise ConfigError(f"probe-cutoff: min_k is a share of tokens in (0, 1], got {self.min_k}")
 
@@ -258,7 +264,9 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
 
     if config.registry is None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # as the Scorer does: one progress line per model, not a bar
         if not has_tokenizer(config.frontier):
             raise FileNotFoundError(f"--frontier {config.frontier}: no tokenizer files there (an HF causal LM "
                                     f"directory with safetensors and its tokenizer is expected)")
@@ -277,6 +285,23 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
         if lm is not None:  # None: no retrained model at this vintage
             models.append((method.key, lm, None if method.name == "frontier" else cutoff))
     return registry, scorer.tokenizer, models
+
+
+def _scored(name: str, lm, windows: list[list[int]], every: float = 30.0) -> list:
+    """Token log-probs of every window under `lm`, with a progress line every `every` seconds and at the end."""
+    started = last = time.perf_counter()
+    out = []
+    step = lm.batch_size * 8
+    for start in range(0, len(windows), step):
+        out += lm.ids_logprobs(windows[start:start + step])
+        now = time.perf_counter()
+        if now - last > every and len(out) < len(windows):
+            last = now
+            eta = (now - started) / len(out) * (len(windows) - len(out))
+            print(f"[probe-cutoff] {name}: {len(out)}/{len(windows)} windows, {now - started:.0f} s, eta {eta:.0f} s",
+                  flush=True)
+    print(f"[probe-cutoff] {name}: {len(windows)} windows in {time.perf_counter() - started:.1f} s", flush=True)
+    return out
 
 
 def probe_cutoff(config: ProbeCutoffConfig) -> dict[str, pl.DataFrame]:
@@ -302,12 +327,10 @@ def probe_cutoff(config: ProbeCutoffConfig) -> dict[str, pl.DataFrame]:
           f"{length} tokens in {periods} periods of {config.period}", flush=True)
     parts = []
     for name, lm, _ in models:
-        started = time.perf_counter()
         lm.batch_size = config.batch_size
-        scores = window_scores(lm.ids_logprobs(windows["window"].to_list()), config.min_k)
+        scores = window_scores(_scored(name, lm, windows["window"].to_list()), config.min_k)
         parts.append(windows.select("period").with_row_index("window_id").with_columns(
             model=pl.lit(name), **{k: pl.Series(v) for k, v in scores.items()}))
-        print(f"[probe-cutoff] {name}: {windows.height} windows in {time.perf_counter() - started:.1f} s", flush=True)
     frontier_nll = parts[0]["nll"]  # the frontier is probed first, always
     scores = pl.concat([part.with_columns(frontier_nll=pl.lit(None, pl.Float64) if name == "frontier" else frontier_nll)
                         for (name, _, _), part in zip(models, parts)])

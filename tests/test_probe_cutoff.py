@@ -146,6 +146,9 @@ def test_the_command_writes_tables_and_a_plot(tiny_registry, tmp_path, capsys):
     assert main(["probe-cutoff", "--registry", str(tiny_registry / "models"), "--corpus", str(config),
                  "--out", str(out)]) == 2
     assert "--as-of together" in capsys.readouterr().err
-    assert main(["probe-cutoff", "--frontier", "x", "--corpus", str(config), "--since", "2017/04", "--out", str(out)]) == 2
+    bad = ["probe-cutoff", "--frontier", "x", "--corpus", str(config), "--out", str(out)]
+    assert main(bad + ["--since", "2017/04"]) == 2
     assert "--since '2017/04' is not a date" in capsys.readouterr().err
+    assert main(bad + ["--period", "1z"]) == 2
+    assert "--period '1z' is not a calendar period" in capsys.readouterr().err
     shutil.rmtree(out)
