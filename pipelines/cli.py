@@ -1,10 +1,12 @@
-"""The `vintage` command: one subcommand per stage, each a thin wrapper over the library.
+r"""The `vintage` command: one subcommand per stage, each a thin wrapper over the library.
 
     vintage world --name synthetic-market --preset tiny --seed 0 --out out/world
     vintage validate --config configs/corpora/example.yaml --out out/validated
     vintage split --config configs/split/synthetic_small.yaml
     vintage train --config configs/train/tiny.yaml
     vintage calibrate --registry out/tiny/models --world out/tiny/world/synthetic-market
+    vintage probe-cutoff --registry out/tiny/models --as-of 2018-01-15 --period 1q \
+        --corpus out/tiny/split/synthetic-market --out out/tiny/probe
     vintage ask --registry out/tiny/models --as-of 2018-01-15 "Velmora 2017q4 results:"
     VINTAGE_API_KEY=secret vintage serve --registry out/tiny/models
 """
@@ -118,6 +120,26 @@ def _probe_facts(args) -> int:
     return 0 if result.passed or not args.strict else 1
 
 
+def _probe_cutoff(args) -> int:
+    import polars as pl
+
+    from backtests.cutoff_probe import ProbeCutoffConfig, probe_cutoff
+
+    config = ProbeCutoffConfig(corpus=args.corpus, out=args.out, frontier=args.frontier, registry=args.registry,
+                               as_of=args.as_of, alpha=args.alpha, period=args.period, since=args.since,
+                               until=args.until, window=args.window,
+                               min_k=args.min_k, max_windows=args.max_windows, batch_size=args.batch_size,
+                               threads=args.threads, resamples=args.resamples, seed=args.seed)
+    result = probe_cutoff(config)
+    with pl.Config(tbl_rows=400, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
+                   float_precision=3, tbl_width_chars=200):
+        print(result["cutoffs"].select("model", "metric", "stated_cutoff", "cutoff", "low", "high", "candidate",
+                                       "rise", "p_value", "windows"))
+    print(f"wrote probe_cutoff.parquet, probe_windows.parquet, effective_cutoffs.parquet and probe_cutoff.png "
+          f"to {args.out}")
+    return 0
+
+
 def _ngram(args) -> int:
     from vintage.ngram import NgramLM, count_slices
 
@@ -207,6 +229,27 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument("--out", help="write probe_scores.parquet and probe_checks.parquet here")
     probe.add_argument("--strict", action="store_true", help="exit 1 when a check fails")
     probe.set_defaults(func=_probe_facts)
+
+    cut = commands.add_parser("probe-cutoff", help="a model's effective cutoff: perplexity and Min-K%% prob of "
+                                                   "held-out windows by period, and the knee of each curve")
+    cut.add_argument("--corpus", required=True, help="split output directory, or a split YAML config")
+    cut.add_argument("--frontier", help="HF causal LM directory; default: the registry's frontier/")
+    cut.add_argument("--registry", help="model registry: also probe its models at the vintage for --as-of")
+    cut.add_argument("--as-of", help="with --registry: the date whose vintage is probed")
+    cut.add_argument("--alpha", type=float, default=0.5, help="point_in_time's contrast weight (default 0.5)")
+    cut.add_argument("--period", default="1y", help="period of the curve: 1mo, 1q, 1y, 10y (default 1y)")
+    cut.add_argument("--since", help="probe only documents known on or after this date")
+    cut.add_argument("--until", help="probe only documents known before this date")
+    cut.add_argument("--window", type=int, default=256, help="tokens per window (default 256; at most the "
+                                                             "models' context)")
+    cut.add_argument("--min-k", type=float, default=0.2, help="Min-K%% prob's share of tokens (default 0.2)")
+    cut.add_argument("--max-windows", type=int, help="at most this many windows per period (default all)")
+    cut.add_argument("--batch-size", type=int, default=8, help="windows per forward pass (default 8)")
+    cut.add_argument("--threads", type=int, default=0, help="torch threads (default 0: every core)")
+    cut.add_argument("--resamples", type=int, default=200, help="bootstrap resamples and permutations (default 200)")
+    cut.add_argument("--seed", type=int, default=0)
+    cut.add_argument("--out", required=True, help="directory for the parquet tables and the PNG")
+    cut.set_defaults(func=_probe_cutoff)
 
     ngram = commands.add_parser("ngram", help="count n-gram surrogates per slice into a registry (Ray Data); "
                                               "a vintage is the sum of its slices' counts")

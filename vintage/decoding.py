@@ -616,7 +616,11 @@ class PointInTimeLM:
 
     def token_logprobs(self, texts: Sequence[str], alpha: float | None = None) -> list[torch.Tensor]:
         """Combined log-prob of every token after the first of each text."""
-        encoded = [self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+        return self.ids_logprobs([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], alpha)
+
+    def ids_logprobs(self, encoded: Sequence[Sequence[int]], alpha: float | None = None) -> list[torch.Tensor]:
+        """Combined log-prob of every token after the first of each token-id sequence (e.g. packed windows),
+        in batches of `batch_size`, right-padded."""
         out = []
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
