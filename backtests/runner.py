@@ -80,7 +80,10 @@ def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
 
 def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
     """(method, vintage_cutoff, model_key) for every method and vintage."""
-    frontier = Path(spec.frontier) if spec.frontier else registry.root / "frontier"
+    if spec.frontier:
+        frontier = Path(spec.frontier)
+    else:  # the trained frontier/ or the user's own that the registry records
+        frontier = registry.frontier_path() if registry.has_frontier() else registry.root / "frontier"
     frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
     manifest = registry.manifest
     full = registry.full_cutoff()
