@@ -205,8 +205,11 @@ class Scorer:
                 method = next(m for m in self.methods if m.key == key)
                 lm, alpha = self.lm(method, cutoff)
                 if lm is None:
+                    detail = f"no retrained model at vintage {cutoff}"
+                    if "external_frontier" in self.registry.manifest:
+                        detail += " (the frontier is your own, not a preset that could be retrained)"
                     rows += [dict(query_id=q, method=key, error="no_retrained_model", model_key=model_key,
-                                  detail=f"no retrained model at vintage {cutoff}") for q in group["query_id"]]
+                                  detail=detail) for q in group["query_id"]]
                     continue
                 valid = []
                 for q in group.iter_rows(named=True):
