@@ -51,14 +51,14 @@ class Registry:
         return self.root / "tokenizer"
 
     def frontier_path(self) -> Path:
-        """The trained frontier/, else the user's own frontier the registry was trained against (its
-        manifest's `external_frontier`: path and weight sizes, checked here)."""
-        path = self.root / "frontier"
-        if path.exists():
-            return path
+        """The user's own frontier the registry was trained against (its manifest's `external_frontier`:
+        path and weight sizes, checked here), else the trained frontier/."""
         external = self.manifest.get("external_frontier")
         if external is None:
-            raise RegistryError(f"{self.root}: no frontier/ in this registry; pass a frontier directory")
+            path = self.root / "frontier"
+            if not path.exists():
+                raise RegistryError(f"{self.root}: no frontier/ in this registry; pass a frontier directory")
+            return path
         path = Path(external["path"])
         where = f"{self.root}/manifest.json external_frontier"
         if not path.is_dir():
