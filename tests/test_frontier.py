@@ -42,8 +42,8 @@ def test_a_good_frontier_is_described(frontier, tmp_path):
 
 
 def test_a_missing_directory_or_a_file(tmp_path):
-    with pytest.raises(FrontierError, match=r"train.frontier: .*nope: no such directory \(expected a Hugging Face "
-                                            r"causal LM directory with config.json, safetensors weights and a tokenizer"):
+    with pytest.raises(FrontierError, match=r"train.frontier: .*nope: no such directory \(expected a Hugging "
+                                            r"Face causal LM directory with config.json, safetensors weights"):
         check_frontier(tmp_path / "nope", 64, where="train.frontier")
     (tmp_path / "file").write_text("x")
     with pytest.raises(FrontierError, match="file: not a directory"):
@@ -118,8 +118,9 @@ def test_train_config_with_your_own_frontier(frontier):
 
 
 def test_a_bad_frontier_fails_before_anything_is_written(tmp_path):
-    config = TrainConfig(surrogate=RoleConfig(preset="tiny", optim=Optimisation(max_length=64)), split=str(tmp_path / "split"),
-                         output=str(tmp_path / "models"), frontier=str(tmp_path / "nope"))
+    surrogate = RoleConfig(preset="tiny", optim=Optimisation(max_length=64))
+    config = TrainConfig(surrogate=surrogate, split=str(tmp_path / "split"), output=str(tmp_path / "models"),
+                         frontier=str(tmp_path / "nope"))
     with pytest.raises(FrontierError, match="frontier: .*nope: no such directory"):
         train_registry(config)
     assert not (tmp_path / "models").exists()

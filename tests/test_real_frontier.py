@@ -66,7 +66,8 @@ def test_the_pipeline_with_the_real_frontier(smollm, tmp_path, ray_local, capsys
 
         manifest = json.loads((out / "models" / "manifest.json").read_text())
         assert manifest["external_frontier"]["path"] == str(frontier.resolve())
-        assert manifest["vocab_size"] == 49152 and manifest["tokenizer_hash"] == manifest["external_frontier"]["tokenizer_hash"]
+        assert manifest["vocab_size"] == 49152
+        assert manifest["tokenizer_hash"] == manifest["external_frontier"]["tokenizer_hash"]
         assert not (out / "models" / "frontier").exists() and list(manifest["runs"]) == ["surrogates-chronological"]
         for cutoff in manifest["cutoffs"]:
             assert json.loads((out / "models" / "vintages" / cutoff / "config.json").read_text())["vocab_size"] == 49152
