@@ -80,7 +80,10 @@ def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
 
 def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
     """(method, vintage_cutoff, model_key) for every method and vintage."""
-    frontier = Path(spec.frontier) if spec.frontier else registry.root / "frontier"
+    if spec.frontier:
+        frontier = Path(spec.frontier)
+    else:  # the trained frontier/ or the user's own that the registry records
+        frontier = registry.frontier_path() if registry.has_frontier() else registry.root / "frontier"
     frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
     manifest = registry.manifest
     full = registry.full_cutoff()
@@ -202,8 +205,11 @@ class Scorer:
                 method = next(m for m in self.methods if m.key == key)
                 lm, alpha = self.lm(method, cutoff)
                 if lm is None:
+                    detail = f"no retrained model at vintage {cutoff}"
+                    if "external_frontier" in self.registry.manifest:
+                        detail += " (the frontier is your own, not a preset that could be retrained)"
                     rows += [dict(query_id=q, method=key, error="no_retrained_model", model_key=model_key,
-                                  detail=f"no retrained model at vintage {cutoff}") for q in group["query_id"]]
+                                  detail=detail) for q in group["query_id"]]
                     continue
                 valid = []
                 for q in group.iter_rows(named=True):

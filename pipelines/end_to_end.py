@@ -45,11 +45,27 @@ class EndToEndConfig:
     """What the end-to-end pipeline runs."""
 
     worlds: list[WorldSpec] = doc("worlds to generate, each into OUT/world/<name>")
+    frontier: str | None = doc("your own pretrained frontier for every stage (a Hugging Face causal LM directory "
+                               "with safetensors and its tokenizer): it fills train.frontier, so none is trained "
+                               "and its tokenizer is the run's; the backtest finds it in the registry. Checked "
+                               "before the worlds are made; unset: the train section says", None)
     split: SplitStage | None = doc("the split stage; omitted: stop after the worlds", None)
     train: TrainConfig | None = doc("training (split, output and probes are filled in: OUT/split/<world>, "
                                     "OUT/models, the world's fact queries); omitted: stop after the split", None)
     backtest: BacktestSpec | None = doc("the backtest (queries, registry and output are filled in: the world's "
                                         "queries, OUT/models, OUT/backtest); omitted: stop after training", None)
+
+    def __post_init__(self):
+        if self.frontier is None:
+            return
+        if self.train is None:
+            raise ValueError("frontier: your own frontier serves the training and the backtest; add a train section")
+        if self.train.frontier is not None and self.train.frontier != self.frontier:
+            raise ValueError(f"frontier: {self.frontier} and train.frontier: {self.train.frontier} disagree; "
+                             f"give one of them")
+        from dataclasses import replace
+
+        self.train = replace(self.train, frontier=self.frontier)
 
 
 def run(config: EndToEndConfig, out: Path) -> None:
@@ -57,6 +73,12 @@ def run(config: EndToEndConfig, out: Path) -> None:
     from pipelines.cli import print_world_summary
 
     started = time.perf_counter()
+    if config.train is not None and config.train.frontier_dir:  # a bad frontier fails before any work
+        from vintage.runs import check_external_frontier
+
+        info = check_external_frontier(config.train, where="train.frontier")
+        print(f"[frontier] {info.path}: {info.architecture}, {info.tokenizer_tokens:,} tokens, context "
+              f"{info.context}; not trained: its tokenizer is the run's", flush=True)
     for i, spec in enumerate(config.worlds, 1):
         print(f"[world {i}/{len(config.worlds)}] {spec.name} preset={spec.preset} seed={spec.seed}", flush=True)
         t0 = time.perf_counter()
@@ -118,8 +140,10 @@ def run_train_stage(train: TrainConfig, world: str, out: Path) -> dict:
     config = replace(train, split=str(out / "split" / world), output=str(out / "models"),
                      probes=train.probes or str(out / "world" / world / "queries.parquet"))
     roles = [f"surrogates ({config.schedule}, {config.surrogate.preset})"]
-    if config.frontier:
-        roles.append(f"frontier ({config.frontier.preset})")
+    if config.frontier_role:
+        roles.append(f"frontier ({config.frontier_role.preset})")
+    elif config.frontier_dir:
+        roles.append(f"no frontier (yours: {config.frontier_dir})")
     if config.retrained:
         roles.append(f"retrained ({config.retrained.preset}) at {config.retrained_cutoffs} "
                      f"seeds {config.retrained.seeds}")

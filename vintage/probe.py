@@ -45,8 +45,8 @@ def registry_models(registry: Registry) -> list[tuple[str, str, str, Path]]:
     """(name, role, cutoff, directory) of every model in the registry."""
     models = []
     full = registry.full_cutoff()
-    if (registry.root / "frontier").exists():
-        models.append(("frontier", "frontier", full, registry.root / "frontier"))
+    if registry.has_frontier():  # trained, or the user's own (external_frontier)
+        models.append(("frontier", "frontier", full, registry.frontier_path()))
     for cutoff in registry.cutoffs():
         role = "full" if cutoff == full else "vintage"
         models.append((f"vintages/{cutoff}", role, cutoff, registry.vintage_path(cutoff)))

@@ -1,7 +1,8 @@
 """Model registry: one directory per training run, read by decoding and backtests.
 
     tokenizer/                      the one tokenizer every model of the run uses
-    frontier/                       HF causal LM (safetensors)
+    frontier/                       HF causal LM (safetensors); or none, and manifest.json's
+                                    `external_frontier` names the user's own (`frontier: DIR`)
     vintages/YYYY-MM-DD/            one surrogate per cutoff; the last cutoff (the corpus end) is `full`
     retrained/YYYY-MM-DD/seed=N/    the frontier preset retrained on data <= cutoff (embedded worlds only)
     manifest.json                   cutoffs, roles, hashes, losses, config, calibration evidence
@@ -50,10 +51,30 @@ class Registry:
         return self.root / "tokenizer"
 
     def frontier_path(self) -> Path:
-        path = self.root / "frontier"
-        if not path.exists():
-            raise RegistryError(f"{self.root}: no frontier/ in this registry; pass a frontier directory")
+        """The user's own frontier the registry was trained against (its manifest's `external_frontier`:
+        path and weight sizes, checked here), else the trained frontier/."""
+        external = self.manifest.get("external_frontier")
+        if external is None:
+            path = self.root / "frontier"
+            if not path.exists():
+                raise RegistryError(f"{self.root}: no frontier/ in this registry; pass a frontier directory")
+            return path
+        path = Path(external["path"])
+        where = f"{self.root}/manifest.json external_frontier"
+        if not path.is_dir():
+            raise RegistryError(f"{where}: the frontier {path} the surrogates were trained against is not there "
+                                f"any more; restore it or pass a frontier directory")
+        from vintage.frontier import safetensors_files
+
+        if safetensors_files(path) != external["weights"]:
+            raise RegistryError(f"{where}: the frontier at {path} changed since training (weights "
+                                f"{safetensors_files(path)}, expected {external['weights']}); retrain or pass "
+                                f"a frontier directory")
         return path
+
+    def has_frontier(self) -> bool:
+        """A trained frontier/ or a recorded external one."""
+        return (self.root / "frontier").exists() or "external_frontier" in self.manifest
 
     def cutoffs(self) -> list[str]:
         """Vintage cutoffs (YYYY-MM-DD), ascending; the last one is the full surrogate."""

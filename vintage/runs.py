@@ -84,8 +84,12 @@ class TrainConfig:
     schedule: Literal["chronological", "independent"] = doc("how surrogate vintages are trained", "chronological")
     tokenizer: str | None = doc("the frontier's tokenizer directory; unset: a BPE trained on the split", None)
     vocab_size: int = doc("BPE vocabulary when the tokenizer is trained here", 2048)
-    frontier: RoleConfig | None = doc("embedded worlds: a frontier on all data", None)
-    retrained: RoleConfig | None = doc("embedded worlds: the frontier preset retrained at retrained_cutoffs", None)
+    frontier: RoleConfig | str | None = doc(
+        "embedded worlds: a frontier trained on all data (a role); or your own pretrained frontier, a Hugging Face "
+        "causal LM directory with safetensors and its tokenizer (a path: none is trained, its tokenizer is the "
+        "run's, and the registry's later stages use it; vintage.frontier.check_frontier says what it needs)", None)
+    retrained: RoleConfig | None = doc("embedded worlds: the frontier preset retrained at retrained_cutoffs "
+                                       "(not with your own frontier: its architecture is not a preset)", None)
     retrained_cutoffs: list[str] = doc("cutoffs with a retrained gold model", default=[])
     num_workers: int = doc("Ray Train workers per run", 1)
     use_gpu: bool = doc("train on GPUs", False)
@@ -101,7 +105,50 @@ class TrainConfig:
     memorise: float = doc("with probes: stop a stage once its fact accuracy reaches this (epochs cap it)", 0.95)
     ngram: NgramConfig | None = doc("also count n-gram surrogates per slice (no training); unset: none", None)
     fit_temperatures: bool = doc("fit each surrogate's confidence-matching temperature against the frontier "
-                                 "on held-out text (needs the frontier role)", True)
+                                 "on held-out text (needs a frontier)", True)
+
+    def __post_init__(self):
+        if not isinstance(self.frontier, str):
+            return
+        if not self.frontier:
+            raise ValueError("frontier: expected a directory (your own Hugging Face causal LM) or a role mapping")
+        if self.retrained is not None or self.retrained_cutoffs:
+            raise ValueError(f"retrained: the gold model is the frontier's architecture retrained from scratch, "
+                             f"and your own frontier ({self.frontier}) is not a preset; leave retrained and "
+                             f"retrained_cutoffs out")
+        if self.tokenizer and Path(self.tokenizer).resolve() != Path(self.frontier).resolve():
+            raise ValueError(f"tokenizer: with your own frontier its tokenizer is the run's; leave tokenizer unset "
+                             f"(got {self.tokenizer}, frontier {self.frontier})")
+        from vintage.presets import get_preset
+
+        context = get_preset(self.surrogate.preset).n_positions  # a pretrained tokenizer's documents run long
+        if context < self.surrogate.optim.max_length:
+            raise ValueError(f"surrogate.optim.max_length: {self.surrogate.optim.max_length} tokens exceed preset "
+                             f"{self.surrogate.preset!r}'s context of {context}; expected at most {context}")
+
+    @property
+    def frontier_dir(self) -> str | None:
+        """Your own frontier's directory (frontier: DIR); None when the frontier is a role or absent."""
+        return self.frontier if isinstance(self.frontier, str) else None
+
+    @property
+    def frontier_role(self) -> RoleConfig | None:
+        """The frontier this run trains; None with your own frontier or none."""
+        return None if isinstance(self.frontier, str) else self.frontier
+
+    def max_length(self) -> int:
+        """Tokens per document of the longest trained role (an external frontier must cover them)."""
+        return max(r.optim.max_length for r in (self.surrogate, self.frontier_role, self.retrained) if r)
+
+
+def check_external_frontier(config: TrainConfig, where: str = "frontier"):
+    """Your own frontier checked against the run (vintage.frontier.check_frontier): its FrontierInfo, or
+    None when the frontier is trained here."""
+    if config.frontier_dir is None:
+        return None
+    from vintage.frontier import check_frontier
+
+    return check_frontier(config.frontier_dir, config.max_length(), where=where)
 
 
 def _sha(text: str) -> str:
@@ -400,6 +447,7 @@ def train_registry(config: TrainConfig) -> dict:
     for key in ("split", "output"):
         if not getattr(config, key):
             raise ValueError(f"train config: `{key}` is required (a directory)")
+    external = check_external_frontier(config)  # your own frontier: a bad one fails before anything is written
     registry = Path(config.output).resolve()  # workers do not share the driver's working directory
     registry.mkdir(parents=True, exist_ok=True)
     config_hash = _sha(json.dumps(asdict(config), sort_keys=True, default=str))
@@ -410,9 +458,14 @@ def train_registry(config: TrainConfig) -> dict:
             print(f"train: {registry} already holds this run (config {config_hash}); nothing to train")
             return finish_registry(config, registry)
     started = time.perf_counter()
-    tokens, facts = prepare(config, registry)
+    trained = config  # what is trained here: with your own frontier, the surrogates on its tokenizer
+    if external is not None:
+        from dataclasses import replace
+
+        trained = replace(config, frontier=None, tokenizer=external.path)
+    tokens, facts = prepare(trained, registry)
     facts["probe_rows"] = json.loads(Path(facts["probes"]).read_text())
-    runs = plan(config, tokens, facts, registry)
+    runs = plan(trained, tokens, facts, registry)
     storage = registry / ".work" / "ray"
     todo = []
     for run in runs:
@@ -421,7 +474,7 @@ def train_registry(config: TrainConfig) -> dict:
             print(f"train: {run['name']} already finished; skipped")
         else:
             todo.append(run)
-    results = _fit_all(todo, storage, config, registry)
+    results = _fit_all(todo, storage, trained, registry)
     for run in runs:  # every model directory is self-contained: its tokenizer beside its weights
         for stage in run["stages"]:
             target = Path(stage["save_to"])
@@ -434,6 +487,10 @@ def train_registry(config: TrainConfig) -> dict:
             info_path = Path(stage["save_to"]) / "training.json"
             vintages[str(Path(stage["save_to"]).relative_to(registry))] = json.loads(info_path.read_text())
     cutoffs = sorted(Path(p).name for p in vintages if p.startswith("vintages/"))
+    if external is not None:
+        from vintage.frontier import check_surrogates
+
+        check_surrogates(external, facts["tokenizer_hash"], [registry / p for p in vintages])
     manifest = {
         "config_hash": config_hash,
         "complete": all(r["error"] is None for r in results.values())
@@ -442,6 +499,7 @@ def train_registry(config: TrainConfig) -> dict:
         "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "window": facts["window"],
         "slices": facts["slices"],
         "models": vintages, "runs": results, "config": asdict(config),
+        **({"external_frontier": external.manifest_entry()} if external is not None else {}),
         "seconds": round(time.perf_counter() - started, 1),
         "created_at": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
@@ -474,7 +532,7 @@ def finish_registry(config: TrainConfig, registry: Path) -> dict:
         count_slices(registry, config.split, config.ngram.order, config.holdout_every, config.ngram.engine,
                      min_count=config.ngram.min_count)
     reg = Registry(registry)
-    if config.fit_temperatures and (registry / "frontier").exists():
+    if config.fit_temperatures and reg.has_frontier():
         kinds = ["neural"] + (["ngram"] if config.ngram is not None else [])
         if stale_temperatures(reg, kinds):
             from vintage.calibration import fit_registry_temperatures
