@@ -13,7 +13,7 @@ from tests.lm_fixtures import word_tokenizer
 from vintage.frontier import FrontierError, check_frontier, check_surrogates
 from vintage.presets import ModelPreset, build_model
 from vintage.registry import Registry, RegistryError
-from vintage.runs import Optimisation, RoleConfig, TrainConfig, train_registry
+from vintage.runs import Optimisation, RoleConfig, TrainConfig, train_registry, window_length
 
 
 def save_frontier(path, family="gpt2", vocab_delta=0, n_positions=64):
@@ -106,15 +106,16 @@ def test_every_surrogate_shares_the_frontiers_vocabulary(frontier, tmp_path):
 def test_train_config_with_your_own_frontier(frontier):
     base = {"surrogate": {"preset": "tiny", "optim": {"max_length": 64}}, "frontier": str(frontier)}
     config = from_dict(TrainConfig, base)
-    assert config.frontier_dir == str(frontier) and config.frontier_role is None and config.max_length() == 64
+    assert config.frontier_dir == str(frontier) and config.frontier_role is None and window_length(config) == 64
     assert from_dict(TrainConfig, {**base, "frontier": {"preset": "tiny"}}).frontier_role.preset == "tiny"
     with pytest.raises(ConfigError, match="retrained: the gold model is the frontier's architecture retrained"):
         from_dict(TrainConfig, {**base, "retrained": {"preset": "tiny"}, "retrained_cutoffs": ["2017-12-31"]})
     with pytest.raises(ConfigError, match="tokenizer: with your own frontier its tokenizer is the run's"):
         from_dict(TrainConfig, {**base, "tokenizer": "elsewhere"})
-    with pytest.raises(ConfigError, match=r"surrogate.optim.max_length: 96 tokens exceed preset 'tiny''s context "
-                                          r"of 64; expected at most 64"):
-        from_dict(TrainConfig, {**base, "surrogate": {"preset": "tiny"}})
+    assert window_length(from_dict(TrainConfig, {**base, "surrogate": {"preset": "tiny"}})) == 64  # its context
+    with pytest.raises(ConfigError, match=r"surrogate.optim.max_length: expected 2..64 \(preset 'tiny' has 64 "
+                                          r"positions\), got 96"):
+        from_dict(TrainConfig, {**base, "surrogate": {"preset": "tiny", "optim": {"max_length": 96}}})
 
 
 def test_a_bad_frontier_fails_before_anything_is_written(tmp_path):

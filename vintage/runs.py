@@ -108,6 +108,7 @@ class TrainConfig:
                                  "on held-out text (needs a frontier)", True)
 
     def __post_init__(self):
+        window_length(self)  # every preset must hold the run's windows: an error at load, not in a worker
         if not isinstance(self.frontier, str):
             return
         if not self.frontier:
@@ -119,12 +120,6 @@ class TrainConfig:
         if self.tokenizer and Path(self.tokenizer).resolve() != Path(self.frontier).resolve():
             raise ValueError(f"tokenizer: with your own frontier its tokenizer is the run's; leave tokenizer unset "
                              f"(got {self.tokenizer}, frontier {self.frontier})")
-        from vintage.presets import get_preset
-
-        context = get_preset(self.surrogate.preset).n_positions  # a pretrained tokenizer's documents run long
-        if context < self.surrogate.optim.max_length:
-            raise ValueError(f"surrogate.optim.max_length: {self.surrogate.optim.max_length} tokens exceed preset "
-                             f"{self.surrogate.preset!r}'s context of {context}; expected at most {context}")
 
     @property
     def frontier_dir(self) -> str | None:
@@ -136,10 +131,6 @@ class TrainConfig:
         """The frontier this run trains; None with your own frontier or none."""
         return None if isinstance(self.frontier, str) else self.frontier
 
-    def max_length(self) -> int:
-        """Tokens per document of the longest trained role (an external frontier must cover them)."""
-        return max(r.optim.max_length for r in (self.surrogate, self.frontier_role, self.retrained) if r)
-
 
 def check_external_frontier(config: TrainConfig, where: str = "frontier"):
     """Your own frontier checked against the run (vintage.frontier.check_frontier): its FrontierInfo, or
@@ -148,7 +139,7 @@ def check_external_frontier(config: TrainConfig, where: str = "frontier"):
         return None
     from vintage.frontier import check_frontier
 
-    return check_frontier(config.frontier_dir, config.max_length(), where=where)
+    return check_frontier(config.frontier_dir, window_length(config), where=where)
 
 
 def _sha(text: str) -> str:
@@ -225,8 +216,8 @@ def window_length(config: TrainConfig) -> int:
     from vintage.presets import get_preset
 
     lengths = []
-    for name in ("surrogate", "frontier", "retrained"):
-        role = getattr(config, name)
+    for name, role in (("surrogate", config.surrogate), ("frontier", config.frontier_role),
+                       ("retrained", config.retrained)):
         if role is None:
             continue
         context = get_preset(role.preset).n_positions
