@@ -148,8 +148,9 @@ def _probe_cutoff(args) -> int:
 
     from backtests.cutoff_probe import ProbeCutoffConfig, probe_cutoff
 
+    chosen = {"alpha": args.alpha} if args.alpha is not None else {}  # unset: the config's (recommended) default
     config = ProbeCutoffConfig(corpus=args.corpus, out=args.out, frontier=args.frontier, registry=args.registry,
-                               as_of=args.as_of, alpha=args.alpha, period=args.period, since=args.since,
+                               as_of=args.as_of, **chosen, period=args.period, since=args.since,
                                until=args.until, window=args.window,
                                min_k=args.min_k, max_windows=args.max_windows, batch_size=args.batch_size,
                                threads=args.threads, resamples=args.resamples, seed=args.seed)
@@ -268,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--frontier", help="HF causal LM directory; default: the registry's frontier/")
     cut.add_argument("--registry", help="model registry: also probe its models at the vintage for --as-of")
     cut.add_argument("--as-of", help="with --registry: the date whose vintage is probed")
-    cut.add_argument("--alpha", type=float, default=0.5, help="point_in_time's contrast weight (default 0.5)")
+    cut.add_argument("--alpha", type=float, default=None, help="point_in_time's contrast weight (default: the recommended method's)")
     cut.add_argument("--period", default="1y", help="period of the curve: 1mo, 1q, 1y, 10y (default 1y)")
     cut.add_argument("--since", help="probe only documents known on or after this date")
     cut.add_argument("--until", help="probe only documents known before this date")

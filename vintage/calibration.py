@@ -242,6 +242,6 @@ def _positions(lengths: Sequence[int], rows: Sequence[int]):
 def _kl(target_logits, logits, temperature: float) -> float:
     import torch.nn.functional as F
 
-    target = F.log_softmax(target_logits.double(), -1)
-    lp = F.log_softmax(logits.double() / temperature, -1)
+    target = F.log_softmax(target_logits.float(), -1)  # as fit_temperature
+    lp = F.log_softmax(logits.float() / temperature, -1)
     return float((target.exp() * (target - lp)).sum(-1).mean())

@@ -139,16 +139,17 @@ def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tenso
     makes any fixed alpha overshoot; dividing their logits by T > 1 brings them to the frontier's scale."""
     from scipy.optimize import minimize_scalar
 
-    target = F.log_softmax(frontier_logits.double(), dim=-1)
+    # float32: over a 49k vocabulary float64 doubled the fit's cost for digits below the optimiser's tolerance
+    target = F.log_softmax(frontier_logits.float(), dim=-1)
     p_target = target.exp()
-    logits = surrogate_logits.double()
+    logits = surrogate_logits.float()
 
     def kl(log_t: float) -> float:
         lp = F.log_softmax(logits / math.exp(log_t), dim=-1)
         return float((p_target * (target - lp)).sum(-1).mean())
 
     result = minimize_scalar(kl, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
-                             options={"xatol": 1e-6})
+                             options={"xatol": 1e-4})  # T to 0.01%
     return float(math.exp(result.x))
 
 

@@ -269,6 +269,8 @@ def _base(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name
             "corpus_tokens": {s: e["tokens"] for s, e in facts["slices"].items()}}
 
 
+WINDOWS_FORMAT = "packed, positions restart per document"  # vintage/windows.py; change it when that changes
+
 OPERATIONAL = ("tokens", "corpus_tokens", "max_failures", "pid_file", "resume_from", "run_hash", "scratch")  # how a run is executed, not what it learns
 
 
@@ -284,7 +286,8 @@ def _with_probes(run: dict, facts: dict) -> dict:
         # where a stage is saved is not what it learns: a registry moved or copied elsewhere keeps its hashes
         prefix = [{k: v for k, v in s.items() if k not in ("stage_hash", "save_to")} for s in run["stages"][: i + 1]]
         read = {s: facts["slices"][s]["content_hash"] for p in prefix for s in p["known"] if s in facts["slices"]}
-        stage["stage_hash"] = _sha(settings + facts["tokenizer_hash"] + json.dumps([prefix, read], sort_keys=True))
+        stage["stage_hash"] = _sha(settings + WINDOWS_FORMAT + facts["tokenizer_hash"]
+                                   + json.dumps([prefix, read], sort_keys=True))
     run["run_hash"] = run["stages"][-1]["stage_hash"]
     return run
 
@@ -441,7 +444,8 @@ def train_registry(config: TrainConfig) -> dict:
     external = check_external_frontier(config)  # your own frontier: a bad one fails before anything is written
     registry = Path(config.output).resolve()  # workers do not share the driver's working directory
     registry.mkdir(parents=True, exist_ok=True)
-    config_hash = _sha(json.dumps(asdict(config), sort_keys=True, default=str))
+    # the windows' format is part of what a config trains: a registry of cut documents is not this one
+    config_hash = _sha(json.dumps(asdict(config), sort_keys=True, default=str) + WINDOWS_FORMAT)
     manifest_path = registry / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
