@@ -48,6 +48,10 @@ class SplitError(ValueError):
     """The split cannot run as configured; the message names the problem."""
 
 
+class StaleSplitError(SplitError):
+    """The output directory holds another split (other config or input) or an unfinished one."""
+
+
 @dataclass
 class CutoffRule:
     """Calendar cutoffs: every month, quarter or year end between two dates (inclusive)."""
@@ -287,15 +291,15 @@ def existing_split(output: Path, config_hash: str, input_hash: str) -> dict | No
         return None
     if not manifest_path.exists():
         if any(output.iterdir()):
-            raise SplitError(f"{output}: exists, is not empty and holds no finished split (no manifest.json); "
+            raise StaleSplitError(f"{output}: exists, is not empty and holds no finished split (no manifest.json); "
                              f"choose another output or remove it")
         return None
     manifest = json.loads(manifest_path.read_text())
     if manifest.get("config_hash") != config_hash:
-        raise SplitError(f"{output}: holds a split of a different config ({manifest.get('config_hash')} != "
+        raise StaleSplitError(f"{output}: holds a split of a different config ({manifest.get('config_hash')} != "
                          f"{config_hash}); choose another output directory")
     if manifest.get("input_fingerprint") != input_hash:
-        raise SplitError(f"{output}: holds a split of different input ({manifest.get('input_fingerprint')} != "
+        raise StaleSplitError(f"{output}: holds a split of different input ({manifest.get('input_fingerprint')} != "
                          f"{input_hash}); choose another output directory")
     return manifest
 

@@ -99,7 +99,7 @@ def run(config: EndToEndConfig, out: Path) -> None:
 
 def run_split_stage(stage: SplitStage, out: Path) -> None:
     from corpora.leak_scores import score_split
-    from corpora.split import SplitConfig, SplitError, run_split
+    from corpora.split import SplitConfig, StaleSplitError, run_split
     from corpora.validation import CorpusConfig
     from corpora.worlds import read_world
 
@@ -117,7 +117,8 @@ def run_split_stage(stage: SplitStage, out: Path) -> None:
         ray.init(ignore_reinit_error=True)
     try:
         result = run_split(config)
-    except SplitError as err:  # this pipeline owns OUT/split: a split of an older world is replaced
+    except StaleSplitError as err:  # this pipeline owns OUT/split: a split of an older world is replaced (any
+        # other SplitError, such as no valid document, is the user's to read)
         print(f"[split] replacing a stale split ({err})")
         shutil.rmtree(config.output)
         result = run_split(config)

@@ -381,3 +381,27 @@ def test_the_dropping_filter_is_credited_whatever_the_filter_order(tmp_path):
             ("duplicates", "dropped", ["b"])]
         (quarantined,) = pq.read_table(out / "quarantine.parquet").to_pylist()
         assert quarantined["doc_id"] == "b" and quarantined["detail"] == "duplicates: copy of a"
+
+
+def test_the_pipeline_replaces_only_a_stale_split(tmp_path, monkeypatch):
+    """end_to_end owns OUT/split: another or an unfinished split there is replaced; any other SplitError (no
+    valid document) reaches the user as it is (it used to be taken for a stale split, and removing a
+    directory that was never written hid it behind a FileNotFoundError)."""
+    import corpora.split
+    from pipelines.end_to_end import SplitStage, run_split_stage
+
+    generate_world("synthetic-market", "tiny", seed=0).write(tmp_path / "world" / "synthetic-market")
+    stage = SplitStage(cutoffs=[dt.datetime(2017, 12, 31, tzinfo=dt.timezone.utc)], engine="polars")
+    stale = tmp_path / "split" / "synthetic-market"
+    stale.mkdir(parents=True)
+    (stale / "leftover.parquet").write_text("an unfinished split")
+    run_split_stage(stage, tmp_path)  # replaced
+    assert (stale / "manifest.json").exists() and not (stale / "leftover.parquet").exists()
+
+    def no_valid_document(config, dry_run=False):
+        raise SplitError(f"{config.corpus.path}: no valid document after validation")
+
+    shutil.rmtree(stale)
+    monkeypatch.setattr(corpora.split, "run_split", no_valid_document)
+    with pytest.raises(SplitError, match="no valid document after validation"):
+        run_split_stage(stage, tmp_path)
