@@ -19,7 +19,7 @@ import polars as pl
 
 from corpora.config import ConfigError, doc
 from vintage import recommended
-from vintage.registry import as_utc
+from corpora.timeline import as_utc
 
 # metric: (per-window value, weight) whose per-period ratio of sums rises as a model's familiarity falls
 METRICS = {
@@ -106,7 +106,7 @@ def split_directory(corpus: str | Path) -> Path:
 def probed_documents(split: Path, registry=None) -> tuple[pl.DataFrame, str]:
     """(doc_id, knowledge_date, text) of the documents that no probed model trained on, and why those."""
     from corpora.split import read_slices
-    from vintage.runs import is_holdout
+    from vintage.holdout import holdout_mask
 
     docs = pl.from_arrow(read_slices(split).select(["doc_id", "knowledge_date", "text"]))
     if registry is None:
@@ -116,7 +116,7 @@ def probed_documents(split: Path, registry=None) -> tuple[pl.DataFrame, str]:
     if not trained_on or Path(trained_on).resolve() != split.resolve():
         return docs, f"every document (the registry was trained on {trained_on}, not on this split)"
     every = int(config.get("holdout_every", 20))
-    held = pl.Series([is_holdout(d, every) for d in docs["doc_id"].to_list()], dtype=pl.Boolean)
+    held = pl.Series(holdout_mask(docs["doc_id"].to_list(), every))
     return docs.filter(held), f"the registry's held-out documents (one in {every}, never trained on)"
 
 

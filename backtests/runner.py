@@ -10,7 +10,6 @@ with a reason: nothing is dropped silently.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import uuid
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ import pyarrow.parquet as pq
 
 from backtests import storage
 from backtests.spec import BacktestSpec
-from corpora.split import end_of_day
+from corpora.files import short_hash
+from corpora.timeline import latest_usable_expr
 from vintage.registry import Registry, RegistryError, model_fingerprint
 
 RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
@@ -72,10 +72,7 @@ def load_queries(spec: BacktestSpec) -> pl.DataFrame:
 
 def assign_vintages(queries: pl.DataFrame, cutoffs: list[str]) -> pl.DataFrame:
     """`vintage_cutoff` per query: the latest cutoff whose day fully passed before as_of (None: none did)."""
-    ends = pl.Series([end_of_day(dt.date.fromisoformat(c)) for c in cutoffs], dtype=pl.Datetime("us", "UTC"))
-    position = ends.search_sorted(queries["as_of"].cast(pl.Datetime("us", "UTC")), side="left")
-    labels = [cutoffs[p - 1] if p > 0 else None for p in position.to_list()]
-    return queries.with_columns(vintage_cutoff=pl.Series(labels, dtype=pl.String))
+    return queries.with_columns(vintage_cutoff=latest_usable_expr("as_of", cutoffs))
 
 
 def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl.DataFrame:
@@ -114,7 +111,7 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
             if m.fallback:  # appended only when set: keys of methods without one stay as they were
                 what.append(m.fallback)
             rows.append(dict(method=m.key, vintage_cutoff=c,
-                             model_key=hashlib.sha256(json.dumps(what, default=str).encode()).hexdigest()[:16]))
+                             model_key=short_hash(json.dumps(what, default=str))))
     return pl.DataFrame(rows)
 
 

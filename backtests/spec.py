@@ -9,12 +9,12 @@ A bare `{name: point_in_time}` is the recommended method (vintage/recommended.py
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 from corpora.config import doc
+from corpora.files import short_hash
 from vintage import recommended
 
 METHODS = ("frontier", "surrogate", "point_in_time", "retrained")
@@ -124,4 +124,4 @@ class BacktestSpec:
         """Hash of what determines the answers: the spec (less output and resources) and the models."""
         what = {k: v for k, v in asdict(self).items() if k not in ("output", "resources")}
         models = {k: manifest.get(k) for k in ("config_hash", "tokenizer_hash", "cutoffs", "models", "calibration")}
-        return hashlib.sha256(json.dumps([what, models], sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return short_hash(json.dumps([what, models], sort_keys=True, default=str))

@@ -108,7 +108,7 @@ def main(argv=None) -> int:
     from transformers.utils import logging as hf_logging
 
     from backtests.effective_cutoff import heldout_documents
-    from corpora.split import end_of_day
+    from corpora.timeline import known_by_expr
     from vintage.calibration import Probe, calibrate_alpha
     from vintage.decoding import ChoiceComponents, PointInTimeLM, Temperatures
     from vintage.registry import Registry
@@ -126,20 +126,18 @@ def main(argv=None) -> int:
     seeds = registry.retrained_seeds(cutoff)
     print(f"[fidelity] vintage {cutoff}; retrained seeds {seeds}" + (
         "  (fewer than 3: no noise floor worth the name)" if len(seeds) < 3 else ""), flush=True)
-    import datetime as dt
-
-    boundary = end_of_day(dt.date.fromisoformat(cutoff))
+    known = known_by_expr("as_of", cutoff)
     queries = pl.read_parquet(Path(args.world) / "queries.parquet").with_columns(
         pl.col("as_of").dt.convert_time_zone("UTC"))
     sets = {
-        "post": queries.filter((pl.col("kind") == "fact") & (pl.col("as_of") > boundary)),
-        "pre": queries.filter((pl.col("kind") == "fact") & (pl.col("as_of") <= boundary)),
-        "forecast": queries.filter((pl.col("kind") == "forecast") & (pl.col("as_of") > boundary)),
+        "post": queries.filter((pl.col("kind") == "fact") & ~known),
+        "pre": queries.filter((pl.col("kind") == "fact") & known),
+        "forecast": queries.filter((pl.col("kind") == "forecast") & ~known),
     }
     answers = {k: [list(c).index(a) for c, a in zip(q["choices"], q["answer"])] for k, q in sets.items()}
     docs = heldout_documents(registry)
-    texts = {"before": docs.filter(pl.col("knowledge_date") <= boundary)["text"].to_list(),
-             "after": docs.filter(pl.col("knowledge_date") > boundary)["text"].to_list()}
+    known_doc = known_by_expr("knowledge_date", cutoff)
+    texts = {"before": docs.filter(known_doc)["text"].to_list(), "after": docs.filter(~known_doc)["text"].to_list()}
     print(f"[fidelity] facts: {sets['post'].height} post-cutoff, {sets['pre'].height} pre-cutoff; "
           f"{sets['forecast'].height} forecasts; held-out documents {len(texts['before'])} before, "
           f"{len(texts['after'])} after", flush=True)

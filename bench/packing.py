@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vintage.runs import is_holdout  # noqa: E402
+from vintage.holdout import is_holdout  # noqa: E402
 from vintage.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 from vintage.windows import pack  # noqa: E402
 

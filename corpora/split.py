@@ -28,9 +28,11 @@ import pyarrow.parquet as pq
 
 from corpora.audit import Audit, build_audit, format_audit, write_audit
 from corpora.config import ConfigError, doc
+from corpora.files import short_hash
 from corpora.filters import Filter, build_filters
 from corpora.readers import ROW_COLUMN, RawFile, corpus_files, read_file
 from corpora.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA, UTC_TIMESTAMP
+from corpora.timeline import slices_of
 from corpora.validation import CorpusConfig, _validate_file
 
 DEFAULT_FILTERS = {"revision": {}, "retrospective": {}, "anachronism": {}, "duplicates": {}}
@@ -106,7 +108,7 @@ class SplitConfig:
         data["corpus"].pop("path")  # where the input lives is not what it is: input_fingerprint covers that
         data["cutoffs"] = [d.isoformat() for d in self.cutoff_dates()]
         data.pop("cutoff_rule")
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return short_hash(json.dumps(data, sort_keys=True, default=str))
 
 
 def calendar_cutoffs(every: str, start: dt.date, end: dt.date) -> list[dt.date]:
@@ -124,10 +126,6 @@ def calendar_cutoffs(every: str, start: dt.date, end: dt.date) -> list[dt.date]:
     if not out:
         raise ConfigError(f"cutoff_rule: no {every} end between {start} and {end}")
     return out
-
-
-def end_of_day(day: dt.date) -> dt.datetime:
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc) + dt.timedelta(days=1, microseconds=-1)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -207,14 +205,7 @@ def apply_filters(batch: pa.Table, filters: list[Filter], contexts: dict[str, An
         if updated is not None and updated > best[i]:
             best[i] = updated
             redated_by[i].append("updated_at")
-    ends = [end_of_day(c) for c in cutoffs]
-    labels = [c.isoformat() for c in cutoffs]
-    import bisect
-
-    slices = []
-    for kd in best:
-        k = bisect.bisect_left(ends, kd)
-        slices.append(labels[k] if k < len(ends) else None)
+    slices = slices_of(best, cutoffs)
     out = batch.select([f.name for f in DOCUMENT_SCHEMA])
     return out.append_column("knowledge_date", pa.array(best, UTC_TIMESTAMP)) \
         .append_column("redated_by", pa.array(redated_by, pa.list_(pa.string()))) \

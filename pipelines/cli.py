@@ -39,6 +39,7 @@ def _frontier(args) -> int:
     import os
     import shutil
 
+    from corpora.files import replace_directory
     from vintage.frontier import check_frontier
     from vintage.pretrained import real_frontier
 
@@ -49,8 +50,7 @@ def _frontier(args) -> int:
     staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(cached, staging)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(staging, out)
+    replace_directory(staging, out)
     info = check_frontier(out, max_length=1)
     print(f"wrote {out}: {args.name}, {info.architecture}, {info.tokenizer_tokens:,} tokens, context {info.context}, "
           f"{sum(info.weights.values()) / 1e6:.0f} MB of safetensors ({time.perf_counter() - started:.1f} s)")

@@ -100,13 +100,13 @@ def run(config: EndToEndConfig, out: Path) -> None:
 def run_split_stage(stage: SplitStage, out: Path) -> None:
     from corpora.leak_scores import score_split
     from corpora.split import SplitConfig, StaleSplitError, run_split
+    from corpora.timeline import cutoff_end
     from corpora.validation import CorpusConfig
     from corpora.worlds import read_world
 
     world = read_world(out / "world" / stage.world)
     corpus = CorpusConfig(path=str(out / "world" / stage.world / "documents.parquet"),
-                          corpus_end=dt.datetime.fromisoformat(world.info["corpus_end"]).replace(tzinfo=dt.timezone.utc)
-                          + dt.timedelta(days=1, microseconds=-1))  # the whole last day
+                          corpus_end=cutoff_end(world.info["corpus_end"]))  # the whole last day
     config = SplitConfig(corpus=corpus, output=str(out / "split" / stage.world), cutoffs=stage.cutoffs,
                          cutoff_rule=stage.cutoff_rule, filters=stage.filters, engine=stage.engine)
     print(f"[split] {stage.world}: {len(config.cutoff_dates())} cutoffs, filters {list(stage.filters)}, "

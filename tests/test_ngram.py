@@ -17,7 +17,7 @@ from corpora.worlds import generate_world
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
 from vintage.ngram import NgramLM, count_slices, emit_ngrams, ngram_fingerprint, vintage_counts
-from vintage.runs import is_holdout
+from vintage.holdout import is_holdout
 from vintage.tokenizer import load_tokenizer, train_bpe
 
 UTC = dt.timezone.utc

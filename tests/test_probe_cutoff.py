@@ -19,7 +19,7 @@ from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 from pipelines.cli import main
 from vintage.presets import build_model
-from vintage.runs import is_holdout
+from vintage.holdout import is_holdout
 from vintage.tokenizer import train_bpe
 from vintage.windows import pack
 

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from corpora.config import ConfigError
 from corpora.leak_scores import score_split
-from corpora.split import (SplitConfig, SplitError, calendar_cutoffs, end_of_day, read_slices, run_split)
+from corpora.split import (SplitConfig, SplitError, calendar_cutoffs, read_slices, run_split)
+from corpora.timeline import cutoff_end
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 
@@ -46,7 +47,7 @@ def check_invariants(output, input_ids):
     slices = read_slices(output)
     manifest = json.loads((output / "manifest.json").read_text())
     cutoffs = [dt.date.fromisoformat(c) for c in manifest["cutoffs"]]
-    bounds = {c.isoformat(): (end_of_day(p) if p else None, end_of_day(c)) for p, c in zip([None] + cutoffs, cutoffs)}
+    bounds = {c.isoformat(): (cutoff_end(p) if p else None, cutoff_end(c)) for p, c in zip([None] + cutoffs, cutoffs)}
     for row in slices.select(["doc_id", "published_at", "updated_at", "knowledge_date", "slice"]).to_pylist():
         low, high = bounds[row["slice"]]
         assert row["knowledge_date"] <= high and (low is None or row["knowledge_date"] > low), row
@@ -264,7 +265,7 @@ def test_property_knowledge_dates_only_move_later_and_slices_hold(tmp_path_facto
     if "duplicates" not in filters:
         assert reasons <= {"after_last_cutoff"}
     # every document after the last cutoff is quarantined as such, never silently dropped
-    late = pc.sum(pc.greater(slices["knowledge_date"], end_of_day(cutoffs[-1].date()))).as_py()
+    late = pc.sum(pc.greater(slices["knowledge_date"], cutoff_end(cutoffs[-1].date()))).as_py()
     assert not late
 
 

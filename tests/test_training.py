@@ -49,7 +49,7 @@ def tiny_config(base: Path, out: Path, **changes) -> TrainConfig:
 def corpus_tokens(registry: Path, cutoff: str) -> int:
     """Tokens of the documents a vintage trains on, counted here from the split (the held-out ones left out)."""
     from corpora.split import read_slices
-    from vintage.runs import is_holdout
+    from vintage.holdout import is_holdout
     from vintage.tokenizer import load_tokenizer
 
     config = json.loads((registry / "manifest.json").read_text())["config"]

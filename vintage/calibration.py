@@ -85,13 +85,11 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
     (seed 0) where the registry has one, else the vintage surrogate. Each vintage's evidence, with the fingerprints
     of the models it was measured on, goes to the manifest's `calibration[cutoff]` (Registry.record_calibration).
     A vintage without facts on both sides of its cutoff is skipped and named."""
-    import datetime as dt
-
     import polars as pl
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from corpora.split import end_of_day
+    from corpora.timeline import known_by_expr
     from vintage.registry import Registry, model_fingerprint
     from vintage.tokenizer import load_tokenizer
 
@@ -107,10 +105,9 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
     frontier_model, full = load(frontier_dir), registry.load_surrogate("neural", registry.full_cutoff())
     found = {}
     for cutoff in registry.cutoffs()[:-1]:
-        boundary = end_of_day(dt.date.fromisoformat(cutoff))
+        known = known_by_expr("as_of", cutoff)
         sides = {side: [Probe(p, list(c), a) for p, c, a in zip(q["prompt"], q["choices"], q["answer"])]
-                 for side, q in (("post", facts.filter(pl.col("as_of") > boundary)),
-                                 ("pre", facts.filter(pl.col("as_of") <= boundary)))}
+                 for side, q in (("post", facts.filter(~known)), ("pre", facts.filter(known)))}
         if not sides["post"] or not sides["pre"]:
             print(f"[calibrate] {cutoff}: skipped, fact queries after / before the cutoff: "
                   f"{len(sides['post'])} / {len(sides['pre'])}", flush=True)
@@ -178,14 +175,14 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     from vintage.decoding import fit_temperature
     from vintage.registry import Registry
     from vintage.presets import get_preset
-    from vintage.runs import is_holdout
+    from vintage.holdout import holdout_mask
     from vintage.tokenizer import load_tokenizer
 
     hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here
     registry = registry if isinstance(registry, Registry) else Registry(registry)
     tokenizer = load_tokenizer(registry.tokenizer_path())
     documents = read_slices(split)
-    held = documents.filter(_bool_array([is_holdout(d, holdout_every) for d in documents["doc_id"].to_pylist()]))
+    held = documents.filter(holdout_mask(documents["doc_id"].to_pylist(), holdout_every))
     if held.num_rows == 0:
         raise ValueError(f"{split}: no held-out documents to fit temperatures on (holdout_every={holdout_every})")
     step = max(1, math.ceil(held.num_rows / max_docs))
@@ -221,12 +218,6 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
                   f"({len(positions)} positions)", flush=True)
     registry.update_manifest(temperatures=found)
     return found
-
-
-def _bool_array(values):
-    import pyarrow as pa
-
-    return pa.array(values, pa.bool_())
 
 
 def _positions(lengths: Sequence[int], rows: Sequence[int]):

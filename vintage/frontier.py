@@ -5,10 +5,11 @@ run's, so every surrogate shares its vocabulary; pickled weights are refused, ne
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from corpora.files import short_hash
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -121,7 +122,7 @@ def check_frontier(path: str | Path, max_length: int, where: str = "frontier") -
                             f"than max_length {max_length}; expected at least {max_length} (or lower max_length)")
 
     token_hash = tokenizer_hash(tokenizer)
-    fingerprint = hashlib.sha256(json.dumps([config_file.read_text(), weights, token_hash]).encode()).hexdigest()[:16]
+    fingerprint = short_hash(json.dumps([config_file.read_text(), weights, token_hash]))
     return FrontierInfo(path=str(directory), architecture=causal[0], vocab_rows=vocab_rows, tokenizer_tokens=tokens,
                         context=context, weights=weights, tokenizer_hash=token_hash, fingerprint=fingerprint)
 

@@ -20,9 +20,7 @@ returns `.logits` = log-probs over the vocabulary), so `PointInTimeLM` uses it u
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+
+from corpora.files import atomic_path, short_hash, write_text_atomically
 
 COUNT_SCHEMA = pa.schema([("order", pa.int8()), ("context", pa.string()), ("token", pa.int32()),
                           ("count", pa.int64())])
@@ -105,17 +105,13 @@ class NgramBuild:
     manifest: dict
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5, holdout_every: int = 20,
                  engine: str = "ray", batch_size: int = 64, min_count: int = 1) -> NgramBuild:
     """Count k-grams of every slice of the split into `registry/ngram/slices/`, skipping slices whose
     counts exist for the same content, tokenizer and order (a grown corpus counts only its new slices).
     Held-out documents (`is_holdout`, as in training) are left out, so perplexity on them stays honest."""
     from corpora.split import read_slices
-    from vintage.runs import is_holdout
+    from vintage.holdout import holdout_mask
     from vintage.tokenizer import load_tokenizer, tokenizer_hash
 
     if not 2 <= order <= 6:
@@ -135,13 +131,13 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
     if old.get("order") != order or old.get("tokenizer_hash") != tok_hash or old.get("holdout_every") != holdout_every:
         old = {}  # other settings: every slice is recounted
     documents = read_slices(split_dir)
-    keep = pa.array([not is_holdout(d, holdout_every) for d in documents["doc_id"].to_pylist()], pa.bool_())
+    keep = pc.invert(holdout_mask(documents["doc_id"].to_pylist(), holdout_every))
     documents = documents.filter(keep).select(["slice", "doc_id", "text"])
     slices = sorted(pc.unique(documents["slice"]).to_pylist())
     hashes = {}
     for name in slices:
         ids = documents.filter(pc.equal(documents["slice"], name))["doc_id"].to_pylist()
-        hashes[name] = _sha("\n".join(sorted(ids)))
+        hashes[name] = short_hash("\n".join(sorted(ids)))
     known = old.get("slices", {})
     todo = [s for s in slices if known.get(s, {}).get("content_hash") != hashes[s]
             or not (out / "slices" / f"{s}.parquet").exists()]
@@ -171,9 +167,8 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
         part = sum_counts(table.filter(pc.equal(table["slice"], name)).select(COUNT_SCHEMA.names)) \
             if table is not None else COUNT_SCHEMA.empty_table()
         target = out / "slices" / f"{name}.parquet"
-        tmp = target.with_suffix(".parquet.tmp")
-        pq.write_table(part, tmp)
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            pq.write_table(part, tmp)
         entries[name] = {"content_hash": hashes[name], "ngrams": part.num_rows,
                          "tokens": int(pc.sum(part.filter(pc.equal(part["order"], 1))["count"]).as_py() or 0),
                          "bytes": target.stat().st_size}
@@ -184,9 +179,7 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
                 "vocab_size": len(tokenizer), "smoothing": "interpolated Kneser-Ney, D_k = n1/(n1+2 n2)",
                 "slices": dict(sorted(entries.items())),
                 "seconds": round(time.perf_counter() - started, 2)}
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, manifest_path)
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
     print(f"[ngram] {len(todo)} slice(s) counted, {len(slices) - len(todo)} already there; "
           f"{sum(e['bytes'] for e in entries.values()) / 1e6:.2f} MB on disk in {manifest['seconds']:.1f} s",
           flush=True)
@@ -207,7 +200,7 @@ def ngram_fingerprint(ngram_dir: str | Path, cutoff: str, min_count: int | None 
     manifest = json.loads((Path(ngram_dir) / "manifest.json").read_text())
     min_count = manifest.get("min_count", 1) if min_count is None else min_count
     parts = {s: e["content_hash"] for s, e in manifest["slices"].items() if s <= cutoff}
-    return _sha(json.dumps([manifest["order"], manifest["tokenizer_hash"], min_count, parts], sort_keys=True))
+    return short_hash(json.dumps([manifest["order"], manifest["tokenizer_hash"], min_count, parts], sort_keys=True))
 
 
 class _Order:

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from corpora.files import replace_directory
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -75,8 +77,7 @@ def real_frontier(name: str) -> Path:
     convert_gguf(gguf, staging)
     seconds = round(time.perf_counter() - started, 1)
     (staging / "source.json").write_text(json.dumps({"source": source, "conversion_seconds": seconds}, indent=2) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    replace_directory(staging, target)
     print(f"frontier {name}: converted {gguf.name} ({spec.package} {spec.version}) into {target} in {seconds} s",
           flush=True)
     return target

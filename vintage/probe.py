@@ -15,7 +15,6 @@ surrogate know the post-cutoff facts while a vintage does not; the checks below 
 """
 from __future__ import annotations
 
-import datetime as dt
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from corpora.split import end_of_day
+from corpora.timeline import known_by_expr
 from vintage.registry import Registry
 
 FRONTIER_POST_MIN = 0.9
@@ -93,7 +92,7 @@ def score_models(registry: Registry, queries: pl.DataFrame, batch_size: int = 64
 
 
 def _after(cutoff: str) -> pl.Expr:
-    return pl.col("as_of") > end_of_day(dt.date.fromisoformat(cutoff))
+    return ~known_by_expr("as_of", cutoff)
 
 
 def summarise(scores: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:

@@ -12,29 +12,16 @@ Lookup as of a date is loud: the vintage used is the latest whose cutoff day has
 """
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from corpora.split import end_of_day
+from corpora.files import short_hash, write_text_atomically
+from corpora.timeline import as_utc, usable_cutoffs
 
 
 class RegistryError(ValueError):
     """The registry cannot answer: missing model, or a date before every vintage."""
-
-
-def as_utc(value: Any) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
-        value = dt.datetime(value.year, value.month, value.day)
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value.astimezone(dt.timezone.utc)
 
 
 class Registry:
@@ -109,8 +96,7 @@ class Registry:
         """(cutoff, directory) of the latest vintage usable at `as_of`."""
         when = as_utc(as_of)
         cutoffs = self.cutoffs()
-        # a cutoff day holds everything known by its end (as in the split): usable from the next instant
-        usable = [c for c in cutoffs if end_of_day(dt.date.fromisoformat(c)) < when]
+        usable = usable_cutoffs(cutoffs, when)
         if not usable:
             raise RegistryError(f"as_of {when.isoformat()} precedes every vintage of {self.root} "
                                 f"(cutoffs: {', '.join(cutoffs)}); no point-in-time model exists for it")
@@ -135,11 +121,7 @@ class Registry:
                 manifest[key] = {**manifest[key], **value}
             else:
                 manifest[key] = value
-        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".manifest.", suffix=".json")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(manifest, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, self.root / "manifest.json")
+        write_text_atomically(self.root / "manifest.json", json.dumps(manifest, indent=2, default=str) + "\n")
         return manifest
 
     def record_calibration(self, cutoff: str, evidence: dict) -> None:
@@ -185,5 +167,4 @@ def model_fingerprint(directory: Path) -> str:
         if stage:
             return stage
     weights = sorted(directory.glob("*.safetensors"))
-    return hashlib.sha256(json.dumps([(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights])
-                          .encode()).hexdigest()[:16]
+    return short_hash(json.dumps([(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]))

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import shutil
@@ -18,7 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from corpora.config import doc
+from corpora.files import replace_directory, short_hash, write_text_atomically
 from corpora.split import read_slices
+from corpora.timeline import known_by
+from vintage.holdout import holdout_mask
 
 
 @dataclass
@@ -142,15 +144,6 @@ def check_external_frontier(config: TrainConfig, where: str = "frontier"):
     return check_frontier(config.frontier_dir, window_length(config), where=where)
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def is_holdout(doc_id: str, every: int) -> bool:
-    """The validation documents: never trained on by any model of a run (effective-cutoff probes use them)."""
-    return int(hashlib.sha256(doc_id.encode()).hexdigest(), 16) % every == 0
-
-
 def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     """Tokenizer and tokenised documents for the workers; returns (tokens parquet, facts about them)."""
     from vintage.tokenizer import load_tokenizer, tokenizer_hash, train_bpe
@@ -174,7 +167,7 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     eos = tokenizer.eos_token_id
     max_length = window_length(config)
     encoded = tokenizer(slices["text"].to_pylist(), add_special_tokens=False)["input_ids"]
-    holdout = [is_holdout(d, config.holdout_every) for d in slices["doc_id"].to_pylist()]
+    holdout = holdout_mask(slices["doc_id"].to_pylist(), config.holdout_every).to_pylist()
     streams: dict[tuple[str, bool], list[list[int]]] = {}  # (slice, held out) -> its documents, in split order
     for s, held, ids in zip(slices["slice"].to_pylist(), holdout, encoded):
         streams.setdefault((s, held), []).append(ids)
@@ -199,7 +192,7 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     slice_hash = {}
     for s in sorted(per_slice):
         part = slices.filter(pa.compute.equal(slices["slice"], s))
-        slice_hash[s] = _sha("\n".join(sorted(part["doc_id"].to_pylist())))
+        slice_hash[s] = short_hash("\n".join(sorted(part["doc_id"].to_pylist())))
     probes = work / "probes.json"
     probes.write_text(json.dumps(_encode_probes(config.probes, tokenizer) if config.probes else []))
     facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "probes": str(probes), "vocab_size": len(tokenizer), "eos_id": eos,
@@ -249,11 +242,7 @@ def _encode_probes(path: str, tokenizer) -> list[dict]:
 
 def _probes_known_by(facts: dict, cutoff: str) -> list[list]:
     """Probes public by the end of the `cutoff` day (the split's rule), as [prompt, choices, answer]."""
-    from corpora.split import end_of_day
-    from vintage.registry import as_utc
-
-    limit = end_of_day(dt.date.fromisoformat(cutoff))
-    return [[p["prompt"], p["choices"], p["answer"]] for p in facts["probe_rows"] if as_utc(p["known_at"]) <= limit]
+    return [[p["prompt"], p["choices"], p["answer"]] for p in facts["probe_rows"] if known_by(p["known_at"], cutoff)]
 
 
 def _base(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name: str, seed: int) -> dict:
@@ -286,7 +275,7 @@ def _with_probes(run: dict, facts: dict) -> dict:
         # where a stage is saved is not what it learns: a registry moved or copied elsewhere keeps its hashes
         prefix = [{k: v for k, v in s.items() if k not in ("stage_hash", "save_to")} for s in run["stages"][: i + 1]]
         read = {s: facts["slices"][s]["content_hash"] for p in prefix for s in p["known"] if s in facts["slices"]}
-        stage["stage_hash"] = _sha(settings + WINDOWS_FORMAT + facts["tokenizer_hash"]
+        stage["stage_hash"] = short_hash(settings + WINDOWS_FORMAT + facts["tokenizer_hash"]
                                    + json.dumps([prefix, read], sort_keys=True))
     run["run_hash"] = run["stages"][-1]["stage_hash"]
     return run
@@ -416,8 +405,7 @@ def _fit_all(runs: list[dict], storage: Path, config: TrainConfig, registry: Pat
                 staging = kept.parent / f".{kept.name}.tmp"
                 shutil.rmtree(staging, ignore_errors=True)
                 shutil.copytree(result.checkpoint.path, staging)
-                shutil.rmtree(kept, ignore_errors=True)
-                os.replace(staging, kept)
+                replace_directory(staging, kept)
         except Exception as err:  # Ray Train raises once the run's retries are spent; the manifest records it
             error = f"{type(err).__name__}: {err}"
         if error:
@@ -445,7 +433,7 @@ def train_registry(config: TrainConfig) -> dict:
     registry = Path(config.output).resolve()  # workers do not share the driver's working directory
     registry.mkdir(parents=True, exist_ok=True)
     # the windows' format is part of what a config trains: a registry of cut documents is not this one
-    config_hash = _sha(json.dumps(asdict(config), sort_keys=True, default=str) + WINDOWS_FORMAT)
+    config_hash = short_hash(json.dumps(asdict(config), sort_keys=True, default=str) + WINDOWS_FORMAT)
     manifest_path = registry / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
@@ -503,9 +491,7 @@ def train_registry(config: TrainConfig) -> dict:
     for key in ("calibration", "temperatures"):  # evidence carries its models' fingerprints
         if key in old:
             manifest[key] = old[key]
-    tmp = registry / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, default=str) + "\n")
-    os.replace(tmp, manifest_path)
+    write_text_atomically(manifest_path, json.dumps(manifest, indent=2, default=str) + "\n")
     if manifest["complete"]:
         shutil.rmtree(registry / ".work" / "ray", ignore_errors=True)
         manifest = finish_registry(config, registry)

@@ -5,13 +5,14 @@ that a mismatch is caught when models are combined.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Iterable
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from corpora.files import short_hash
 
 SPECIAL_TOKENS = {"pad_token": "<|pad|>", "eos_token": "<|endoftext|>", "bos_token": "<|endoftext|>",
                   "unk_token": "<|unk|>"}
@@ -50,4 +51,4 @@ def tokenizer_hash(tokenizer) -> str:
     if backend is not None:
         model = json.loads(backend.to_str()).get("model", {})
         payload += json.dumps(model.get("merges", []), ensure_ascii=False)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+    return short_hash(payload)

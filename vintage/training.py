@@ -25,6 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from corpora.files import replace_directory
+
 
 def _lr_at(step: int, base: float, warmup: int) -> float:
     return base * min(1.0, (step + 1) / max(1, warmup))
@@ -420,10 +422,7 @@ def _save_branch(engine, stage, config, by_slice, holdout, rank, world, device, 
                     "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.get("stage_hash"),
                     "train_seconds": round(state.get("train_seconds", 0.0), 2), "world_size": world}
             (staging / "training.json").write_text(json.dumps(info, indent=2))
-            if target.exists():
-                shutil.rmtree(target)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staging, target)
+            replace_directory(staging, target)
             facts = f", facts seen {accuracy:.2f}" if accuracy is not None else ""
             say(f"[{config['name']}] saved {target} (validation loss {validation:.3f}{facts})")
         if branch:

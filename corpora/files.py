@@ -1,0 +1,41 @@
+"""Small file and content helpers every stage shares: atomic writes and the 16-hex content hash."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import threading
+from pathlib import Path
+
+
+def short_hash(text: str) -> str:
+    """The project's content hash: sha256 of `text`, 16 hex digits."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path):
+    """A temporary path beside `path` to write; it replaces `path` only if the block succeeds."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")  # one per writer
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write `text` to `path` so a reader sees the old file or the new one, never half of one."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def replace_directory(staging: str | Path, target: str | Path) -> None:
+    """Move a finished `staging` directory to `target`, replacing what is there."""
+    target = Path(target)
+    shutil.rmtree(target, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staging, target)
