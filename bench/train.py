@@ -61,7 +61,10 @@ import pyarrow.parquet as pq  # noqa: E402
 from corpora.split import SplitConfig, run_split  # noqa: E402
 from corpora.validation import CorpusConfig  # noqa: E402
 from corpora.worlds import generate_world  # noqa: E402
-from vintage.runs import Optimisation, RoleConfig, TrainConfig, plan, prepare, train_registry  # noqa: E402
+from vintage.plan import plan  # noqa: E402
+from vintage.prepare import prepare  # noqa: E402
+from vintage.runs import train_registry  # noqa: E402
+from vintage.train_config import Optimisation, RoleConfig, TrainConfig  # noqa: E402
 
 UTC = dt.timezone.utc
 CUTOFFS = ["2016-09-30", "2017-06-30", "2018-03-31", "2019-03-31"]
@@ -84,21 +87,21 @@ def plain_loop(run: dict, threads: int) -> tuple[float, int]:
 
     from vintage.presets import build_model
     from vintage.loss import causal_lm_loss
-    from vintage.training import _batches
+    from vintage.schedule import _batches
     from vintage.windows import packed_batch
 
     torch.set_num_threads(threads)
-    table = pq.read_table(run["tokens"], columns=["slice", "input_ids", "holdout"]).to_pylist()
-    stage = run["stages"][0]
-    docs = [r["input_ids"] for r in table if not r["holdout"] and r["slice"] in stage["new"]]
-    model = build_model(run["preset"], run["vocab_size"], seed=run["seed"], eos_token_id=run["eos_id"],
-                        pad_token_id=run["pad_id"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=run["lr"], betas=(0.9, 0.95), fused=True)  # as train_func
-    rng = random.Random(run["seed"] * 1000)
+    table = pq.read_table(run.tokens, columns=["slice", "input_ids", "holdout"]).to_pylist()
+    stage = run.stages[0]
+    docs = [r["input_ids"] for r in table if not r["holdout"] and r["slice"] in stage.new]
+    model = build_model(run.preset, run.vocab_size, seed=run.seed, eos_token_id=run.eos_id,
+                        pad_token_id=run.pad_id)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, betas=(0.9, 0.95), fused=True)  # as train_func
+    rng = random.Random(run.seed * 1000)
     tokens, started = 0, time.perf_counter()
-    for _ in range(stage["epochs"]):
-        for rows in _batches(docs, run["batch_size"], rng):
-            ids, positions, labels = packed_batch(rows, run["pad_id"], run["eos_id"])
+    for _ in range(stage.epochs):
+        for rows in _batches(docs, run.batch_size, rng):
+            ids, positions, labels = packed_batch(rows, run.pad_id, run.eos_id)
             loss = causal_lm_loss(model, ids, None, labels, positions)  # as train_func
             optimizer.zero_grad()
             loss.backward()

@@ -16,7 +16,7 @@ from typing import Any, Literal
 from corpora.config import doc, load_yaml, parse_overrides
 from corpora.split import DEFAULT_FILTERS, CutoffRule
 from backtests.spec import BacktestSpec
-from vintage.runs import TrainConfig
+from vintage.train_config import TrainConfig
 
 
 @dataclass
@@ -74,7 +74,7 @@ def run(config: EndToEndConfig, out: Path) -> None:
 
     started = time.perf_counter()
     if config.train is not None and config.train.frontier_dir:  # a bad frontier fails before any work
-        from vintage.runs import check_external_frontier
+        from vintage.train_config import check_external_frontier
 
         info = check_external_frontier(config.train, where="train.frontier")
         print(f"[frontier] {info.path}: {info.architecture}, {info.tokenizer_tokens:,} tokens, context "

@@ -15,7 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     args = parser.parse_args(argv)
-    from vintage.runs import TrainConfig, train_registry
+    from vintage.runs import train_registry
+    from vintage.train_config import TrainConfig
 
     config = load_yaml(args.config, TrainConfig, parse_overrides(args.set))
     import ray

@@ -10,7 +10,7 @@ from corpora.validation import CorpusConfig
 from corpora.split import SplitConfig
 from pipelines.end_to_end import EndToEndConfig
 from serving.config import ServeConfig
-from vintage.runs import TrainConfig
+from vintage.train_config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG_CLASSES = {"corpora": CorpusConfig, "split": SplitConfig, "train": TrainConfig, "backtest": BacktestSpec,

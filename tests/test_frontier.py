@@ -13,7 +13,8 @@ from tests.lm_fixtures import word_tokenizer
 from vintage.frontier import FrontierError, check_frontier, check_surrogates
 from vintage.presets import ModelPreset, build_model
 from vintage.registry import Registry, RegistryError
-from vintage.runs import Optimisation, RoleConfig, TrainConfig, train_registry, window_length
+from vintage.runs import train_registry
+from vintage.train_config import Optimisation, RoleConfig, TrainConfig, window_length
 
 
 def save_frontier(path, family="gpt2", vocab_delta=0, n_positions=64):

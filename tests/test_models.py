@@ -6,8 +6,8 @@ import torch
 from vintage.loss import causal_lm_loss, fused_linear_cross_entropy
 from vintage.presets import PRESETS, build_model, forward_flops_per_token, get_preset, preset_flops_per_token, \
     surrogate_for
-from vintage.runs import Optimisation, RoleConfig, TrainConfig, window_length
-from vintage.training import _collate
+from vintage.train_config import Optimisation, RoleConfig, TrainConfig, window_length
+from vintage.train_metrics import _collate
 from vintage.windows import pack, packed_batch, window_targets
 
 

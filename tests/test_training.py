@@ -2,6 +2,7 @@
 a killed worker, a crashed run continued by a rerun, roles, and the memorisation probe's plumbing."""
 import datetime as dt
 import json
+from types import SimpleNamespace
 import math
 import os
 import signal
@@ -20,10 +21,11 @@ from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 from vintage.decoding import PointInTimeLM
 from vintage.registry import Registry, RegistryError
-from vintage.runs import NgramConfig, Optimisation, RoleConfig, TrainConfig, stale_temperatures, train_registry
+from vintage.post_training import stale_temperatures
+from vintage.runs import train_registry
+from vintage.train_config import NgramConfig, Optimisation, RoleConfig, TrainConfig
 
 UTC = dt.timezone.utc
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +86,7 @@ def reference(ray_local, tiny_split, tmp_path_factory):
     return out, train_registry(roles_config(tiny_split, out))
 
 
+@pytest.mark.slow
 def test_chronological_training_writes_a_loadable_registry(reference):
     out, manifest = reference
     assert manifest["complete"] and manifest["cutoffs"] == ["2017-06-30", "2017-12-31", "2019-12-31"]
@@ -118,6 +121,7 @@ def test_chronological_training_writes_a_loadable_registry(reference):
         Registry(out).vintage_for("2017-06-30T12:00:00Z")
 
 
+@pytest.mark.slow
 def test_a_chain_can_continue_from_each_cooled_vintage(reference, tmp_path):
     """after_cooldown: continue keeps each cooldown in the main run instead of restoring the weights from
     before it. The first stage and its vintage are the default chain's; every later stage trained the same
@@ -146,6 +150,7 @@ def test_a_chain_can_continue_from_each_cooled_vintage(reference, tmp_path):
         restored[-1]["tokens_seen"] - restored[-1]["cooldown_tokens"]  # the same main-run tokens
 
 
+@pytest.mark.slow
 def test_ngram_counts_and_fitted_temperatures_complete_the_registry(reference):
     from vintage.ngram import NgramLM
     from vintage.registry import model_fingerprint
@@ -166,6 +171,7 @@ def test_ngram_counts_and_fitted_temperatures_complete_the_registry(reference):
     assert NgramLM.from_registry(out, "2017-12-31").rows > NgramLM.from_registry(out, "2017-06-30").rows
 
 
+@pytest.mark.slow
 def test_rerun_of_a_finished_config_is_a_no_op(reference):
     out, manifest = reference
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
@@ -174,6 +180,7 @@ def test_rerun_of_a_finished_config_is_a_no_op(reference):
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
 
 
+@pytest.mark.slow
 def test_a_copied_registry_is_complete_where_it_lands(reference, tmp_path):
     import shutil
 
@@ -197,9 +204,8 @@ def _kill_after_first_checkpoint(storage: Path, pid_file: Path, killed: list) ->
         time.sleep(0.05)
 
 
-def start_killer(out: Path, tmp_path: Path, monkeypatch) -> tuple[threading.Thread, list]:
+def start_killer(out: Path, tmp_path: Path) -> tuple[threading.Thread, list]:
     """Workers write their pids under tmp_path; a thread kills the surrogate run's after its first checkpoint."""
-    monkeypatch.setenv("VINTAGE_PID_DIR", str(tmp_path))
     killed: list[int] = []
     killer = threading.Thread(target=_kill_after_first_checkpoint, daemon=True,
                               args=(out / ".work" / "ray", tmp_path / "surrogates-chronological.pid", killed))
@@ -207,11 +213,12 @@ def start_killer(out: Path, tmp_path: Path, monkeypatch) -> tuple[threading.Thre
     return killer, killed
 
 
-def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_split, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_split, tmp_path):
     ref_out, ref_manifest = reference
     out = tmp_path / "models"
-    killer, killed = start_killer(out, tmp_path, monkeypatch)
-    manifest = train_registry(tiny_config(tiny_split, out))
+    killer, killed = start_killer(out, tmp_path)
+    manifest = train_registry(tiny_config(tiny_split, out), pid_dir=tmp_path)
     killer.join()
     assert killed, "the worker was never killed: the test did not exercise a failure"
     assert manifest["complete"] and manifest["cutoffs"] == ref_manifest["cutoffs"]
@@ -219,16 +226,16 @@ def test_a_killed_worker_resumes_and_gives_the_same_registry(reference, tiny_spl
         assert same_weights(out / "vintages" / cutoff, ref_out / "vintages" / cutoff), cutoff
 
 
-def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path, monkeypatch):
+@pytest.mark.slow
+def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path):
     """No retries left: the run fails; the registry says so; a rerun continues from the last checkpoint."""
     ref_out, ref_manifest = reference
     out = tmp_path / "models"
-    killer, killed = start_killer(out, tmp_path, monkeypatch)
-    crashed = train_registry(tiny_config(tiny_split, out, max_failures=0))
+    killer, killed = start_killer(out, tmp_path)
+    crashed = train_registry(tiny_config(tiny_split, out, max_failures=0), pid_dir=tmp_path)
     killer.join()
     assert killed and not crashed["complete"]
     assert (out / "vintages" / "2017-06-30").exists() and not (out / "vintages" / "2019-12-31").exists()
-    monkeypatch.delenv("VINTAGE_PID_DIR")
     resumed = train_registry(tiny_config(tiny_split, out, max_failures=0))
     assert resumed["complete"]
     for cutoff in resumed["cutoffs"]:
@@ -238,9 +245,9 @@ def test_a_crashed_run_is_continued_by_a_rerun(reference, tiny_split, tmp_path, 
 def test_a_checkpoint_cut_short_while_saved_is_not_resumed(tmp_path, capsys):
     """A crash while Ray persists a checkpoint can leave state.json beside a truncated file: the rerun
     takes the last whole checkpoint instead (here an earlier one) and says why."""
-    from vintage.runs import resume_point
+    from vintage.resume import resume_point
 
-    run = {"name": "chain", "stages": [{"stage_hash": "a"}, {"stage_hash": "b"}]}
+    run = SimpleNamespace(name="chain", stages=[SimpleNamespace(stage_hash="a"), SimpleNamespace(stage_hash="b")])
     storage = tmp_path / "ray"
 
     def checkpoint(name: str, stages: list[str], written: int) -> Path:
@@ -259,6 +266,7 @@ def test_a_checkpoint_cut_short_while_saved_is_not_resumed(tmp_path, capsys):
     assert resume_point(run, storage, tmp_path / "kept").name == "checkpoint_000001"
 
 
+@pytest.mark.slow
 def test_every_role_is_a_loadable_model(reference):
     out, manifest = reference
     registry = Registry(out)
@@ -271,6 +279,7 @@ def test_every_role_is_a_loadable_model(reference):
     assert retrained["slices"] == ["2017-06-30"]  # the gold model saw nothing after its cutoff
 
 
+@pytest.mark.slow
 def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_split, tmp_path):
     """Two Ray Train workers (gloo, ZeRO-1), vintages from scratch as separate runs, and training until
     the facts public by each cutoff are memorised (probes; the 2-epoch cap stops first here)."""
@@ -288,8 +297,8 @@ def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_s
     # each worker scored half of the probes and the counts were summed: the same as one process scoring all
     from transformers import AutoModelForCausalLM
 
-    from vintage.runs import _probes_known_by
-    from vintage.training import fact_accuracy
+    from vintage.plan import _probes_known_by
+    from vintage.train_metrics import fact_accuracy
 
     rows = json.loads((tmp_path / "models" / ".work" / "probes.json").read_text())
     for path, info in infos.items():
@@ -303,7 +312,7 @@ def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_s
 def test_replay_sampled_per_epoch_covers_the_old_documents():
     import random
 
-    from vintage.training import _epoch_documents
+    from vintage.schedule import _epoch_documents
 
     new, old = [[i] for i in range(10)], [[100 + i] for i in range(200)]
     seen = {}
@@ -322,7 +331,7 @@ def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
     """continue_epochs sets the chain's later stages; per-epoch replay sampling and continuing from the
     cooled vintages are part of what a chain learns (its hash), not of a one-stage run (the frontier's hash
     does not move); the defaults leave existing registries' hashes as they were."""
-    from vintage.runs import plan
+    from vintage.plan import plan
 
     slices = ["2017-06-30", "2017-12-31", "2019-12-31"]
     facts = {"slices": {s: {"content_hash": s, "tokens": 10} for s in slices}, "probe_rows": [], "vocab_size": 400,
@@ -334,14 +343,19 @@ def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
         return plan(config, tmp_path / "tokens.parquet", facts, tmp_path)
 
     chain, frontier = runs(continue_epochs=2)
-    assert [s["epochs"] for s in chain["stages"]] == [5, 2, 2] and "replay_sampling" not in chain
-    assert [s["epochs"] for s in runs()[0]["stages"]] == [5, 5, 5]
+    assert [s.epochs for s in chain.stages] == [5, 2, 2] and "replay_sampling" not in chain.settings_json()
+    assert [s.epochs for s in runs()[0].stages] == [5, 5, 5]
     other_chain, other_frontier = runs(continue_epochs=2, replay_sampling="epoch")
-    assert other_chain["replay_sampling"] == "epoch" and other_chain["run_hash"] != chain["run_hash"]
-    assert other_frontier["run_hash"] == frontier["run_hash"]
+    assert other_chain.replay_sampling == "epoch" and other_chain.run_hash != chain.run_hash
+    assert other_frontier.run_hash == frontier.run_hash
     kept_chain, kept_frontier = runs(continue_epochs=2, after_cooldown="continue")  # likewise
-    assert kept_chain["after_cooldown"] == "continue" and "after_cooldown" not in chain
-    assert kept_chain["run_hash"] != chain["run_hash"] and kept_frontier["run_hash"] == frontier["run_hash"]
+    assert kept_chain.after_cooldown == "continue" and "after_cooldown" not in chain.settings_json()
+    assert kept_chain.run_hash != chain.run_hash and kept_frontier.run_hash == frontier.run_hash
+    # the hashes the plan gave before RunSpec was a dataclass (a dict then): registries keep theirs
+    assert [s.stage_hash for s in chain.stages] == ["45ae704d7904719d", "49814fc61877d713", "72e48d17a8ca3feb"]
+    assert [s.stage_hash for s in runs()[0].stages] == ["45ae704d7904719d", "19f4b804b77b09a5", "1b62649a559d566a"]
+    assert other_chain.run_hash == "fa982db2ed3168ed" and kept_chain.run_hash == "0a67201cc0e54010"
+    assert frontier.run_hash == "2bfb62bb8751580e"
 
 
 def test_probe_checks_on_hand_made_scores():
@@ -380,7 +394,7 @@ def test_fact_accuracy_scores_each_choice_as_a_continuation():
     import random
 
     from vintage.presets import PRESETS, build_model
-    from vintage.training import _fact_hits, fact_accuracy
+    from vintage.train_metrics import _fact_hits, fact_accuracy
 
     rng = random.Random(0)
     probes = [[[rng.randrange(1, 300) for _ in range(rng.randrange(1, 9))],
@@ -412,7 +426,7 @@ def test_shards_balance_padded_size_and_keep_every_document():
     import itertools
     import random
 
-    from vintage.training import _shards
+    from vintage.schedule import _shards
 
     def padded(shard):
         return len(shard) * max((len(d) for d in shard), default=0)
@@ -439,7 +453,8 @@ def test_weighted_shards_give_the_whole_batch_gradient():
     import random
 
     from vintage.presets import build_model
-    from vintage.training import _collate, _shards, shard_weight
+    from vintage.schedule import _shards, shard_weight
+    from vintage.train_metrics import _collate
 
     rng = random.Random(1)
     rows = [[rng.randrange(1, 300) for _ in range(rng.choice([3, 5, 17, 30]))] for _ in range(13)]

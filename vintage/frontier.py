@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from corpora.files import short_hash
+from vintage.registry import safetensors_files
 
 PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 
@@ -39,11 +40,6 @@ def _causal_lm_architectures() -> set[str]:
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
     return set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
-
-
-def safetensors_files(directory: Path) -> dict[str, int]:
-    """The weights a directory holds as safetensors (a sharded index's shards included), name -> bytes."""
-    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.safetensors"))}
 
 
 def check_frontier(path: str | Path, max_length: int, where: str = "frontier") -> FrontierInfo:

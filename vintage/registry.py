@@ -12,6 +12,7 @@ Lookup as of a date is loud: the vintage used is the latest whose cutoff day has
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -29,10 +30,18 @@ class Registry:
         self.root = Path(root)
         if not (self.root / "manifest.json").exists():
             raise RegistryError(f"{self.root}: not a model registry (no manifest.json)")
+        self._manifest, self._manifest_version = {}, None
 
     @property
     def manifest(self) -> dict:
-        return json.loads((self.root / "manifest.json").read_text())
+        """manifest.json, parsed once per version of the file (another process may rewrite it: a stat per
+        access tells). Read it, don't edit it: `update_manifest` writes."""
+        path = self.root / "manifest.json"
+        stat = path.stat()
+        version = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if version != self._manifest_version:
+            self._manifest, self._manifest_version = json.loads(path.read_text()), version
+        return self._manifest
 
     def tokenizer_path(self) -> Path:
         return self.root / "tokenizer"
@@ -51,8 +60,6 @@ class Registry:
         if not path.is_dir():
             raise RegistryError(f"{where}: the frontier {path} the surrogates were trained against is not there "
                                 f"any more; restore it or pass a frontier directory")
-        from vintage.frontier import safetensors_files
-
         if safetensors_files(path) != external["weights"]:
             raise RegistryError(f"{where}: the frontier at {path} changed since training (weights "
                                 f"{safetensors_files(path)}, expected {external['weights']}); retrain or pass "
@@ -115,7 +122,7 @@ class Registry:
 
     def update_manifest(self, **entries) -> dict:
         """Merge `entries` into manifest.json atomically (write a temp file, then rename)."""
-        manifest = self.manifest
+        manifest = copy.deepcopy(self.manifest)
         for key, value in entries.items():
             if isinstance(value, dict) and isinstance(manifest.get(key), dict):
                 manifest[key] = {**manifest[key], **value}
@@ -127,29 +134,6 @@ class Registry:
     def record_calibration(self, cutoff: str, evidence: dict) -> None:
         self.update_manifest(calibration={cutoff: evidence})
 
-    def surrogate_fingerprint(self, kind: str, cutoff: str) -> str:
-        """What the `kind` ("neural" or "ngram") surrogate at `cutoff` is: its training stage hash, or the
-        hash of the n-gram settings and the slices it sums."""
-        if kind == "ngram":
-            from vintage.ngram import ngram_fingerprint
-
-            return ngram_fingerprint(self.root / "ngram", cutoff)
-        return model_fingerprint(self.vintage_path(cutoff))
-
-    def load_surrogate(self, kind: str, cutoff: str, **kwargs):
-        """The `kind` surrogate at `cutoff`: the trained network (neural; safetensors, `kwargs` to
-        `from_pretrained`, in eval mode) or the n-gram counts summed to that vintage (ngram)."""
-        if kind == "ngram":
-            from vintage.ngram import NgramLM
-
-            return NgramLM.from_registry(self, cutoff)
-        if kind != "neural":
-            raise ValueError(f"surrogate kind must be 'neural' or 'ngram', got {kind!r}")
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(self.vintage_path(cutoff)), use_safetensors=True,
-                                                    **kwargs).eval()
-
     def fitted_temperature(self, kind: str, cutoff: str) -> float:
         """The confidence-matching temperature fitted for the `kind` surrogate at `cutoff`."""
         entry = self.manifest.get("temperatures", {}).get(kind, {}).get(cutoff)
@@ -157,6 +141,11 @@ class Registry:
             raise RegistryError(f"{self.root}: no fitted {kind} temperature for vintage {cutoff}; run "
                                 f"`vintage fit-temperatures --registry {self.root} --split SPLIT`")
         return float(entry["temperature"])
+
+
+def safetensors_files(directory: Path) -> dict[str, int]:
+    """The weights a directory holds as safetensors (a sharded index's shards included), name -> bytes."""
+    return {p.name: p.stat().st_size for p in sorted(directory.glob("*.safetensors"))}
 
 
 def model_fingerprint(directory: Path) -> str:

@@ -1,0 +1,38 @@
+"""What a complete registry gets besides trained models: n-gram counts and the surrogates' fitted
+temperatures, redone only where something changed."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from vintage.registry import Registry
+from vintage.surrogates import surrogate_fingerprint
+from vintage.train_config import TrainConfig
+
+
+def finish_registry(config: TrainConfig, registry: Path) -> dict:
+    """What a complete registry gets besides trained models: n-gram counts (new slices only) and the
+    surrogates' confidence-matching temperatures (refitted where a model changed)."""
+    if config.ngram is not None:
+        from vintage.ngram import count_slices
+
+        count_slices(registry, config.split, config.ngram.order, config.holdout_every, config.ngram.engine,
+                     min_count=config.ngram.min_count)
+    reg = Registry(registry)
+    if config.fit_temperatures and reg.has_frontier():
+        kinds = ["neural"] + (["ngram"] if config.ngram is not None else [])
+        if stale_temperatures(reg, kinds):
+            from vintage.calibration import fit_registry_temperatures
+
+            fit_registry_temperatures(reg, config.split, kinds, holdout_every=config.holdout_every)
+    return reg.manifest
+
+
+def stale_temperatures(registry, kinds) -> bool:
+    """True when a surrogate lacks a fitted temperature or its model changed since the fit."""
+    fitted = registry.manifest.get("temperatures", {})
+    for kind in kinds:
+        for cutoff in registry.cutoffs():
+            entry = fitted.get(kind, {}).get(cutoff)
+            if entry is None or entry.get("fingerprint") != surrogate_fingerprint(registry, kind, cutoff):
+                return True
+    return False
