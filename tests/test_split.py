@@ -132,14 +132,16 @@ def test_rerun_is_a_noop_and_other_config_or_input_is_refused(tiny, tmp_path):
 
 
 def test_a_killed_run_leaves_nothing_that_looks_finished(tiny, tmp_path, monkeypatch):
-    import corpora.split as split_module
+    import corpora.split_polars
+    import corpora.split_ray
 
     _, corpus = tiny
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed midway")
 
-    monkeypatch.setattr(split_module, "_write_outputs", crash)
+    for engine in (corpora.split_polars, corpora.split_ray):  # after the slices, before the report
+        monkeypatch.setattr(engine, "write_outputs", crash)
     with pytest.raises(KeyboardInterrupt):
         run_split(split_config(corpus, tmp_path / "out"))
     assert list(tmp_path.iterdir()) == []  # neither output nor staging directory
