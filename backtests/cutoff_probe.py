@@ -261,7 +261,8 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
     registry its models at the vintage for as_of, built as the backtest's Scorer builds them."""
     from backtests.runner import Scorer
     from backtests.spec import MethodSpec
-    from vintage.decoding import PointInTimeLM, has_tokenizer
+    from vintage.decoding import PointInTimeLM
+    from vintage.vocabulary import has_tokenizer
     from vintage.registry import Registry
 
     if config.registry is None:

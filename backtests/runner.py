@@ -24,6 +24,7 @@ from backtests.spec import BacktestSpec
 from corpora.files import short_hash
 from corpora.timeline import latest_usable_expr
 from vintage.registry import Registry, RegistryError, model_fingerprint
+from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
 RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
                   "p_answer", "model_key", "run_id"]
@@ -90,15 +91,15 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
             if m.name == "frontier":
                 used = [frontier_fp]
             elif m.name == "surrogate":
-                used = [registry.surrogate_fingerprint(m.surrogate, c)]
+                used = [surrogate_fingerprint(registry, m.surrogate, c)]
             elif m.name == "retrained":
                 seeds = registry.retrained_seeds(c)
                 used = [model_fingerprint(registry.retrained_path(c, seeds[0]))] if seeds else []
             else:
-                used = [frontier_fp, registry.surrogate_fingerprint(m.surrogate, full),
-                        registry.surrogate_fingerprint(m.surrogate, c)]
+                used = [frontier_fp, surrogate_fingerprint(registry, m.surrogate, full),
+                        surrogate_fingerprint(registry, m.surrogate, c)]
                 if m.fallback:
-                    used.append(registry.surrogate_fingerprint(m.fallback, c))
+                    used.append(surrogate_fingerprint(registry, m.fallback, c))
             alpha = m.alpha
             if m.name == "point_in_time" and alpha == "calibrated":
                 alpha = manifest.get("calibration", {}).get(c, {}).get("alpha")
@@ -149,11 +150,11 @@ class Scorer:
         """The vintage surrogate at `cutoff` of this kind (neural: the trained model; ngram: the counts)."""
         key = f"{kind}-{cutoff}"
         if key not in self.cache:
-            self.cache[key] = self.registry.load_surrogate(kind, cutoff)
+            self.cache[key] = load_surrogate(self.registry, kind, cutoff)
         return self.cache[key]
 
     def temperatures(self, method, cutoff: str):
-        from vintage.decoding import Temperatures
+        from vintage.modes import Temperatures
 
         if method.confidence == "raw":
             return Temperatures()
@@ -163,6 +164,7 @@ class Scorer:
 
     def lm(self, method, cutoff: str):
         from vintage.decoding import PointInTimeLM
+        from vintage.modes import Steering
 
         tok = self.tokenizer
         if method.name == "frontier":
@@ -177,18 +179,13 @@ class Scorer:
                                  None, None, tok), 0.0
         vintage = self.surrogate(method.surrogate, cutoff)
         full = self.surrogate(method.surrogate, self.registry.full_cutoff())
-        temperatures = self.temperatures(method, cutoff)
-        if method.mode == "rank":  # alpha only switches the steering on
-            return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, rank_k=method.k,
-                                 rank_margin=method.margin, plausibility=method.plausibility,
-                                 temperatures=temperatures), None
-        if method.mode == "switch":
-            fallback = self.surrogate(method.fallback, cutoff) if method.fallback else None
-            return PointInTimeLM(self.frontier, full, vintage, tok, alpha=1.0, switch_margin=method.margin,
-                                 plausibility=method.plausibility, temperatures=temperatures, fallback=fallback), None
-        alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
-        return PointInTimeLM(self.frontier, full, vintage, tok, alpha=alpha, plausibility=method.plausibility,
-                             temperatures=temperatures), alpha
+        alpha = None  # the linear contrast's strength, reported per row
+        if method.mode == "linear":
+            alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
+        steering = Steering(method.mode, alpha=alpha or 0.0, plausibility=method.plausibility, k=method.k,
+                            margin=method.margin, temperatures=self.temperatures(method, cutoff))
+        fallback = self.surrogate(method.fallback, cutoff) if method.fallback else None
+        return PointInTimeLM(self.frontier, vintage, full, tok, steering=steering, fallback=fallback), alpha
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch

@@ -71,9 +71,9 @@ def main() -> None:
     f_flops = forward_flops_per_token(frontier)
     s_flops = 2 * forward_flops_per_token(full)
     flop_ratio = s_flops / f_flops
-    pit = PointInTimeLM(frontier, full, vintage, tokenizer, alpha=0.5, plausibility=0.1, batch_size=256)
+    pit = PointInTimeLM(frontier, vintage, full, tokenizer, alpha=0.5, plausibility=0.1, batch_size=256)
     alone = pit.with_alpha(0.0)
-    overlap = PointInTimeLM(frontier, full, vintage, tokenizer, alpha=0.5, plausibility=0.1, batch_size=256,
+    overlap = PointInTimeLM(frontier, vintage, full, tokenizer, alpha=0.5, plausibility=0.1, batch_size=256,
                             overlap=True)
 
     queries = world.queries.filter(__import__("pyarrow.compute").compute.equal(world.queries["kind"], "forecast"))

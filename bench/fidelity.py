@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import polars as pl  # noqa: E402
 import torch  # noqa: E402
+from vintage.surrogates import load_surrogate
 
 GOALS = {"gap_closed": 0.8, "pre_drop": 0.05, "ppl_ratio": 1.10}
 
@@ -79,10 +80,12 @@ def methods(has_ngram: bool, seeds: list[int], calibrated: dict[str, float]) -> 
 
 def variant(lm, method: Method, temperatures, fallback=None):
     """`lm` (frontier + a surrogate pair) with the method's settings; the loaded models are shared."""
-    from vintage.decoding import Temperatures
+    from vintage.modes import Temperatures
 
-    return lm.with_settings(alpha=method.alpha, rank_k=method.rank_k, rank_margin=method.margin,
-                            plausibility=method.plausibility, switch_margin=method.switch, fallback=fallback,
+    mode = "rank" if method.rank_k is not None else "switch" if method.switch is not None else "linear"
+    return lm.with_settings(mode=mode, alpha=method.alpha, k=method.rank_k or 1,
+                            margin=method.switch if mode == "switch" else method.margin,
+                            plausibility=method.plausibility, fallback=fallback,
                             temperatures=temperatures if method.matched else Temperatures())
 
 
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     from backtests.effective_cutoff import heldout_documents
     from corpora.timeline import known_by_expr
     from vintage.calibration import Probe, calibrate_alpha
-    from vintage.decoding import ChoiceComponents, PointInTimeLM, Temperatures
+    from vintage.decoding import ChoiceComponents, PointInTimeLM
+    from vintage.modes import Temperatures
     from vintage.registry import Registry
     from vintage.tokenizer import load_tokenizer
 
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
     frontier = load(registry.frontier_path())
     kinds = ["neural"] + (["ngram"] if (registry.root / "ngram" / "manifest.json").exists() else [])
-    pairs = {k: (registry.load_surrogate(k, registry.full_cutoff()), registry.load_surrogate(k, cutoff)) for k in kinds}
+    pairs = {k: (load_surrogate(registry, k, registry.full_cutoff()), load_surrogate(registry, k, cutoff)) for k in kinds}
     fitted = manifest.get("temperatures", {})
     temperatures = {k: Temperatures(vintage=fitted[k][cutoff]["temperature"],
                                     full=fitted[k][registry.full_cutoff()]["temperature"])
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
         temperatures["ngram+neural"] = Temperatures(vintage=temperatures["ngram"].vintage,
                                                     full=temperatures["ngram"].full,
                                                     fallback=temperatures["neural"].vintage)
-    lms = {k: PointInTimeLM(frontier, full, vintage, tok, alpha=1.0, batch_size=64)
+    lms = {k: PointInTimeLM(frontier, vintage, full, tok, alpha=1.0, batch_size=64)
            for k, (full, vintage) in pairs.items()}
     components = {k: {s: lm.choice_components(q["prompt"].to_list(), [list(c) for c in q["choices"]])
                       for s, q in sets.items()} for k, lm in lms.items()}

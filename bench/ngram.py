@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     throughput["frontier alone"] = rate(PointInTimeLM(frontier, None, None, tok, batch_size=64))
     for kind, (full, vintage) in pairs.items():
         throughput[f"surrogate alone ({kind})"] = rate(PointInTimeLM(vintage, None, None, tok, batch_size=64))
-        throughput[f"point_in_time ({kind})"] = rate(PointInTimeLM(frontier, full, vintage, tok, alpha=1.0,
+        throughput[f"point_in_time ({kind})"] = rate(PointInTimeLM(frontier, vintage, full, tok, alpha=1.0,
                                                                    batch_size=64))
     full_ngram = vintages[cutoffs[-1]]
     result = {

@@ -182,7 +182,7 @@ def _ngram(args) -> int:
 
 
 def _fit_temperatures(args) -> int:
-    from vintage.calibration import fit_registry_temperatures
+    from vintage.temperature import fit_registry_temperatures
 
     fit_registry_temperatures(args.registry, args.split, args.kinds.split(","), frontier=args.frontier,
                               holdout_every=args.holdout_every)

@@ -37,7 +37,7 @@ def ask(args) -> int:
     when, method = _as_of(args.as_of), parse_method(args.method)
     lm = PointInTimeLM.from_registry(args.registry, when, frontier=args.frontier, **method.lm_kwargs())
     print(f"as of {when.date()}: vintage {lm.vintage_cutoff}, method {method.spec}", file=sys.stderr)
-    frontier = lm.with_settings(alpha=0.0) if args.compare else None
+    frontier = lm.with_settings(mode="frontier", fallback=None) if args.compare else None
     if args.choices:
         scored = lm.score([args.prompt], [args.choices])[0]
         columns = [("point-in-time", scored)]

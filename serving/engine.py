@@ -18,8 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from serving.methods import Method
-from vintage.decoding import check_vocabularies, has_tokenizer, model_logits
+from vintage.model_calls import model_logits, pad_batch
 from vintage.registry import Registry
+from vintage.surrogates import load_surrogate
+from vintage.vocabulary import check_vocabularies, has_tokenizer
 
 
 @dataclass
@@ -76,7 +78,7 @@ class Engine:
                            str(tokenizer_dir), str(self.registry.tokenizer_path()))
         self.vocab = len(self.tokenizer)
         self.frontier = AutoModelForCausalLM.from_pretrained(str(self.frontier_dir), use_safetensors=True).eval()
-        self.full = self.registry.load_surrogate("neural", self.registry.full_cutoff())
+        self.full = load_surrogate(self.registry, "neural", self.registry.full_cutoff())
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
         config = self.frontier.config
@@ -95,7 +97,7 @@ class Engine:
 
     def load_vintage(self, cutoff: str):
         """The neural vintage surrogate at `cutoff` (safetensors only, eval mode)."""
-        return self.registry.load_surrogate("neural", cutoff)
+        return load_surrogate(self.registry, "neural", cutoff)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -228,12 +230,7 @@ class Batch:
     def _prefill(self, jobs):
         """The new rows on their own: left-padded prompts through every model, fresh caches."""
         rows = [_Row(job, torch.Generator().manual_seed(job.seed) if job.seed is not None else None) for job in jobs]
-        width = max(len(job.prompt_ids) for job in jobs)
-        ids = torch.full((len(jobs), width), self.engine.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for r, job in enumerate(jobs):
-            ids[r, width - len(job.prompt_ids):] = torch.tensor(job.prompt_ids, dtype=torch.long)
-            mask[r, width - len(job.prompt_ids):] = 1
+        ids, mask = pad_batch([job.prompt_ids for job in jobs], self.engine.pad_id, side="left")
         groups = self._groups_for(rows)
         logits = self._forward(rows, groups, ids, mask, (mask.cumsum(-1) - 1).clamp(min=0))
         return rows, groups, mask, self._combine(rows, *logits)

@@ -5,7 +5,8 @@
     rank k=1 [margin=0] [plausibility=0.1]
     switch [margin=0] [plausibility=0.1]
 
-The modes and their knobs are PointInTimeLM's (vintage/decoding.py), with the backtest spec's defaults
+The modes are vintage/modes.py's registry and a Method is a `Steering` of it (`Method.steering()`), with the
+backtest spec's defaults
 (margin 0, no plausibility mask, temperatures 1). The default for requests that name no method is
 DEFAULT_METHOD, the recommended method of vintage/recommended.py (defined there, not here).
 """
@@ -15,16 +16,15 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import torch.nn.functional as F
 
 from vintage import recommended
-from vintage.decoding import combine_logprobs, rank_logprobs, switch_logprobs
+from vintage.modes import MODES as REGISTERED, Steering, steer
 
 # The method used when a request or `vintage ask` names none: the one PointInTimeLM.from_registry and a backtest's
 # bare point_in_time use too.
 DEFAULT_METHOD = recommended.SPEC
 
-MODES = ("frontier", "linear", "rank", "switch")
+MODES = tuple(REGISTERED)  # frontier, linear, rank, switch
 KNOBS = {"frontier": (), "linear": ("alpha", "plausibility"), "rank": ("k", "margin", "plausibility"),
          "switch": ("margin", "plausibility")}
 
@@ -43,10 +43,18 @@ class Method:
     margin: float = 0.0  # rank and switch: minimum log p_full - log p_vintage to act on
     plausibility: float | None = None  # fraction of the frontier's top probability; None: no mask
 
+    def steering(self) -> Steering:
+        """This method as a decoding mode with its settings (what PointInTimeLM and the server combine with)."""
+        if self.mode == "linear":
+            return Steering("linear", alpha=self.alpha, plausibility=self.plausibility)
+        if self.mode == "frontier":
+            return Steering("frontier")
+        return Steering(self.mode, k=self.k, margin=self.margin, plausibility=self.plausibility)
+
     @property
     def steered(self) -> bool:
         """Whether the surrogates are needed at all (the frontier alone and alpha 0 need none)."""
-        return self.mode != "frontier" and not (self.mode == "linear" and self.alpha == 0)
+        return self.steering().steered
 
     @property
     def spec(self) -> str:
@@ -57,25 +65,12 @@ class Method:
 
     def lm_kwargs(self) -> dict:
         """The PointInTimeLM constructor settings of this method (from_registry(..., **m.lm_kwargs()))."""
-        if self.mode == "frontier":
-            return {"alpha": 0.0}
-        if self.mode == "linear":
-            return {"alpha": self.alpha, "plausibility": self.plausibility}
-        # rank and switch: alpha only switches the steering on
-        if self.mode == "rank":
-            return {"alpha": 1.0, "rank_k": self.k, "rank_margin": self.margin, "plausibility": self.plausibility}
-        return {"alpha": 1.0, "switch_margin": self.margin, "plausibility": self.plausibility}
+        return {"steering": self.steering()}
 
     def logprobs(self, frontier: torch.Tensor, vintage: torch.Tensor | None, full: torch.Tensor | None) -> torch.Tensor:
         """Next-token log-probs [..., V] from the three models' logits; the same arithmetic as
-        PointInTimeLM._combine, so served answers equal PointInTimeLM's."""
-        if not self.steered:
-            return F.log_softmax(frontier.float(), dim=-1)
-        if self.mode == "rank":
-            return rank_logprobs(frontier, vintage, full, self.k, self.margin, self.plausibility)
-        if self.mode == "switch":
-            return switch_logprobs(frontier, vintage, full, self.margin, self.plausibility)
-        return combine_logprobs(frontier, vintage, full, self.alpha, plausibility=self.plausibility)
+        PointInTimeLM._combine (one function, vintage.modes.steer), so served answers equal PointInTimeLM's."""
+        return steer(self.steering(), frontier, vintage, full)
 
 
 def _number(mode: str, knob: str, value: Any, kind: type):

@@ -18,6 +18,7 @@ from backtests.spec import BacktestSpec, MethodSpec, Resources
 from corpora.config import ConfigError, load_yaml
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
+from vintage.modes import Steering
 
 UTC = dt.timezone.utc
 CUTOFFS = ["2019-03-31", "2019-06-30", "2019-09-30"]
@@ -298,8 +299,8 @@ def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
                                       "point_in_time(alpha=1.0,matched)", "point_in_time(alpha=1.0,ngram)", hybrid.key}
     q2 = {r["method"]: r["choice_logprobs"] for r in results.filter(pl.col("query_id") == "q2").to_dicts()}
     # the hybrid row: n-gram pair as the gate, the neural vintage where it fires (also from_registry's options)
-    direct = PointInTimeLM.from_registry(root, "2019-07-02", alpha=1.0, surrogate="ngram", fallback="neural",
-                                         switch_margin=0.1)
+    direct = PointInTimeLM.from_registry(root, "2019-07-02", surrogate="ngram", fallback="neural",
+                                         steering=Steering("switch", margin=0.1))
     assert direct.vintage_cutoff == "2019-06-30" and type(direct.fallback).__name__ == "GPT2LMHeadModel"
     assert q2[hybrid.key] == pytest.approx(
         direct.score(["Brio 2019q2 results :"], [[" beat", " miss"]])[0].choice_logprobs, abs=1e-5)

@@ -10,8 +10,10 @@ import torch.nn.functional as F
 from tests.lm_fixtures import BigramMock, tiny_model, word_tokenizer
 from vintage import recommended
 from vintage.calibration import Probe, calibrate_alpha
-from vintage.decoding import (PointInTimeLM, PointInTimeLogitsProcessor, Temperatures, VocabularyMismatch,
-                              combine_logprobs)
+from vintage.decoding import PointInTimeLM
+from vintage.logits_processor import PointInTimeLogitsProcessor
+from vintage.modes import Steering, Temperatures, combine_logprobs
+from vintage.vocabulary import VocabularyMismatch
 from vintage.registry import Registry, RegistryError
 
 torch.set_num_threads(1)
@@ -61,7 +63,7 @@ def mock_lm(alpha=0.5, **kwargs):
     tok = word_tokenizer()
     torch.manual_seed(1)
     tables = [torch.randn(len(tok), len(tok)) for _ in range(3)]
-    return PointInTimeLM(BigramMock(tables[0]), BigramMock(tables[2]), BigramMock(tables[1]), tok, alpha=alpha,
+    return PointInTimeLM(BigramMock(tables[0]), BigramMock(tables[1]), BigramMock(tables[2]), tok, alpha=alpha,
                          **kwargs), tok, tables
 
 
@@ -76,9 +78,11 @@ def test_score_is_exact_with_known_logits():
     assert scored.choice_logprobs[0] == pytest.approx(sum(expected), abs=1e-5)
     miss = tok(" miss", add_special_tokens=False)["input_ids"][0]
     colon = ids[3]
-    assert scored.choice_logprobs[1] == pytest.approx(float(combine_logprobs(tf[colon], tv[colon], tu[colon], 0.5)[miss]),
-                                                      abs=1e-5)
-    assert scored.prediction == (0 if scored.choice_logprobs[0] > scored.choice_logprobs[1] else 1)
+    expected_miss = float(combine_logprobs(tf[colon], tv[colon], tu[colon], 0.5)[miss])
+    assert scored.choice_logprobs[1] == pytest.approx(expected_miss, abs=1e-5)
+    assert scored.prediction == (0 if sum(expected) > expected_miss else 1)  # from the hand-computed values
+    assert scored.probabilities() == pytest.approx(torch.softmax(torch.tensor([sum(expected), expected_miss]), 0).tolist(),
+                                                   abs=1e-6)
 
 
 def test_empty_choice_is_an_error_naming_the_query():
@@ -92,7 +96,7 @@ def real_lm(request):
     tok = word_tokenizer()
     frontier = tiny_model(tok, request.param, seed=0, n_embd=48, n_layer=2)
     full, vintage = tiny_model(tok, request.param, seed=1), tiny_model(tok, request.param, seed=2)
-    return PointInTimeLM(frontier, full, vintage, tok, alpha=0.7, plausibility=0.05, batch_size=3)
+    return PointInTimeLM(frontier, vintage, full, tok, alpha=0.7, plausibility=0.05, batch_size=3)
 
 
 PROMPTS = ["Acme 2019q1 results :", "Brio preview points to a", "the market was calm . Acme 2019q2 results :"]
@@ -117,13 +121,14 @@ def test_overlapped_surrogates_generate_what_in_process_ones_do():
     """overlap=True: the surrogates (and their KV caches) live in a child process; same tokens, same scores,
     for the linear contrast and for switch mode with a fallback (one process, started once: seconds)."""
     tok = word_tokenizer()
-    real_lm = PointInTimeLM(tiny_model(tok, "gpt2", seed=0, n_embd=48, n_layer=2), tiny_model(tok, "gpt2", seed=1),
-                            tiny_model(tok, "gpt2", seed=2), tok, alpha=0.7, plausibility=0.05, batch_size=3)
-    hybrid = PointInTimeLM(real_lm.frontier, real_lm.full, real_lm.vintage, real_lm.tokenizer, alpha=0.7,
-                           plausibility=0.05, batch_size=3, switch_margin=0.2, fallback=real_lm.vintage, overlap=True)
-    linear = hybrid.with_settings(switch_margin=None, fallback=None)  # the same process, fallback unused
+    real_lm = PointInTimeLM(tiny_model(tok, "gpt2", seed=0, n_embd=48, n_layer=2), tiny_model(tok, "gpt2", seed=2),
+                            tiny_model(tok, "gpt2", seed=1), tok, alpha=0.7, plausibility=0.05, batch_size=3)
+    hybrid = PointInTimeLM(real_lm.frontier, real_lm.vintage, real_lm.full, real_lm.tokenizer,
+                           batch_size=3, steering=Steering("switch", margin=0.2, plausibility=0.05),
+                           fallback=real_lm.vintage, overlap=True)
+    linear = hybrid.with_settings(mode="linear", alpha=0.7, fallback=None)  # the same process, fallback unused
     try:
-        expected = real_lm.with_settings(switch_margin=0.2, fallback=real_lm.vintage)
+        expected = real_lm.with_settings(mode="switch", margin=0.2, fallback=real_lm.vintage)
         assert hybrid.generate(PROMPTS, max_new_tokens=5) == expected.generate(PROMPTS, max_new_tokens=5)
         texts, ids, scores = linear.generate(PROMPTS, max_new_tokens=6, return_scores=True)
         expected = real_lm.generate(PROMPTS, max_new_tokens=6, return_scores=True)
@@ -172,21 +177,25 @@ def test_alpha_zero_generation_is_the_frontiers_greedy_generation(real_lm):
 def test_logits_processor_matches_point_in_time_generation(real_lm):
     tok = real_lm.tokenizer
     ids = torch.tensor([tok(PROMPTS[0], add_special_tokens=False)["input_ids"]])
-    processor = PointInTimeLogitsProcessor(real_lm.full, real_lm.vintage, real_lm.alpha, plausibility=0.05)
+    processor = PointInTimeLogitsProcessor(real_lm.vintage, real_lm.full, real_lm.alpha, plausibility=0.05)
     out = real_lm.frontier.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
                                     logits_processor=[processor], pad_token_id=tok.pad_token_id)
     assert tok.decode(out[0, ids.shape[1]:]) == real_lm.generate([PROMPTS[0]], max_new_tokens=5)[0]
 
 
 def test_surrogates_in_another_dtype(real_lm):
-    half = PointInTimeLM(real_lm.frontier, real_lm.full.to(torch.bfloat16), real_lm.vintage.to(torch.bfloat16),
-                         real_lm.tokenizer, alpha=real_lm.alpha, plausibility=0.05)
-    try:
-        a, b = half.score(PROMPTS, CHOICES), real_lm.score(PROMPTS, CHOICES)
-        for x, y in zip(a, b):
-            assert x.choice_logprobs == pytest.approx(y.choice_logprobs, abs=0.05)
-    finally:
-        real_lm.full.float(), real_lm.vintage.float()
+    """bfloat16 surrogates (copies: `.to()` converts a module in place, which would make the float32
+    reference bfloat16 too and the comparison one of a result with itself) score as the float32 ones do."""
+    import copy
+
+    reference = real_lm.score(PROMPTS, CHOICES)
+    half = PointInTimeLM(real_lm.frontier, copy.deepcopy(real_lm.vintage).to(torch.bfloat16),
+                         copy.deepcopy(real_lm.full).to(torch.bfloat16), real_lm.tokenizer, alpha=real_lm.alpha,
+                         plausibility=0.05)
+    assert next(real_lm.vintage.parameters()).dtype == torch.float32
+    assert next(half.vintage.parameters()).dtype == torch.bfloat16
+    for x, y in zip(half.score(PROMPTS, CHOICES), reference):
+        assert x.choice_logprobs == pytest.approx(y.choice_logprobs, abs=0.05)
 
 
 def save(model, tok, path):
@@ -202,13 +211,16 @@ def test_vocabulary_mismatch_is_an_error_naming_both_tokenizers(tmp_path):
     full = save(tiny_model(tok, seed=1), tok, tmp_path / "full")
     vintage = save(tiny_model(other, seed=2), other, tmp_path / "vintage")
     with pytest.raises(VocabularyMismatch, match=r"frontier has 23 tokens.*vintage has 6"):
-        PointInTimeLM.from_pretrained(frontier, full, vintage)
+        PointInTimeLM.from_pretrained(frontier, vintage, full)
     swapped = word_tokenizer(list(reversed(["Acme", "Brio", "2019q1", *["w%d" % i for i in range(17)]])))
     save(tiny_model(swapped, seed=2), swapped, tmp_path / "vintage2")
     with pytest.raises(VocabularyMismatch, match="map tokens to different ids"):
-        PointInTimeLM.from_pretrained(frontier, full, tmp_path / "vintage2")
+        PointInTimeLM.from_pretrained(frontier, tmp_path / "vintage2", full)
     lm = PointInTimeLM.from_pretrained(frontier, full, tmp_path / "full", alpha=0.3)
-    assert lm.score([PROMPTS[0]], [CHOICES[0]])[0].choice_logprobs
+    # the same directory as vintage and full: the contrast cancels, the frontier's own scores remain
+    (steered,), (alone,) = lm.score([PROMPTS[0]], [CHOICES[0]]), lm.with_alpha(0.0).score([PROMPTS[0]], [CHOICES[0]])
+    assert len(steered.choice_logprobs) == len(CHOICES[0])
+    assert steered.choice_logprobs == pytest.approx(alone.choice_logprobs, abs=1e-5)
 
 
 def make_registry(tmp_path, tok, cutoffs=("2019-03-31", "2019-06-30", "2019-12-31")):
@@ -229,7 +241,7 @@ def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
         registry.vintage_for("2019-03-31T12:00:00Z")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01")  # the recommended method: no calibration needed
     assert (lm.alpha, lm.plausibility) == (recommended.ALPHA, recommended.PLAUSIBILITY)
-    assert lm.rank_k is None and lm.switch_margin is None
+    assert lm.steering == Steering("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
     with pytest.raises(RegistryError, match=r"no calibrated alpha.*opt-in.*vintage calibrate --registry"):
         PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
@@ -248,7 +260,7 @@ def test_one_recommended_method_is_every_entry_points_default():
     bare = MethodSpec(name="point_in_time")
     assert (bare.mode, bare.alpha, bare.plausibility) == ("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
     assert DEFAULT_METHOD == recommended.SPEC
-    assert parse_method(None).lm_kwargs() == {"alpha": recommended.ALPHA, "plausibility": recommended.PLAUSIBILITY}
+    assert parse_method(None).steering() == Steering("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
 
 
 def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
@@ -275,7 +287,7 @@ def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):
 def test_llama_directories_load_as_frontier_and_surrogates(tmp_path):
     tok = word_tokenizer()
     paths = [save(tiny_model(tok, "llama", seed=s), tok, tmp_path / name)
-             for s, name in enumerate(("frontier", "full", "vintage"))]
+             for s, name in ((0, "frontier"), (2, "vintage"), (1, "full"))]
     lm = PointInTimeLM.from_pretrained(*paths, alpha=0.5)
     (scored,) = lm.score([PROMPTS[0]], [CHOICES[0]])
     assert all(math.isfinite(x) for x in scored.choice_logprobs)
@@ -283,7 +295,7 @@ def test_llama_directories_load_as_frontier_and_surrogates(tmp_path):
 
 
 def test_rank_mode_bans_exactly_the_most_divergent_plausible_tokens():
-    from vintage.decoding import rank_logprobs
+    from vintage.modes import rank_logprobs
 
     frontier = torch.log(torch.tensor([[0.40, 0.30, 0.20, 0.07, 0.03]]))
     vintage = torch.log(torch.tensor([[0.20, 0.20, 0.20, 0.20, 0.20]]))
@@ -306,7 +318,7 @@ def test_rank_mode_bans_exactly_the_most_divergent_plausible_tokens():
 
 
 def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
-    from vintage.decoding import PointInTimeLM, switch_logprobs
+    from vintage.modes import switch_logprobs
 
     frontier = torch.log(torch.tensor([[0.40, 0.30, 0.20, 0.07, 0.03], [0.40, 0.30, 0.20, 0.07, 0.03],
                                        [0.40, 0.30, 0.20, 0.07, 0.03]]))
@@ -322,8 +334,10 @@ def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
     # without the plausibility restriction the third row fires too; above every divergence nothing fires
     assert torch.allclose(switch_logprobs(frontier, vintage, full, 0.5, None)[2], F.log_softmax(vintage[2], -1))
     assert torch.allclose(switch_logprobs(frontier, vintage, full, margin=1.0), F.log_softmax(frontier, -1))
-    with pytest.raises(ValueError, match="two different modes"):
-        PointInTimeLM(None, None, None, word_tokenizer(), rank_k=1, switch_margin=0.5)
+    with pytest.raises(ValueError, match="unknown decoding mode 'beam'"):
+        Steering("beam")
+    with pytest.raises(TypeError, match="not both"):
+        PointInTimeLM(None, None, None, word_tokenizer(), alpha=0.5, steering=Steering("switch", margin=0.5))
     # a fallback model: its distribution (at its own temperature) where the gate fires, the frontier elsewhere
     fallback = torch.log(torch.tensor([[0.1, 0.6, 0.1, 0.1, 0.1]] * 3))
     out = switch_logprobs(frontier, vintage, full, 0.5, 0.1, Temperatures(fallback=2.0), fallback=fallback)
@@ -334,7 +348,7 @@ def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
 
 
 def test_temperature_fit_recovers_a_known_temperature():
-    from vintage.decoding import fit_temperature
+    from vintage.temperature import fit_temperature
 
     torch.manual_seed(0)
     logits = torch.randn(200, 50) * 3

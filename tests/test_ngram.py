@@ -16,6 +16,7 @@ from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
+from vintage.modes import Steering
 from vintage.ngram import NgramLM, count_slices, emit_ngrams, ngram_fingerprint, vintage_counts
 from vintage.holdout import is_holdout
 from vintage.tokenizer import load_tokenizer, train_bpe
@@ -134,7 +135,7 @@ def test_ngram_surrogates_behind_point_in_time():
     vintage = NgramLM(emit_ngrams(encode(old), 5), len(tok), 5)
     full = NgramLM(emit_ngrams(encode(old + new), 5), len(tok), 5)  # the company is 4 tokens back
     frontier = tiny_model(tok, seed=3)
-    lm = PointInTimeLM(frontier, full, vintage, tok, alpha=1.0, batch_size=2)
+    lm = PointInTimeLM(frontier, vintage, full, tok, alpha=1.0, batch_size=2)
     prompts = ["Acme 2019q2 results :", "Brio 2019q2 results :", "the market", "Acme 2019q1 results :"]
     choices = [[" beat", " miss"], [" beat", " miss"], [" was calm", " fell"], [" beat", " miss"]]
     batched = lm.score(prompts, choices)
@@ -159,7 +160,7 @@ def test_ngram_surrogates_behind_point_in_time():
 def test_ngram_gate_with_a_neural_fallback():
     """Switch mode gated by the n-gram pair, the neural vintage's distribution where it fires: exact against
     switch_logprobs on each model's own logits, batched = one by one, cached generation = recomputed."""
-    from vintage.decoding import switch_logprobs
+    from vintage.modes import switch_logprobs
 
     tok = word_tokenizer()
     encode = lambda texts: [tok(t, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for t in texts]  # noqa: E731
@@ -170,7 +171,7 @@ def test_ngram_gate_with_a_neural_fallback():
     frontier, neural_vintage = tiny_model(tok, seed=3), tiny_model(tok, seed=4)
     # full - vintage on " miss": 1.21 nats after "Acme 2019q2 results :" (learnt after the cutoff), 0.96 after
     # "Acme 2019q1 results :" (the backoff shifts: "results : miss" is seen twice); a margin between the two
-    lm = PointInTimeLM(frontier, full, vintage, tok, alpha=1.0, batch_size=2, switch_margin=1.1, plausibility=None,
+    lm = PointInTimeLM(frontier, vintage, full, tok, batch_size=2, steering=Steering("switch", margin=1.1),
                        fallback=neural_vintage)
     prompts = ["Acme 2019q2 results :", "Acme 2019q1 results :", "the market"]
     choices = [[" beat", " miss"], [" beat", " miss"], [" was calm", " fell"]]

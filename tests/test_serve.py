@@ -22,6 +22,7 @@ from serving.methods import DEFAULT_METHOD, Method, MethodError, parse_method
 from serving.protocol import APIError, parse_as_of, parse_chat, parse_completion
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
+from vintage.modes import Steering
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTOFFS = ["2019-03-31", "2019-06-30", "2019-09-30"]
@@ -62,8 +63,7 @@ def test_method_specs_parse_and_round_trip():
     assert parse_method({"mode": "rank", "k": 2, "plausibility": 0.1}) == Method("rank", k=2, plausibility=0.1)
     for spec in ["frontier", "linear alpha=1.5 plausibility=0.3", "rank k=3 margin=0.2", "switch margin=0.1"]:
         assert parse_method(parse_method(spec).spec) == parse_method(spec)
-    assert parse_method("rank k=2").lm_kwargs() == {"alpha": 1.0, "rank_k": 2, "rank_margin": 0.0,
-                                                    "plausibility": None}
+    assert parse_method("rank k=2").lm_kwargs() == {"steering": Steering("rank", k=2, margin=0.0)}
     assert not parse_method("linear alpha=0").steered and not parse_method("frontier").steered
     with pytest.raises(MethodError, match="unknown method 'beam'; expected one of frontier, linear, rank, switch"):
         parse_method("beam")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from vintage.decoding import PointInTimeLM, ScoredChoices
+from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
 DEFAULT_GRID = tuple(round(0.05 * i, 2) for i in range(0, 41))  # 0 .. 2
 
@@ -102,7 +103,7 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
     tokenizer = load_tokenizer(registry.tokenizer_path())
     load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
     frontier_dir = frontier or registry.frontier_path()
-    frontier_model, full = load(frontier_dir), registry.load_surrogate("neural", registry.full_cutoff())
+    frontier_model, full = load(frontier_dir), load_surrogate(registry, "neural", registry.full_cutoff())
     found = {}
     for cutoff in registry.cutoffs()[:-1]:
         known = known_by_expr("as_of", cutoff)
@@ -112,127 +113,21 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
             print(f"[calibrate] {cutoff}: skipped, fact queries after / before the cutoff: "
                   f"{len(sides['post'])} / {len(sides['pre'])}", flush=True)
             continue
-        vintage = registry.load_surrogate("neural", cutoff)
+        vintage = load_surrogate(registry, "neural", cutoff)
         seeds = registry.retrained_seeds(cutoff)
         reference_dir = registry.retrained_path(cutoff, seeds[0]) if seeds else registry.vintage_path(cutoff)
         alone = PointInTimeLM(load(reference_dir) if seeds else vintage, None, None, tokenizer)
         reference = alone.score([p.prompt for p in sides["post"]], [p.choices for p in sides["post"]])
-        lm = PointInTimeLM(frontier_model, full, vintage, tokenizer, alpha=1.0)
+        lm = PointInTimeLM(frontier_model, vintage, full, tokenizer, alpha=1.0)
         result = calibrate_alpha(lm, sides["post"], sides["pre"], reference, "retrained" if seeds else "vintage",
                                  grid, max_pre_drop)
         evidence = {**result.evidence(), "queries": str(queries),
                     "fingerprints": {"frontier": model_fingerprint(Path(frontier_dir)),
-                                     "full": registry.surrogate_fingerprint("neural", registry.full_cutoff()),
-                                     "vintage": registry.surrogate_fingerprint("neural", cutoff)}}
+                                     "full": surrogate_fingerprint(registry, "neural", registry.full_cutoff()),
+                                     "vintage": surrogate_fingerprint(registry, "neural", cutoff)}}
         registry.record_calibration(cutoff, evidence)
         found[cutoff] = evidence
         print(f"[calibrate] {cutoff}: alpha {result.alpha:g} (reference {result.reference}: distance "
               f"{result.distance:.3f}; pre-cutoff accuracy {result.pre_accuracy:.2f}, the frontier's "
               f"{result.frontier_pre_accuracy:.2f}; {result.n_post} / {result.n_pre} facts after / before)", flush=True)
     return found
-
-
-# -- confidence matching ---------------------------------------------------------------------------------
-
-def position_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32):
-    """Next-token logits [N, V] at every predicted position of `texts` (float32, CPU), in text order."""
-    import torch
-
-    vocab = len(tokenizer)
-    encoded = [ids[:max_length] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = []
-    device = next(iter(model.parameters()), torch.zeros(0)).device
-    with torch.inference_mode():
-        for start in range(0, len(encoded), batch_size):
-            chunk = [e for e in encoded[start:start + batch_size] if len(e) >= 2]
-            if not chunk:
-                continue
-            width = max(len(e) for e in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, e in enumerate(chunk):
-                ids[row, : len(e)] = torch.tensor(e)
-                mask[row, : len(e)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[..., :vocab].float().cpu()
-            for row, e in enumerate(chunk):
-                out.append(logits[row, : len(e) - 1])
-    return torch.cat(out) if out else torch.zeros((0, vocab))
-
-
-def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neural", "ngram"),
-                              frontier: str | None = None, holdout_every: int = 20, max_docs: int = 128) -> dict:
-    """Confidence matching (issue #9): for every surrogate of the registry (each vintage, the last one being
-    the full), the temperature that makes its next-token distribution closest in KL to the frontier's on
-    held-out documents up to its cutoff (text both should know alike). Written to the manifest under
-    `temperatures[kind][cutoff]` with the evidence (KL before and after, positions, the model fingerprint)."""
-    import math
-
-    from transformers import AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    from corpora.split import read_slices
-    from vintage.decoding import fit_temperature
-    from vintage.registry import Registry
-    from vintage.presets import get_preset
-    from vintage.holdout import holdout_mask
-    from vintage.tokenizer import load_tokenizer
-
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per model says nothing here
-    registry = registry if isinstance(registry, Registry) else Registry(registry)
-    tokenizer = load_tokenizer(registry.tokenizer_path())
-    documents = read_slices(split)
-    held = documents.filter(holdout_mask(documents["doc_id"].to_pylist(), holdout_every))
-    if held.num_rows == 0:
-        raise ValueError(f"{split}: no held-out documents to fit temperatures on (holdout_every={holdout_every})")
-    step = max(1, math.ceil(held.num_rows / max_docs))
-    held = held.take(list(range(0, held.num_rows, step)))
-    texts, slices = held["text"].to_pylist(), held["slice"].to_pylist()
-    # documents cut at the run's training window (a hand-made registry records none: the smallest preset's
-    # context, which every model has)
-    max_length = int(registry.manifest.get("window") or get_preset("tiny").n_positions)
-    lengths = [max(0, min(len(ids), max_length) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    frontier_model = AutoModelForCausalLM.from_pretrained(str(frontier or registry.frontier_path()),
-                                                          use_safetensors=True).eval()
-    frontier_logits = position_logits(frontier_model, tokenizer, texts, max_length)
-    found: dict[str, dict] = {}
-    for kind in kinds:
-        if kind == "ngram" and not (registry.root / "ngram" / "manifest.json").exists():
-            continue
-        found[kind] = {}
-        for cutoff in registry.cutoffs():
-            rows = [i for i, s in enumerate(slices) if s <= cutoff]
-            if not rows:
-                continue
-            model = registry.load_surrogate(kind, cutoff)
-            fingerprint = registry.surrogate_fingerprint(kind, cutoff)
-            logits = position_logits(model, tokenizer, [texts[i] for i in rows], max_length)
-            positions = _positions(lengths, rows)
-            target = frontier_logits[positions]
-            temperature = fit_temperature(logits, target)
-            found[kind][cutoff] = dict(temperature=round(temperature, 4), positions=int(len(positions)),
-                                       kl_before=round(_kl(target, logits, 1.0), 4),
-                                       kl_after=round(_kl(target, logits, temperature), 4), fingerprint=fingerprint)
-            print(f"[temperatures] {kind} {cutoff}: T={temperature:.3f} KL to the frontier "
-                  f"{found[kind][cutoff]['kl_before']:.3f} -> {found[kind][cutoff]['kl_after']:.3f} "
-                  f"({len(positions)} positions)", flush=True)
-    registry.update_manifest(temperatures=found)
-    return found
-
-
-def _positions(lengths: Sequence[int], rows: Sequence[int]):
-    """Positions (into the concatenated per-text rows of `lengths`) belonging to texts `rows`."""
-    import torch
-
-    offsets = [0]
-    for n in lengths:
-        offsets.append(offsets[-1] + n)
-    return torch.tensor([p for r in rows for p in range(offsets[r], offsets[r + 1])], dtype=torch.long)
-
-
-def _kl(target_logits, logits, temperature: float) -> float:
-    import torch.nn.functional as F
-
-    target = F.log_softmax(target_logits.float(), -1)  # as fit_temperature
-    lp = F.log_softmax(logits.float() / temperature, -1)
-    return float((target.exp() * (target - lp)).sum(-1).mean())

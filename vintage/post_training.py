@@ -21,7 +21,7 @@ def finish_registry(config: TrainConfig, registry: Path) -> dict:
     if config.fit_temperatures and reg.has_frontier():
         kinds = ["neural"] + (["ngram"] if config.ngram is not None else [])
         if stale_temperatures(reg, kinds):
-            from vintage.calibration import fit_registry_temperatures
+            from vintage.temperature import fit_registry_temperatures
 
             fit_registry_temperatures(reg, config.split, kinds, holdout_every=config.holdout_every)
     return reg.manifest

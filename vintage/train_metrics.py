@@ -8,14 +8,9 @@ import time
 
 
 def _collate(rows: list[list[int]], pad: int):
-    import torch
+    from vintage.model_calls import pad_batch
 
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[i, : len(r)] = 1
+    ids, mask = pad_batch(rows, pad, side="right")
     labels = ids.masked_fill(mask == 0, -100)
     return ids, mask, labels
 

@@ -125,7 +125,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
                     loss = share
                 if progress:
                     progress.line(f"stage {index + 1}/{len(stages)} ({stage.cutoff}) epoch {epoch + 1}/"
-                                  f"{stage['epochs']} loss {loss:.3f}", state, len(rows))
+                                  f"{stage.epochs} loss {loss:.3f}", state, len(rows))
             loss = step_loss(share, world, device)  # the epoch's last step, over every worker
             epochs_run += 1
             if probes and target:
@@ -133,7 +133,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             if progress:
                 facts = f" facts {accuracy:.2f}/{target:.2f}" if probes and target else ""
                 progress.line(f"stage {index + 1}/{len(stages)} ({stage.cutoff}) epoch {epoch + 1}/"
-                              f"{stage['epochs']} loss {loss:.3f}{facts}", state, 0, force=True)
+                              f"{stage.epochs} loss {loss:.3f}{facts}", state, 0, force=True)
             if probes and target and accuracy >= target:
                 if progress:
                     progress.total_docs -= (stage.epochs - epochs_run) * len(docs)

@@ -1,0 +1,212 @@
+"""Decoding modes: how the logits of a frontier and of a vintage surrogate pair become one next-token
+distribution. Each mode is registered by name (`@mode("linear")`), takes the models' logits [..., V] in one
+order, (frontier, vintage, full, fallback), and returns float32 log-probs; `Steering` is one frozen value
+naming the mode and holding its settings, and `steer` applies it.
+
+    linear:  log_softmax( lp_F + alpha * m * (lp_S_t - lp_S_full) )
+
+with lp_M = log_softmax(logits_M / T_M) for each model M, and m the plausibility mask (1 where the
+frontier gives the token at least `plausibility` x its top probability, else 0; None: all ones). The
+bracket is what the small model learned after the cutoff; subtracting it removes that from the frontier.
+Linear combination of log-probs as in unlearning-by-decoding (UCD, Suriyakumar et al. 2025; Divergence
+Decoding, Merchant & Levy 2025), proxy-tuning (Liu et al. 2024) and DExperts; the mask is contrastive
+decoding's adaptive plausibility constraint (Li et al. 2022), applied so that tokens outside the plausible
+set keep the frontier's own log-prob rather than -inf: held-out perplexity stays finite (RESEARCH.md).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+MODES: dict[str, Callable] = {}  # name -> fn(frontier, vintage, full, fallback, steering) -> log-probs
+
+
+def mode(name: str):
+    """Register a decoding mode under `name`."""
+    def register(fn):
+        MODES[name] = fn
+        return fn
+    return register
+
+
+@dataclass(frozen=True)
+class Temperatures:
+    frontier: float = 1.0
+    vintage: float = 1.0
+    full: float = 1.0
+    fallback: float = 1.0  # switch mode with a separate fallback model
+
+    def __post_init__(self):
+        if min(self.frontier, self.vintage, self.full, self.fallback) <= 0:
+            raise ValueError(f"temperatures must be > 0, got {self}")
+
+
+@dataclass(frozen=True)
+class Steering:
+    """One decoding mode and its settings, named: `Steering("switch", margin=0.1, plausibility=0.3)`.
+
+    frontier: the frontier alone. linear: the contrast at strength `alpha` (0: the frontier's own
+    distribution). rank: ban the `k` most divergent plausible tokens whose divergence exceeds `margin`.
+    switch: a vintage distribution where the pair diverges by more than `margin`. `plausibility` (linear,
+    rank, switch): the frontier's plausible set, a fraction of its top probability (None: every token)."""
+
+    mode: str = "linear"
+    alpha: float = 0.0
+    plausibility: float | None = None
+    k: int = 1
+    margin: float = 0.0
+    temperatures: Temperatures = Temperatures()
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown decoding mode {self.mode!r}; known: {sorted(MODES)}")
+        object.__setattr__(self, "alpha", float(self.alpha))
+        if self.k < 0:
+            raise ValueError(f"k must be >= 0, got {self.k}")
+        if self.plausibility is not None and not 0 < self.plausibility <= 1:
+            raise ValueError(f"plausibility must be in (0, 1], got {self.plausibility}")
+
+    @property
+    def steered(self) -> bool:
+        """Whether the surrogates take part at all."""
+        return self.mode != "frontier" and not (self.mode == "linear" and self.alpha == 0)
+
+    def at_alpha(self, alpha: float) -> "Steering":
+        """The linear contrast at another strength; for the other modes alpha 0 is the frontier alone and any
+        other value leaves them as they are (what an alpha sweep over a mixed set of methods needs)."""
+        if self.mode == "linear":
+            return dataclasses.replace(self, alpha=alpha)
+        return dataclasses.replace(self, mode="frontier") if alpha == 0 else self
+
+
+def steer(steering: Steering, frontier: torch.Tensor, vintage: torch.Tensor | None = None,
+          full: torch.Tensor | None = None, fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The next-token log-probs [..., V] of `steering`'s mode."""
+    if steering.steered and (vintage is None or full is None):
+        raise ValueError("surrogate logits were not computed (alpha was 0 when they were scored)")
+    return MODES[steering.mode if steering.steered else "frontier"](frontier, vintage, full, fallback, steering)
+
+
+# -- the shared rules -----------------------------------------------------------------------------------------
+
+def check_shapes(frontier: torch.Tensor, **others: torch.Tensor | None) -> None:
+    """Every model's logits have the frontier's shape, or a ValueError naming each shape."""
+    given = {name: t for name, t in others.items() if t is not None}
+    if any(t.shape != frontier.shape for t in given.values()):
+        shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in given.items())
+        raise ValueError(f"logit shapes differ: frontier {tuple(frontier.shape)}, {shapes}")
+
+
+def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    return F.log_softmax(logits.float() / temperature, dim=-1)
+
+
+def plausible(lp_frontier: torch.Tensor, plausibility: float | None) -> torch.Tensor | None:
+    """Tokens the frontier finds plausible: probability >= `plausibility` x its top one (None: no mask)."""
+    if plausibility is None:
+        return None
+    if not 0 < plausibility <= 1:
+        raise ValueError(f"plausibility must be in (0, 1], got {plausibility}")
+    return lp_frontier >= lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
+
+
+# -- the modes --------------------------------------------------------------------------------------------------
+
+@mode("frontier")
+def _frontier(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return log_probs(frontier, s.temperatures.frontier)
+
+
+@mode("linear")
+def _linear(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return combine_logprobs(frontier, vintage, full, s.alpha, s.temperatures, s.plausibility)
+
+
+@mode("rank")
+def _rank(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return rank_logprobs(frontier, vintage, full, s.k, s.margin, s.plausibility, s.temperatures)
+
+
+@mode("switch")
+def _switch(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return switch_logprobs(frontier, vintage, full, s.margin, s.plausibility, s.temperatures, fallback)
+
+
+def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float,
+                     temperatures: Temperatures = Temperatures(), plausibility: float | None = None) -> torch.Tensor:
+    """Logits [..., V] of the three models → the combined next-token log-probs [..., V], float32.
+
+    alpha = 0 returns the frontier's own log-softmax exactly.
+    """
+    check_shapes(frontier, vintage=vintage, full=full)
+    lp_frontier = log_probs(frontier, temperatures.frontier)
+    if alpha == 0:
+        return lp_frontier
+    contrast = alpha * (log_probs(vintage, temperatures.vintage) - log_probs(full, temperatures.full))
+    mask = plausible(lp_frontier, plausibility)
+    if mask is not None:
+        contrast = torch.where(mask, contrast, torch.zeros_like(contrast))
+    return F.log_softmax(lp_frontier + contrast, dim=-1)
+
+
+def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, k: int = 1,
+                  margin: float = 0.0, plausibility: float | None = 0.1,
+                  temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+    """Divergence Decoding's rank rule (Merchant & Levy 2025): forbid the `k` tokens whose
+    `log p_full - log p_vintage` is largest (and above `margin`), among the tokens the frontier finds
+    plausible (probability >= `plausibility` x its top one; None: all tokens), and otherwise keep the
+    frontier's distribution untouched (renormalised over what is left). Magnitudes of the surrogates never
+    enter, only their ranking, so it does not depend on their confidence matching the frontier's; and no
+    token outside the banned set ever loses probability relative to the others (RESEARCH.md exp. 3)."""
+    check_shapes(frontier, vintage=vintage, full=full)
+    if k < 0:
+        raise ValueError(f"k must be >= 0, got {k}")
+    lp_frontier = log_probs(frontier, temperatures.frontier)
+    if k == 0:
+        return lp_frontier
+    divergence = log_probs(full, temperatures.full) - log_probs(vintage, temperatures.vintage)
+    eligible = divergence > margin
+    mask = plausible(lp_frontier, plausibility)
+    if mask is not None:
+        eligible &= mask
+    ranked = torch.where(eligible, divergence, torch.full_like(divergence, float("-inf")))
+    top = ranked.topk(min(k, ranked.shape[-1]), dim=-1)
+    banned = torch.zeros_like(eligible).scatter(-1, top.indices, torch.isfinite(top.values))
+    # never ban every token: the frontier's top token survives if everything else is banned
+    everything = banned.all(dim=-1, keepdim=True)
+    banned &= ~(everything & (lp_frontier == lp_frontier.max(dim=-1, keepdim=True).values))
+    return F.log_softmax(lp_frontier.masked_fill(banned, float("-inf")), dim=-1)
+
+
+def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 1.0,
+                    plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures(),
+                    fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """Gated fallback: at a position where the full surrogate puts at least `margin` nats more log-prob than
+    the vintage on some token the frontier finds plausible (probability >= `plausibility` x its top one),
+    the frontier is about to use what was learnt after the cutoff, and a vintage distribution replaces it
+    there: the `fallback` model's (logits of another vintage-`t` model) or, without one, the gating pair's
+    vintage. Everywhere else the frontier's distribution is untouched.
+
+    Unlike the linear contrast it needs no magnitude to match (the gate reads only the surrogates'
+    disagreement), and unlike the rank rule it does not push toward the opposite answer: where it fires the
+    answer is what the vintage believes, i.e. close to chance for facts it never saw. The gate relies on the
+    pair agreeing on what both know (true of additive n-gram counts, much less of separately trained
+    networks); what replaces the frontier should answer like a model trained to the cutoff (a trained
+    network is confident, right or wrong, where a smoothed n-gram hedges): hence the gate from the n-gram
+    pair and the fallback from the neural vintage (bench/fidelity.py measures each combination).
+    """
+    check_shapes(frontier, vintage=vintage, full=full, fallback=fallback)
+    lp_frontier = log_probs(frontier, temperatures.frontier)
+    lp_vintage = log_probs(vintage, temperatures.vintage)
+    divergence = log_probs(full, temperatures.full) - lp_vintage
+    mask = plausible(lp_frontier, plausibility)
+    if mask is not None:
+        divergence = divergence.masked_fill(~mask, float("-inf"))
+    gate = divergence.max(dim=-1, keepdim=True).values > margin
+    replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
+    return torch.where(gate, replacement, lp_frontier)
