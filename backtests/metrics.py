@@ -13,6 +13,7 @@ import math
 import numpy as np
 import polars as pl
 from scipy import stats
+from scipy.special import softmax
 
 EPS = 1e-12
 
@@ -110,9 +111,7 @@ def strategy_returns(results: pl.DataFrame, weighting: str = "sign", up: str | N
 
 
 def _softmax(logprobs) -> np.ndarray:
-    values = np.asarray(list(logprobs), dtype=float)
-    p = np.exp(values - values.max())
-    return p / p.sum()
+    return softmax(np.asarray(list(logprobs), dtype=float))
 
 
 def risk_analysis(returns: np.ndarray, periods_per_year: float = 52.0) -> dict:

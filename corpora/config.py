@@ -14,6 +14,8 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
+from corpora.timeline import as_utc
+
 T = TypeVar("T")
 
 
@@ -32,20 +34,12 @@ def doc(text: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
 
 def parse_utc(value: Any, where: str) -> dt.datetime:
     """A date or datetime (YAML gives either, or a string) as an aware UTC datetime."""
-    if isinstance(value, dt.datetime):
-        out = value
-    elif isinstance(value, dt.date):
-        out = dt.datetime(value.year, value.month, value.day)
-    elif isinstance(value, str):
-        try:
-            out = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError as err:
-            raise ConfigError(f"{where}: {value!r} is not an ISO date (expected e.g. 2019-12-31)") from err
-    else:
+    if not isinstance(value, (str, dt.date)):
         raise ConfigError(f"{where}: expected a date, got {type(value).__name__} {value!r}")
-    if out.tzinfo is None:
-        return out.replace(tzinfo=dt.timezone.utc)
-    return out.astimezone(dt.timezone.utc)
+    try:
+        return as_utc(value)
+    except ValueError as err:
+        raise ConfigError(f"{where}: {value!r} is not an ISO date (expected e.g. 2019-12-31)") from err
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from corpora.timeline import as_utc
 from serving.engine import TokenEvent
 from serving.methods import Method, MethodError, parse_method
 
@@ -39,12 +40,9 @@ def parse_as_of(value: Any, field: str = "as_of") -> dt.datetime:
         raise APIError(400, f"{field} must be a string ({AS_OF_FORMAT}), got {type(value).__name__}", field,
                        "invalid_as_of")
     try:
-        when = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return as_utc(value)
     except ValueError:
         raise APIError(400, f"{field} {value!r} is malformed; expected {AS_OF_FORMAT}", field, "invalid_as_of") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return when.astimezone(dt.timezone.utc)
 
 
 @dataclass

@@ -5,7 +5,6 @@ frontier preset on every training document, and from scratch on those up to the 
 import datetime as dt
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import polars as pl

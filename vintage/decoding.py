@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
+from scipy.special import softmax
 
 from vintage import recommended
 from vintage.model_calls import device_of, model_logits, pad_batch, vocab_size_of
@@ -33,7 +35,7 @@ class ScoredChoices:
 
     def probabilities(self) -> list[float]:
         """Choice probabilities renormalised over the choices."""
-        return torch.softmax(torch.tensor(self.choice_logprobs, dtype=torch.float64), 0).tolist()
+        return softmax(np.asarray(self.choice_logprobs, dtype=np.float64)).tolist()
 
 
 @dataclass

@@ -160,9 +160,9 @@ class _Prose:
         return [
             f"{r.choice(self._OPENERS)}, trading in the sector was {r.choice(self._MOODS)} and the Board of the "
             f"exchange kept its fee schedule unchanged.",
-            f"Analysts said the board of each company faces the same questions about revenue and margins.",
+            "Analysts said the board of each company faces the same questions about revenue and margins.",
             f"Management discussed Revenue, Margins and the Outlook with investors for {r.randint(20, 90)} minutes.",
-            f"The outlook for demand was discussed at length, and management declined to comment on pricing.",
+            "The outlook for demand was discussed at length, and management declined to comment on pricing.",
             f"The group employs {r.randint(1990, 2040)} people across {r.randint(3, 40)} sites.",
             f"Its Plan {r.randint(2020, 2040)} targets a lower cost base, according to the Annual Report.",
             f"According to the annual report, the plan covers {r.randint(2, 9)} regions.",
