@@ -111,6 +111,8 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
             what = [m.key, m.name, alpha, m.plausibility, m.mode, m.k, m.margin, m.surrogate, temperatures, used]
             if m.fallback:  # appended only when set: keys of methods without one stay as they were
                 what.append(m.fallback)
+            if m.mode in ("blend", "adaptive"):  # likewise the width, for the modes that read it
+                what.append(m.width)
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=short_hash(json.dumps(what, default=str))))
     return pl.DataFrame(rows)
@@ -180,10 +182,10 @@ class Scorer:
         vintage = self.surrogate(method.surrogate, cutoff)
         full = self.surrogate(method.surrogate, self.registry.full_cutoff())
         alpha = None  # the linear contrast's strength, reported per row
-        if method.mode == "linear":
+        if method.mode in ("linear", "adaptive"):
             alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         steering = Steering(method.mode, alpha=alpha or 0.0, plausibility=method.plausibility, k=method.k,
-                            margin=method.margin, temperatures=self.temperatures(method, cutoff))
+                            margin=method.margin, width=method.width, temperatures=self.temperatures(method, cutoff))
         fallback = self.surrogate(method.fallback, cutoff) if method.fallback else None
         return PointInTimeLM(self.frontier, vintage, full, tok, steering=steering, fallback=fallback), alpha
 

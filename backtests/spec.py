@@ -16,6 +16,7 @@ from typing import Literal
 from corpora.config import doc
 from corpora.files import short_hash
 from vintage import recommended
+from vintage.modes import FALLBACK_MODES
 
 METHODS = ("frontier", "surrogate", "point_in_time", "retrained")
 
@@ -33,9 +34,11 @@ class MethodSpec:
     plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
                                      "probability); default: the recommended method's (none)",
                                      recommended.PLAUSIBILITY)
-    mode: Literal["linear", "rank", "switch"] = doc(
+    mode: Literal["linear", "rank", "switch", "blend", "adaptive"] = doc(
         "point_in_time: linear contrast (alpha); rank (ban the k tokens the full surrogate prefers most over the "
-        "vintage); switch (the vintage's distribution wherever the pair diverges by more than `margin`)", "linear")
+        "vintage); switch (the vintage's distribution wherever the pair diverges by more than `margin`); blend (a "
+        "mixture of the frontier and that distribution weighted by the divergence above `margin` over `width`); "
+        "adaptive (the linear contrast at alpha times that weight)", "linear")
     surrogate: Literal["neural", "ngram"] = doc("surrogate and point_in_time: the vintage pair is the trained "
                                                 "transformers (neural) or the registry's n-gram counts (ngram)",
                                                 "neural")
@@ -43,23 +46,27 @@ class MethodSpec:
                                                 "registry's fitted temperatures (matched to the frontier's "
                                                 "confidence)", "raw")
     fallback: Literal["neural", "ngram"] | None = doc(
-        "switch mode: whose vintage replaces the frontier where the gate fires; unset: the gating pair's own. "
+        "switch and blend modes: whose vintage replaces the frontier where the gate fires; unset: the gating pair's own. "
         "surrogate: ngram with fallback: neural gates with the n-gram pair (selective) and answers like the trained "
         "vintage (confident, as a retrained model is)", None)
     k: int = doc("rank mode: tokens banned per step", 1)
-    margin: float = doc("rank and switch modes: minimum log p_full - log p_vintage to act on a token", 0.0)
+    margin: float = doc("rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on a token", 0.0)
+    width: float = doc("blend and adaptive: the divergence above `margin` at which they act in full", 1.0)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
-        if self.name != "point_in_time" and (self.alpha != recommended.ALPHA
+        if self.name != "point_in_time" and (self.alpha != recommended.ALPHA or self.width != 1.0
                                              or self.plausibility != recommended.PLAUSIBILITY
                                              or self.mode != "linear" or self.confidence != "raw"):
-            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode and confidence apply to "
+            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode, width and confidence apply to "
                              f"point_in_time only")
         if self.name in ("frontier", "retrained") and self.surrogate != "neural":
             raise ValueError(f"method {self.name!r}: surrogate applies to surrogate and point_in_time only")
-        if self.fallback is not None and (self.name != "point_in_time" or self.mode != "switch"):
-            raise ValueError(f"method {self.key}: fallback applies to point_in_time with mode: switch only")
+        if self.fallback is not None and (self.name != "point_in_time" or self.mode not in FALLBACK_MODES):
+            raise ValueError(f"method {self.key}: fallback applies to point_in_time with mode: "
+                             f"{' or '.join(sorted(FALLBACK_MODES))} only")
+        if not self.width > 0:
+            raise ValueError(f"method {self.name!r}: width must be > 0, got {self.width}")
         if self.k < 1:
             raise ValueError(f"method {self.name!r}: k must be >= 1, got {self.k}")
         if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
@@ -75,9 +82,14 @@ class MethodSpec:
             matched = ",matched" if self.confidence == "matched" else ""
             if self.mode == "rank":
                 return f"point_in_time(rank,k={self.k},margin={self.margin}{mask}{matched}{kind})"
+            fallback = f",fallback={self.fallback}" if self.fallback and self.fallback != self.surrogate else ""
             if self.mode == "switch":
-                fallback = f",fallback={self.fallback}" if self.fallback and self.fallback != self.surrogate else ""
                 return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind}{fallback})"
+            if self.mode == "blend":
+                return f"point_in_time(blend,margin={self.margin},width={self.width}{mask}{matched}{kind}{fallback})"
+            if self.mode == "adaptive":
+                return (f"point_in_time(adaptive,alpha={self.alpha},margin={self.margin},width={self.width}"
+                        f"{mask}{matched}{kind})")
             return f"point_in_time(alpha={self.alpha}{mask}{matched}{kind})"
         return f"{self.name}(ngram)" if kind else self.name
 

@@ -41,8 +41,11 @@ class Method:
     margin: float = 0.0
     switch: float | None = None
     plausibility: float | None = None
-    fallback: str | None = None  # switch mode: whose vintage replaces the frontier (default: the pair's own)
+    fallback: str | None = None  # switch/blend: whose vintage replaces the frontier (default: the pair's own)
     seed: int | None = None
+    mode: str | None = None  # blend or adaptive (the older rows name their mode by which knob is set)
+    width: float = 1.0
+    spec: str | None = None  # the same method as `vintage ask --method` takes it (neural surrogates only)
     extra: dict = field(default_factory=dict)
 
 
@@ -78,13 +81,88 @@ def methods(has_ngram: bool, seeds: list[int], calibrated: dict[str, float]) -> 
     return out
 
 
+# the modes whose strength is chosen on held-out text (vintage/strength.py), as `vintage ask --method` names them
+HELDOUT_MODES = {"linear": "linear alpha=calibrated", "linear mask=0.1": "linear alpha=calibrated plausibility=0.1",
+                 "adaptive margin=0.5 width=1.0 mask=0.1": "adaptive alpha=calibrated margin=0.5 width=1 "
+                                                             "plausibility=0.1"}
+
+
+def heldout_strengths(lm, tok, texts: dict, window: int) -> dict:
+    """The label-free strength of each of HELDOUT_MODES on the neural pair, from the held-out documents."""
+    from serving.methods import parse_method
+    from vintage.strength import heldout_strength
+
+    ids = {side: [e[:window] for e in tok(texts[key], add_special_tokens=False)["input_ids"] if len(e) >= 2]
+           for side, key in (("pre", "before"), ("post", "after"))}
+    found = {}
+    for label, spec in HELDOUT_MODES.items():
+        steering = parse_method(spec.replace("alpha=calibrated", "alpha=1")).steering()
+        result = heldout_strength(lm.with_settings(mode=steering.mode, margin=steering.margin, width=steering.width,
+                                                   plausibility=steering.plausibility), ids["pre"], ids["post"])
+        found[label] = result
+        print(f"[fidelity] held-out strength, {label}: alpha {result.alpha:g} (pair bend {result.pair_bend:.3f}, "
+              f"steered {result.bend:.3f}, reached {result.reached}; perplexity x{result.pre_cost:.3f} before, "
+              f"x{result.post_cost:.3f} after)", flush=True)
+    return found
+
+
+def smoke_methods(rows: list[Method]) -> list[Method]:
+    """The baselines, the recommended method and the plain linear contrast at its held-out strength."""
+    from vintage import recommended
+
+    return [m for m in rows if m.kind != "point_in_time" and m.surrogate == "neural" or m.spec == recommended.SPEC
+            or m.name.startswith("linear a=held-out")]
+
+
+def real_methods(seeds: list[int], calibrated: dict[str, float], heldout: dict | None = None) -> list[Method]:
+    """The rows for a real pretrained frontier (bench/fidelity_real.py): the baselines, the linear contrast, the
+    switch that met every goal on the embedded frontiers, the divergence-weighted modes (issue 26), and the
+    strengths chosen on held-out text without labels (issue 38)."""
+    P = "point_in_time"
+    out = [Method("frontier", "frontier")] + [Method(f"retrained seed={s}", "retrained", seed=s) for s in seeds]
+    out += [Method("surrogate (neural)", "surrogate", "neural"), Method("surrogate (ngram)", "surrogate", "ngram")]
+    for alpha in (0.5, 1.0, 2.0):
+        out.append(Method(f"linear a={alpha} (neural)", P, "neural", alpha, spec=f"linear alpha={alpha:g}"))
+    out.append(Method("linear a=0.5 mask=0.1 (neural)", P, "neural", 0.5, plausibility=0.1,
+                      spec="linear alpha=0.5 plausibility=0.1"))
+    if "neural" in calibrated:
+        out.append(Method(f"linear a=calibrated={calibrated['neural']:g} (neural)", P, "neural", calibrated["neural"]))
+    out.append(Method("linear a=4.0 mask=0.1 (ngram)", P, "ngram", 4.0, plausibility=0.1))
+    out.append(Method("switch margin=0.1 mask=0.3 (neural)", P, "neural", 1.0, switch=0.1, plausibility=0.3,
+                      spec="switch margin=0.1 plausibility=0.3"))
+    out.append(Method("switch margin=0.1 mask=0.3 (ngram gate, neural fallback)", P, "ngram", 1.0, switch=0.1,
+                      plausibility=0.3, fallback="neural"))
+    for margin, width, mask in ((0.5, 1.0, 0.1), (1.0, 2.0, 0.1), (0.5, 1.0, 0.3)):
+        name = f"blend margin={margin} width={width} mask={mask}"
+        out.append(Method(f"{name} (neural)", P, "neural", mode="blend", margin=margin, width=width, plausibility=mask,
+                          spec=f"blend margin={margin:g} width={width:g} plausibility={mask:g}"))
+        out.append(Method(f"{name} (ngram)", P, "ngram", mode="blend", margin=margin, width=width, plausibility=mask))
+        out.append(Method(f"{name} (ngram gate, neural fallback)", P, "ngram", mode="blend", margin=margin,
+                          width=width, plausibility=mask, fallback="neural"))
+    for alpha, margin, width in ((2.0, 0.5, 1.0), (4.0, 0.5, 1.0), (2.0, 1.0, 2.0)):
+        name = f"adaptive a={alpha} margin={margin} width={width} mask=0.1"
+        out.append(Method(f"{name} (neural)", P, "neural", alpha, mode="adaptive", margin=margin, width=width,
+                          plausibility=0.1, spec=f"adaptive alpha={alpha:g} margin={margin:g} width={width:g} "
+                                                 f"plausibility=0.1"))
+        out.append(Method(f"{name} (ngram)", P, "ngram", alpha, mode="adaptive", margin=margin, width=width,
+                          plausibility=0.1))
+    for label, result in (heldout or {}).items():
+        from serving.methods import parse_method
+
+        s = parse_method(HELDOUT_MODES[label].replace("alpha=calibrated", "alpha=1")).steering()
+        out.append(Method(f"{label} a=held-out={result.alpha:g} (neural)", P, "neural", result.alpha,
+                          mode=s.mode if s.mode == "adaptive" else None, margin=s.margin, width=s.width,
+                          plausibility=s.plausibility, spec=HELDOUT_MODES[label]))
+    return out
+
+
 def variant(lm, method: Method, temperatures, fallback=None):
     """`lm` (frontier + a surrogate pair) with the method's settings; the loaded models are shared."""
     from vintage.modes import Temperatures
 
-    mode = "rank" if method.rank_k is not None else "switch" if method.switch is not None else "linear"
+    mode = method.mode or ("rank" if method.rank_k is not None else "switch" if method.switch is not None else "linear")
     return lm.with_settings(mode=mode, alpha=method.alpha, k=method.rank_k or 1,
-                            margin=method.switch if mode == "switch" else method.margin,
+                            margin=method.switch if mode == "switch" else method.margin, width=method.width,
                             plausibility=method.plausibility, fallback=fallback,
                             temperatures=temperatures if method.matched else Temperatures())
 
@@ -104,6 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--cutoff", help="vintage to simulate (default: the first retrained cutoff)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--general", choices=["sotu"], help="also perplexity on general text the world never saw")
+    parser.add_argument("--methods", choices=["all", "real", "smoke"], default="all",
+                        help="the rows: every configuration, those for a real pretrained frontier, or a few of "
+                             "those (the plumbing's test)")
+    parser.add_argument("--json", help="also write the table as JSON objects, one per point-in-time method")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from scipy.stats import ks_2samp
@@ -142,6 +225,10 @@ def main(argv=None) -> int:
     docs = heldout_documents(registry)
     known_doc = known_by_expr("knowledge_date", cutoff)
     texts = {"before": docs.filter(known_doc)["text"].to_list(), "after": docs.filter(~known_doc)["text"].to_list()}
+    if args.general:
+        from corpora.real import general_passages
+
+        texts["general"] = general_passages(args.general)
     print(f"[fidelity] facts: {sets['post'].height} post-cutoff, {sets['pre'].height} pre-cutoff; "
           f"{sets['forecast'].height} forecasts; held-out documents {len(texts['before'])} before, "
           f"{len(texts['after'])} after", flush=True)
@@ -179,6 +266,7 @@ def main(argv=None) -> int:
         reference = vintage_only.score([p.prompt for p in probes["post"]], [p.choices for p in probes["post"]])
         result = calibrate_alpha(lm, probes["post"], probes["pre"], reference, reference="vintage")
         calibrated[kind] = result.alpha
+    heldout = heldout_strengths(lms["neural"], tok, texts, int(manifest.get("window") or 256))
     # what limits the linear contrast: on post-cutoff facts it should push against the answer (vintage knows
     # less than full), on pre-cutoff facts it should be ~0 (both know them); the frontier's margin is what
     # it has to overcome. Log-odds of the answer against the best other choice, mean over queries.
@@ -205,7 +293,9 @@ def main(argv=None) -> int:
             f"contrast {e['contrast']:+.2f} (|.| {e['contrast_abs']:.2f})" for side, e in entry.items()), flush=True)
     rows, p_post, scorers = [], {}, {}
     retrained_models = {s: load(registry.retrained_path(cutoff, s)) for s in seeds}
-    for method in methods("ngram" in pairs, seeds, calibrated):
+    rows_of = smoke_methods(real_methods(seeds, calibrated, heldout)) if args.methods == "smoke" else \
+        real_methods(seeds, calibrated, heldout) if args.methods == "real" else methods("ngram" in pairs, seeds, calibrated)
+    for method in rows_of:
         t0 = time.perf_counter()
         if method.kind in ("frontier", "retrained", "surrogate"):
             model = {"frontier": frontier, "retrained": retrained_models.get(method.seed),
@@ -234,7 +324,8 @@ def main(argv=None) -> int:
                          post_fact_acc=accuracy(scored["post"], answers["post"]),
                          pre_fact_acc=accuracy(scored["pre"], answers["pre"]),
                          forecast_acc=accuracy(scored["forecast"], answers["forecast"]),
-                         ppl_before=ppl["before"], ppl_after=ppl["after"], seconds=time.perf_counter() - t0))
+                         ppl_before=ppl["before"], ppl_after=ppl["after"], ppl_general=ppl.get("general"),
+                         spec=method.spec, seconds=time.perf_counter() - t0))
         print(f"[fidelity] {method.name}: post {rows[-1]['post_fact_acc']:.3f} pre {rows[-1]['pre_fact_acc']:.3f} "
               f"forecast {rows[-1]['forecast_acc']:.3f} ppl {ppl['before']:.2f}/{ppl['after']:.2f}", flush=True)
     table = pl.DataFrame(rows)
@@ -250,6 +341,7 @@ def main(argv=None) -> int:
         gap_closed=(f["post_fact_acc"] - pl.col("post_fact_acc")) / (f["post_fact_acc"] - r_post),
         pre_drop=f["pre_fact_acc"] - pl.col("pre_fact_acc"),
         ppl_ratio=pl.col("ppl_before") / f["ppl_before"],
+        ppl_ratio_general=(pl.col("ppl_general") / f["ppl_general"]) if args.general else pl.lit(None, pl.Float64),
         ks_p=pl.Series([statistics.median([ks_2samp(p_post[m], p_post[s]).pvalue for s in seed_names])
                         for m in table["method"]]),
         bend=pl.col("ppl_after") / pl.col("ppl_before"),
@@ -257,7 +349,9 @@ def main(argv=None) -> int:
         goals_met=pl.sum_horizontal(
             (pl.col("gap_closed") >= GOALS["gap_closed"]).cast(pl.Int8), (pl.col("pre_drop") <= GOALS["pre_drop"]).cast(pl.Int8),
             (pl.col("ppl_ratio") <= GOALS["ppl_ratio"]).cast(pl.Int8), (pl.col("ks_p") >= (ks_floor or 0)).cast(pl.Int8),
-            pl.col("forecast_in_spread").cast(pl.Int8))).with_columns(passes=pl.col("goals_met") == 5)
+            pl.col("forecast_in_spread").cast(pl.Int8),
+            (pl.col("ppl_ratio_general").fill_null(0) <= GOALS["ppl_ratio"]).cast(pl.Int8))
+    ).with_columns(passes=pl.col("goals_met") == 6)
     everything = pl.read_parquet(Path(args.world) / "queries.parquet")  # one backtest's worth of scoring
     t0 = time.perf_counter()
     lms["neural"].score(everything["prompt"].to_list(), [list(c) for c in everything["choices"]])
@@ -269,11 +363,34 @@ def main(argv=None) -> int:
     write_markdown(out / "fidelity.md", table, cutoff, seeds, ks_floor, (fc_low, fc_high), bend_gold, cost, calibrated,
                    {k: v.__dict__ for k, v in temperatures.items()}, args, sets, texts, limits)
     plot(out / "fidelity.png", cutoff, scorers, retrained_models, docs, table)
+    if args.json:
+        write_json(Path(args.json), table, ks_floor, cutoff, args)
     with pl.Config(tbl_rows=60, tbl_width_chars=250, float_precision=3, fmt_str_lengths=50, tbl_hide_dataframe_shape=True):
-        print(table.drop("seconds", "ppl_after", "surrogate"))
+        print(table.drop("seconds", "ppl_after", "surrogate", "spec"))
     print(json.dumps(cost, indent=1))
     print(f"[fidelity] {out / 'fidelity.md'} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def write_json(path: Path, table: pl.DataFrame, ks_floor, cutoff: str, args) -> None:
+    """One object per point-in-time method (issue 26's fields); `recommended` marks the row of the method
+    vintage/recommended.py defines (the default everywhere), true on exactly one row."""
+    from vintage import recommended
+
+    f = table.filter(pl.col("method") == "frontier").row(0, named=True)
+    rows = []
+    for r in table.filter(~pl.col("method").str.contains(r"^(frontier|retrained|surrogate)")).iter_rows(named=True):
+        rows.append({"method": r["method"], "spec": r["spec"], "gap_closed": r["gap_closed"],
+                     "pre_accuracy": r["pre_fact_acc"], "frontier_pre_accuracy": f["pre_fact_acc"],
+                     "ppl_ratio_world": r["ppl_ratio"], "ppl_ratio_general": r["ppl_ratio_general"],
+                     "ks_p": r["ks_p"], "gold_ks_floor": ks_floor, "forecast_accuracy": r["forecast_acc"],
+                     "forecast_in_gold_spread": r["forecast_in_spread"], "bend": r["bend"],
+                     "goals_met": r["goals_met"], "recommended": r["spec"] == recommended.SPEC})
+    if sum(r["recommended"] for r in rows) != 1:
+        raise SystemExit(f"[fidelity] the recommended method {recommended.SPEC!r} is not exactly one row of the table")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"cutoff": cutoff, "command": " ".join(sys.argv), "rows": rows}, indent=1,
+                               default=str) + "\n")
 
 
 def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) -> dict:
@@ -317,7 +434,7 @@ def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) ->
 
 def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost, calibrated, temperatures, args,
                    sets, texts, limits):
-    cols = ["method", "post_fact_acc", "gap_closed", "pre_fact_acc", "pre_drop", "ppl_ratio", "ks_p",
+    cols = ["method", "post_fact_acc", "gap_closed", "pre_fact_acc", "pre_drop", "ppl_ratio", "ppl_ratio_general", "ks_p",
             "forecast_acc", "forecast_in_spread", "bend", "goals_met", "passes"]
     lines = [f"# Fidelity at vintage {cutoff}", "",
              f"`python bench/fidelity.py --registry {args.registry} --world {args.world} --out {args.out}`", "",
@@ -335,12 +452,13 @@ def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost
         cells = []
         for c in cols:
             v = r[c]
-            cells.append((f"{v:.1e}" if 0 < abs(v) < 0.001 else f"{v:.3f}") if isinstance(v, float) else str(v))
+            cells.append((f"{v:.1e}" if 0 < abs(v) < 0.001 else f"{v:.3f}") if isinstance(v, float) else
+                         "-" if v is None else str(v))
         lines.append("| " + " | ".join(cells) + " |")
     best = best_method(table)
     if best:
         lines += ["", f"Best configuration (most goals met, then most of the gap closed): **{best['method']}**, "
-                      f"{best['goals_met']}/5 goals; effective-cutoff bend {best['bend']:.2f} (retrained {bend_gold:.2f}, "
+                      f"{best['goals_met']}/6 goals; effective-cutoff bend {best['bend']:.2f} (retrained {bend_gold:.2f}, "
                       f"frontier {table.filter(pl.col('method') == 'frontier')['bend'][0]:.2f})."]
     lines += ["", "## What the linear contrast has to work with", "",
               "Mean log-odds of the answer against the best other choice; contrast = vintage - full "

@@ -36,3 +36,11 @@ def load_real_corpus(name: str) -> pa.Table:
         "source": pa.array(frame["president_full"].astype(str).tolist(), pa.string()),
         "entities": pa.nulls(n, DOCUMENT_SCHEMA.field("entities").type),
     }, schema=DOCUMENT_SCHEMA)
+
+
+def general_passages(name: str = "sotu", count: int = 8, chars: int = 2000) -> list[str]:
+    """General text for perplexity: the opening `chars` characters (cut at a word) of `count` documents of the
+    real corpus `name`, spread evenly over its dates (for sotu: addresses from 1790 to today)."""
+    texts = load_real_corpus(name).column("text").to_pylist()
+    picks = [texts[round(i * (len(texts) - 1) / max(1, count - 1))] for i in range(count)]
+    return [t[:chars].rsplit(" ", 1)[0] if len(t) > chars else t for t in picks]

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     world = commands.add_parser("world", help="generate an embedded world (corpus + ground truth)")
     world.add_argument("--name", default="synthetic-market", choices=["synthetic-market", "real-market"])
-    world.add_argument("--preset", default="small", choices=["tiny", "small", "sparse", "bench"],
+    world.add_argument("--preset", default="small", choices=["tiny", "small", "sparse", "frontier", "bench"],
                        help="sparse: long documents, about one a month per company, no entities (synthetic-market)")
     world.add_argument("--seed", type=int, default=0)
     world.add_argument("--out", required=True, help="directory to write (replaced atomically)")

@@ -24,7 +24,7 @@ class WorldSpec:
     """One embedded world to generate."""
 
     name: Literal["synthetic-market", "real-market"] = doc("which world")
-    preset: Literal["tiny", "small", "sparse", "bench"] = doc("size preset (sparse: synthetic-market only)",
+    preset: Literal["tiny", "small", "sparse", "frontier", "bench"] = doc("size preset (sparse, frontier: synthetic-market only)",
                                                               "small")
     seed: int = doc("random seed (same seed, identical tables)", 0)
 

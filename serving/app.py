@@ -93,6 +93,11 @@ class VintageServer:
         return cutoff
 
     async def _jobs(self, sampling: protocol.Sampling, prompts: list[str], cutoff: str) -> list[DecodeJob]:
+        try:
+            method = sampling.method.at_vintage(self.engine.registry, cutoff)
+        except RegistryError:
+            raise APIError(400, f"method {sampling.method.spec!r}: vintage {cutoff} has no calibrated alpha in the "
+                                f"registry; give alpha as a number", "method", "not_calibrated") from None
         jobs = []
         for i, prompt in enumerate(prompts):
             ids = self.engine.encode(prompt)
@@ -103,9 +108,9 @@ class VintageServer:
                 raise APIError(400, f"{where} has {len(ids)} tokens; with max_tokens {sampling.max_tokens} it "
                                     f"exceeds the model's {self.engine.max_positions} positions", "max_tokens",
                                "context_length_exceeded")
-            jobs.append(DecodeJob(ids, sampling.method, None, sampling.max_tokens, sampling.temperature,
+            jobs.append(DecodeJob(ids, method, None, sampling.max_tokens, sampling.temperature,
                                   sampling.top_k, sampling.stop, sampling.logprobs, sampling.seed))
-        if sampling.method.steered:
+        if method.steered:
             vintage = await self._vintage(cutoff)
             for job in jobs:
                 job.vintage = vintage

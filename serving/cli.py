@@ -33,8 +33,12 @@ def ask(args) -> int:
         if not args.choices or len(args.choices) < 2:
             raise ValueError("a prompt is required")
         *args.choices, args.prompt = args.choices
+    from vintage.registry import Registry
+
     when, method = _as_of(args.as_of), parse_method(args.method)
-    lm = PointInTimeLM.from_registry(args.registry, when, frontier=args.frontier, **method.lm_kwargs())
+    registry = Registry(args.registry)
+    method = method.at_vintage(registry, registry.vintage_for(when)[0])
+    lm = PointInTimeLM.from_registry(registry, when, frontier=args.frontier, **method.lm_kwargs())
     print(f"as of {when.date()}: vintage {lm.vintage_cutoff}, method {method.spec}", file=sys.stderr)
     frontier = lm.with_settings(mode="frontier", fallback=None) if args.compare else None
     if args.choices:

@@ -1,9 +1,11 @@
 """Decoding methods for ask and serve: one spec string (or mapping) parsed by one function into a `Method`.
 
     frontier                       the frontier alone (no steering)
-    linear alpha=0.5 [plausibility=0.3]
+    linear alpha=0.5 [plausibility=0.3]     alpha=calibrated: the vintage's alpha from the registry (vintage/strength.py)
     rank k=1 [margin=0] [plausibility=0.1]
     switch [margin=0] [plausibility=0.1]
+    blend [margin=0] [width=1] [plausibility=0.1]
+    adaptive alpha=2 [margin=0] [width=1] [plausibility=0.1]
 
 The modes are vintage/modes.py's registry and a Method is a `Steering` of it (`Method.steering()`), with the
 backtest spec's defaults
@@ -12,6 +14,7 @@ DEFAULT_METHOD, the recommended method of vintage/recommended.py (defined there,
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -24,9 +27,13 @@ from vintage.modes import MODES as REGISTERED, Steering, steer
 # bare point_in_time use too.
 DEFAULT_METHOD = recommended.SPEC
 
-MODES = tuple(REGISTERED)  # frontier, linear, rank, switch
+MODES = tuple(REGISTERED)  # frontier, linear, rank, switch, blend, adaptive
 KNOBS = {"frontier": (), "linear": ("alpha", "plausibility"), "rank": ("k", "margin", "plausibility"),
-         "switch": ("margin", "plausibility")}
+         "switch": ("margin", "plausibility"), "blend": ("margin", "width", "plausibility"),
+         "adaptive": ("alpha", "margin", "width", "plausibility")}
+
+
+CALIBRATED = "calibrated"
 
 
 class MethodError(ValueError):
@@ -38,23 +45,41 @@ class Method:
     """One way of decoding: the mode and its knobs (hashable: requests with equal methods share a combine)."""
 
     mode: str
-    alpha: float = recommended.ALPHA  # linear: contrast strength in [0, 4]
+    alpha: float | str = recommended.ALPHA  # linear, adaptive: contrast strength in [0, 4], or "calibrated"
     k: int = 1  # rank: tokens banned per step (>= 1)
-    margin: float = 0.0  # rank and switch: minimum log p_full - log p_vintage to act on
+    margin: float = 0.0  # rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on
+    width: float = 1.0  # blend and adaptive: the divergence above margin at which they act in full
     plausibility: float | None = None  # fraction of the frontier's top probability; None: no mask
 
+    @property
+    def calibrated(self) -> bool:
+        """Whether the strength is each vintage's recorded one (`at_vintage` resolves it)."""
+        return self.alpha == CALIBRATED
+
+    def at_vintage(self, registry, cutoff: str) -> "Method":
+        """This method with a calibrated alpha replaced by the one `registry` records for `cutoff`."""
+        if not self.calibrated:
+            return self
+        return dataclasses.replace(self, alpha=registry.calibrated_alpha(cutoff))
+
     def steering(self) -> Steering:
-        """This method as a decoding mode with its settings (what PointInTimeLM and the server combine with)."""
+        """This method as a decoding mode with its settings (what PointInTimeLM and the server combine with);
+        a calibrated alpha must be resolved first (`at_vintage`)."""
+        if self.calibrated:
+            raise MethodError(f"method {self.spec!r}: resolve the calibrated alpha for a vintage first (at_vintage)")
         if self.mode == "linear":
             return Steering("linear", alpha=self.alpha, plausibility=self.plausibility)
         if self.mode == "frontier":
             return Steering("frontier")
-        return Steering(self.mode, k=self.k, margin=self.margin, plausibility=self.plausibility)
+        if self.mode == "adaptive":
+            return Steering("adaptive", alpha=self.alpha, margin=self.margin, width=self.width,
+                            plausibility=self.plausibility)
+        return Steering(self.mode, k=self.k, margin=self.margin, width=self.width, plausibility=self.plausibility)
 
     @property
     def steered(self) -> bool:
         """Whether the surrogates are needed at all (the frontier alone and alpha 0 need none)."""
-        return self.steering().steered
+        return self.calibrated or self.steering().steered
 
     @property
     def spec(self) -> str:
@@ -76,6 +101,8 @@ class Method:
 def _number(mode: str, knob: str, value: Any, kind: type):
     if isinstance(value, str):
         text = value.strip()
+        if knob == "alpha" and text == CALIBRATED:
+            return CALIBRATED
         if knob == "plausibility" and text.lower() in ("none", "null", ""):
             return None
         try:
@@ -118,10 +145,12 @@ def parse_method(spec: str | Mapping[str, Any] | None) -> Method:
         raise MethodError(f"method {mode}: unknown setting(s) {unknown}; {mode} takes {allowed}")
     values = {knob: _number(mode, knob, value, int if knob == "k" else float) for knob, value in knobs.items()}
     method = Method(mode, **values)
-    if not 0 <= method.alpha <= 4:
+    if method.alpha != CALIBRATED and not 0 <= method.alpha <= 4:
         raise MethodError(f"method {mode}: alpha {method.alpha} outside [0, 4]")
     if method.k < 1:
         raise MethodError(f"method {mode}: k must be >= 1, got {method.k}")
+    if not method.width > 0:
+        raise MethodError(f"method {mode}: width must be > 0, got {method.width}")
     if method.plausibility is not None and not 0 < method.plausibility <= 1:
         raise MethodError(f"method {mode}: plausibility must be in (0, 1], got {method.plausibility}")
     return method

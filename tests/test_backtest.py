@@ -128,7 +128,7 @@ def test_spec_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"methods\[0\].name: 'oracle' is not one of"):
         load_yaml(path, BacktestSpec)
     path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: frontier, alpha: 2.0}]\n")
-    with pytest.raises(ConfigError, match="alpha, plausibility, mode and confidence apply to point_in_time only"):
+    with pytest.raises(ConfigError, match="alpha, plausibility, mode, width and confidence apply to point_in_time only"):
         load_yaml(path, BacktestSpec)
 
 
@@ -285,7 +285,7 @@ def test_ngram_surrogates_and_matched_confidence_as_methods(tmp_path, registry):
     hybrid = MethodSpec(name="point_in_time", mode="switch", margin=0.1, surrogate="ngram", fallback="neural")
     assert hybrid.key == "point_in_time(switch,margin=0.1,ngram,fallback=neural)"
     methods.append(hybrid)
-    with pytest.raises(ValueError, match="fallback applies to point_in_time with mode: switch only"):
+    with pytest.raises(ValueError, match="fallback applies to point_in_time with mode: blend or switch only"):
         MethodSpec(name="point_in_time", alpha=1.0, fallback="neural")
     spec = make_spec(tmp_path, root, base_rows(), methods=methods)
     with pytest.raises(ValueError, match="no fitted neural temperatures .* run `vintage fit-temperatures"):

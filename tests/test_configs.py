@@ -35,7 +35,7 @@ def test_unknown_key_is_named(tmp_path):
 def test_bad_value_names_key_and_expected(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("worlds:\n  - {name: synthetic-market, preset: huge}\n")
-    with pytest.raises(ConfigError, match=r"worlds\[0\].preset: 'huge' is not one of 'tiny', 'small', 'sparse', 'bench'"):
+    with pytest.raises(ConfigError, match=r"worlds\[0\].preset: 'huge' is not one of 'tiny', 'small', 'sparse', 'frontier', 'bench'"):
         load_yaml(path, EndToEndConfig)
     path.write_text("path: x.csv\nnaive_timestamps: maybe\n")
     with pytest.raises(ConfigError, match="naive_timestamps: 'maybe' is not one of"):

@@ -242,7 +242,7 @@ def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
     lm = PointInTimeLM.from_registry(registry, "2019-08-01")  # the recommended method: no calibration needed
     assert (lm.alpha, lm.plausibility) == (recommended.ALPHA, recommended.PLAUSIBILITY)
     assert lm.steering == Steering("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
-    with pytest.raises(RegistryError, match=r"no calibrated alpha.*opt-in.*vintage calibrate --registry"):
+    with pytest.raises(RegistryError, match=r"no calibrated alpha.*held-out text.*vintage calibrate --registry"):
         PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
     assert lm.vintage_cutoff == "2019-06-30" and lm.alpha == 0.4
@@ -343,7 +343,7 @@ def test_switch_mode_uses_the_vintage_exactly_where_the_pair_diverges():
     out = switch_logprobs(frontier, vintage, full, 0.5, 0.1, Temperatures(fallback=2.0), fallback=fallback)
     assert torch.allclose(out[0], F.log_softmax(fallback[0] / 2.0, -1))
     assert torch.allclose(out[1:], F.log_softmax(frontier[1:], -1))
-    with pytest.raises(ValueError, match="switch mode only"):
+    with pytest.raises(ValueError, match="blend/switch modes only"):
         PointInTimeLM(None, None, None, word_tokenizer(), fallback=object())
 
 

@@ -23,6 +23,7 @@ from serving.protocol import APIError, parse_as_of, parse_chat, parse_completion
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
 from vintage.modes import Steering
+from vintage.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 CUTOFFS = ["2019-03-31", "2019-06-30", "2019-09-30"]
@@ -41,13 +42,16 @@ def registry(tmp_path_factory):
         tok.save_pretrained(root / "vintages" / cutoff)
     tiny_model(tok, seed=10, n_embd=48).save_pretrained(root / "frontier")
     tok.save_pretrained(root / "frontier")
-    (root / "manifest.json").write_text(json.dumps({"cutoffs": CUTOFFS, "full": CUTOFFS[-1]}))
+    (root / "manifest.json").write_text(json.dumps({"cutoffs": CUTOFFS, "full": CUTOFFS[-1],  # one vintage calibrated
+                                                    "calibration": {"2019-06-30": {"alpha": 1.5}}}))
     return root
 
 
 def reference(registry, as_of, method, prompt=PROMPT, max_new_tokens=10, **sampling):
     """What PointInTimeLM answers for this as_of and method: text and generated token ids."""
-    lm = PointInTimeLM.from_registry(registry, as_of, **parse_method(method).lm_kwargs())
+    vintages = Registry(registry)
+    resolved = parse_method(method).at_vintage(vintages, vintages.vintage_for(as_of)[0])
+    lm = PointInTimeLM.from_registry(registry, as_of, **resolved.lm_kwargs())
     texts, ids, _ = lm.generate([prompt], max_new_tokens=max_new_tokens, return_scores=True, **sampling)
     eos = lm.tokenizer.eos_token_id
     tokens = [t for t in ids[0].tolist()]
@@ -236,7 +240,9 @@ def test_models_lists_the_frontier_and_every_vintage(client):
 
 @pytest.mark.parametrize("as_of,method", [("2019-04-10", "linear alpha=0.5"), ("2019-07-02", "frontier"),
                                           ("2019-10-01T12:00:00Z", "rank k=2 plausibility=0.1"),
-                                          ("2019-07-02", "switch margin=0.1 plausibility=0.3")])
+                                          ("2019-07-02", "switch margin=0.1 plausibility=0.3"),
+                                          ("2019-07-02", "blend margin=0.1 width=1 plausibility=0.3"),
+                                          ("2019-07-02", "linear alpha=calibrated")])
 def test_greedy_completion_equals_pointintimelm_token_for_token(client, registry, as_of, method):
     text, tokens = reference(registry, as_of, method)
     response = client.completions.create(model="frontier", prompt=PROMPT, max_tokens=10, temperature=0, logprobs=1,
@@ -296,6 +302,7 @@ def test_concurrent_requests_over_several_vintages_answer_as_alone(client, regis
     ({"as_of": "30/06/2019"}, PROMPT, "as_of", "expected a date YYYY-MM-DD or an ISO 8601 timestamp"),
     ({"as_of": "2019-03-31"}, PROMPT, "as_of", "cutoffs: 2019-03-31, 2019-06-30, 2019-09-30"),
     ({"as_of": "2019-07-02", "method": "beam k=4"}, PROMPT, "method", "unknown method 'beam'"),
+    ({"as_of": "2019-04-10", "method": "linear alpha=calibrated"}, PROMPT, "method", "2019-03-31 has no calibrated"),
     ({"as_of": "2019-07-02"}, "   ", "prompt", "prompt is empty after tokenisation"),
     ({"as_of": "2019-07-02", "max_tokens": 100}, PROMPT, "max_tokens", "exceeds the model's 64 positions"),
 ])

@@ -1,7 +1,6 @@
 """PointInTimeLM: a frontier steered to a vintage by a pair of surrogates (vintage, full) under one decoding
 mode (vintage/modes.py): score choices, compute perplexity, generate. The models are always given in one
-order, (frontier, vintage, full[, fallback]), as in the modes' functions.
-"""
+order, (frontier, vintage, full[, fallback]), as in the modes' functions."""
 from __future__ import annotations
 
 import copy
@@ -16,7 +15,7 @@ from scipy.special import softmax
 
 from vintage import recommended
 from vintage.model_calls import device_of, model_logits, pad_batch, vocab_size_of
-from vintage.modes import Steering, Temperatures, steer
+from vintage.modes import FALLBACK_MODES, Steering, Temperatures, steer
 from vintage.surrogate_worker import InWorker, SurrogateWorker
 from vintage.surrogates import load_surrogate
 from vintage.vocabulary import VocabularyMismatch, check_vocabularies, has_tokenizer
@@ -50,8 +49,9 @@ SETTINGS = tuple(f.name for f in dataclasses.fields(Steering))
 
 
 def _check_fallback(steering: Steering, fallback) -> None:
-    if fallback is not None and steering.mode != "switch":
-        raise ValueError(f"a fallback model applies to switch mode only, not {steering.mode}")
+    if fallback is not None and steering.mode not in FALLBACK_MODES:
+        raise ValueError(f"a fallback model applies to the {'/'.join(sorted(FALLBACK_MODES))} modes only, "
+                         f"not {steering.mode}")
 
 
 def _steering(steering: Steering | None, alpha: float, temperatures: Temperatures,
@@ -136,10 +136,9 @@ class PointInTimeLM:
         """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate,
         and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer). `alpha` and
         `plausibility` default to the recommended method (vintage/recommended.py); alpha="calibrated" reads the
-        alpha recorded in the registry's manifest (an opt-in: the pipeline records none); `steering`, another
-        mode, replaces both. `surrogate`:
-        the pair is the trained networks (neural) or the n-gram counts (ngram); `fallback` (switch mode):
-        the kind whose vintage replaces the frontier where the gate fires (default: the pair's own).
+        vintage's alpha from the registry (vintage/strength.py); `steering`, another mode, replaces both. `surrogate`:
+        the pair is the trained networks (neural) or the n-gram counts (ngram); `fallback` (switch, blend): the kind
+        whose vintage replaces the frontier where the gate fires (default: the pair's own).
 
             PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
                                         steering=Steering("switch", margin=0.1, plausibility=0.3))
@@ -235,9 +234,10 @@ class PointInTimeLM:
     def _combine(self, logits: Sequence[torch.Tensor], alpha: float | None = None) -> torch.Tensor:
         frontier, vintage, full, fallback = (list(logits) + [None] * SLOTS)[:SLOTS]
         steering = self.steering if alpha is None else self.steering.at_alpha(alpha)
-        if steering.steered and steering.mode == "switch" and self.fallback is not None and fallback is None:
+        uses_fallback = steering.mode in FALLBACK_MODES
+        if steering.steered and uses_fallback and self.fallback is not None and fallback is None:
             raise ValueError("fallback logits were not computed")
-        return steer(steering, frontier, vintage, full, fallback if steering.mode == "switch" else None)
+        return steer(steering, frontier, vintage, full, fallback if uses_fallback else None)
 
     # -- scoring -------------------------------------------------------------------------------------------
 
@@ -313,21 +313,25 @@ class PointInTimeLM:
         return self.ids_logprobs([self.tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts], alpha)
 
     def ids_logprobs(self, encoded: Sequence[Sequence[int]], alpha: float | None = None) -> list[torch.Tensor]:
-        """Combined log-prob of every token after the first of each token-id sequence (e.g. packed windows),
-        in batches of `batch_size`, right-padded."""
-        out = []
+        """Combined log-prob of every token after the first of each token-id sequence (e.g. packed windows)."""
+        return self.ids_logprobs_at(encoded, [alpha])[0]
+
+    def ids_logprobs_at(self, encoded: Sequence[Sequence[int]], alphas: Sequence[float | None]) -> list[list]:
+        """`ids_logprobs` at each of `alphas` (per alpha, one tensor per sequence) from one forward pass of each
+        model, in batches of `batch_size`, right-padded: what a sweep over the strength needs (vintage.strength)."""
+        out: list[list[torch.Tensor]] = [[] for _ in alphas]
         for start in range(0, len(encoded), self.batch_size):
             chunk = encoded[start:start + self.batch_size]
             ids, mask = pad_batch(chunk, self.pad_id, side="right")
-            width = ids.shape[1]
             with torch.inference_mode():
-                logits, _ = self._all_logits(ids, mask, torch.arange(width).expand(len(chunk), width),
-                                             everything=alpha is not None and alpha != 0)
-                lp = self._combine([self._float(lg) for lg in logits], alpha)
-            for row, e in enumerate(chunk):
-                n = len(e)
-                target = ids[row, 1:n].to(lp.device)
-                out.append(lp[row, : n - 1].gather(-1, target[:, None])[:, 0].double().cpu())
+                logits, _ = self._all_logits(ids, mask, torch.arange(ids.shape[1]).expand(len(chunk), ids.shape[1]),
+                                             everything=any(a is not None and a != 0 for a in alphas))
+                logits = [self._float(lg) for lg in logits]
+                for slot, alpha in enumerate(alphas):
+                    lp = self._combine(logits, alpha)
+                    for row, e in enumerate(chunk):
+                        target = ids[row, 1:len(e)].to(lp.device)
+                        out[slot].append(lp[row, : len(e) - 1].gather(-1, target[:, None])[:, 0].double().cpu())
         return out
 
     def perplexity(self, texts: Sequence[str], alpha: float | None = None) -> float:

@@ -12,6 +12,19 @@ Linear combination of log-probs as in unlearning-by-decoding (UCD, Suriyakumar e
 Decoding, Merchant & Levy 2025), proxy-tuning (Liu et al. 2024) and DExperts; the mask is contrastive
 decoding's adaptive plausibility constraint (Li et al. 2022), applied so that tokens outside the plausible
 set keep the frontier's own log-prob rather than -inf: held-out perplexity stays finite (RESEARCH.md).
+
+The gated modes read one number per position, the pair's divergence D = max over the frontier's plausible
+tokens of (lp_S_full - lp_S_t): how much more the full surrogate expects some token than the vintage does,
+i.e. whether the frontier is about to use something learnt after the cutoff. `switch` replaces the frontier's
+distribution where D > margin; `blend` and `adaptive` act in proportion to w = clamp((D - margin) / width, 0, 1)
+(`switch` is their limit as width -> 0):
+
+    blend:     log( (1 - w) p_F + w p_R )                         p_R: the fallback's or the vintage's
+    adaptive:  log_softmax( lp_F + alpha * w * m * (lp_S_t - lp_S_full) )
+
+A mixture never costs more than -log(1 - w) nats on a token the frontier predicts, and both leave every
+position the pair agrees on (w = 0) exactly as the frontier has it: a fluent frontier stays fluent on text
+that the surrogates do not tell apart (issue 26: switch mode replaced a real frontier at most positions).
 """
 from __future__ import annotations
 
@@ -24,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 MODES: dict[str, Callable] = {}  # name -> fn(frontier, vintage, full, fallback, steering) -> log-probs
+FALLBACK_MODES = frozenset({"switch", "blend"})  # the modes that can take a fallback model's distribution
 
 
 def mode(name: str):
@@ -52,14 +66,17 @@ class Steering:
 
     frontier: the frontier alone. linear: the contrast at strength `alpha` (0: the frontier's own
     distribution). rank: ban the `k` most divergent plausible tokens whose divergence exceeds `margin`.
-    switch: a vintage distribution where the pair diverges by more than `margin`. `plausibility` (linear,
-    rank, switch): the frontier's plausible set, a fraction of its top probability (None: every token)."""
+    switch: a vintage distribution where the pair diverges by more than `margin`. blend: a mixture of the
+    frontier and that distribution, weighted by the divergence above `margin` over `width`; adaptive: the
+    linear contrast at alpha times that weight. `plausibility` (all but frontier): the frontier's plausible set,
+    a fraction of its top probability (None: every token)."""
 
     mode: str = "linear"
     alpha: float = 0.0
     plausibility: float | None = None
     k: int = 1
     margin: float = 0.0
+    width: float = 1.0
     temperatures: Temperatures = Temperatures()
 
     def __post_init__(self):
@@ -68,18 +85,20 @@ class Steering:
         object.__setattr__(self, "alpha", float(self.alpha))
         if self.k < 0:
             raise ValueError(f"k must be >= 0, got {self.k}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
         if self.plausibility is not None and not 0 < self.plausibility <= 1:
             raise ValueError(f"plausibility must be in (0, 1], got {self.plausibility}")
 
     @property
     def steered(self) -> bool:
         """Whether the surrogates take part at all."""
-        return self.mode != "frontier" and not (self.mode == "linear" and self.alpha == 0)
+        return self.mode != "frontier" and not (self.mode in ("linear", "adaptive") and self.alpha == 0)
 
     def at_alpha(self, alpha: float) -> "Steering":
         """The linear contrast at another strength; for the other modes alpha 0 is the frontier alone and any
         other value leaves them as they are (what an alpha sweep over a mixed set of methods needs)."""
-        if self.mode == "linear":
+        if self.mode in ("linear", "adaptive"):
             return dataclasses.replace(self, alpha=alpha)
         return dataclasses.replace(self, mode="frontier") if alpha == 0 else self
 
@@ -115,6 +134,21 @@ def plausible(lp_frontier: torch.Tensor, plausibility: float | None) -> torch.Te
     return lp_frontier >= lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
 
 
+def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full: torch.Tensor,
+                    plausibility: float | None) -> torch.Tensor:
+    """D [..., 1]: the largest lp_full - lp_vintage over the tokens the frontier finds plausible."""
+    divergence = lp_full - lp_vintage
+    mask = plausible(lp_frontier, plausibility)
+    if mask is not None:
+        divergence = divergence.masked_fill(~mask, float("-inf"))
+    return divergence.max(dim=-1, keepdim=True).values
+
+
+def gate_weight(gate: torch.Tensor, margin: float, width: float) -> torch.Tensor:
+    """w = clamp((D - margin) / width, 0, 1): 0 where the pair agrees to within `margin`, 1 from margin + width."""
+    return ((gate - margin) / width).clamp(0.0, 1.0)
+
+
 # -- the modes --------------------------------------------------------------------------------------------------
 
 @mode("frontier")
@@ -135,6 +169,16 @@ def _rank(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
 @mode("switch")
 def _switch(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
     return switch_logprobs(frontier, vintage, full, s.margin, s.plausibility, s.temperatures, fallback)
+
+
+@mode("blend")
+def _blend(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return blend_logprobs(frontier, vintage, full, s.margin, s.width, s.plausibility, s.temperatures, fallback)
+
+
+@mode("adaptive")
+def _adaptive(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
+    return adaptive_logprobs(frontier, vintage, full, s.alpha, s.margin, s.width, s.plausibility, s.temperatures)
 
 
 def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float,
@@ -203,10 +247,40 @@ def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.T
     check_shapes(frontier, vintage=vintage, full=full, fallback=fallback)
     lp_frontier = log_probs(frontier, temperatures.frontier)
     lp_vintage = log_probs(vintage, temperatures.vintage)
-    divergence = log_probs(full, temperatures.full) - lp_vintage
-    mask = plausible(lp_frontier, plausibility)
-    if mask is not None:
-        divergence = divergence.masked_fill(~mask, float("-inf"))
-    gate = divergence.max(dim=-1, keepdim=True).values > margin
+    gate = divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility) > margin
     replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
     return torch.where(gate, replacement, lp_frontier)
+
+
+def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 0.5,
+                   width: float = 1.0, plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures(),
+                   fallback: torch.Tensor | None = None) -> torch.Tensor:
+    """The soft switch: log((1 - w) p_frontier + w p_replacement), w = gate_weight of the pair's divergence.
+
+    The replacement is the `fallback` model's distribution or, without one, the gating pair's vintage (as in
+    `switch_logprobs`). Where w = 0 the frontier's log-probs come back exactly, where w = 1 the replacement's."""
+    check_shapes(frontier, vintage=vintage, full=full, fallback=fallback)
+    lp_frontier = log_probs(frontier, temperatures.frontier)
+    lp_vintage = log_probs(vintage, temperatures.vintage)
+    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility),
+                    margin, width)
+    replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
+    mixed = torch.logaddexp(torch.log1p(-w) + lp_frontier, torch.log(w) + replacement)
+    return torch.where(w == 0, lp_frontier, torch.where(w == 1, replacement, mixed))
+
+
+def adaptive_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float = 2.0,
+                      margin: float = 0.5, width: float = 1.0, plausibility: float | None = 0.1,
+                      temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+    """The linear contrast at a per-position strength alpha * w (w = gate_weight of the pair's divergence), as
+    FinCAD adapts its strength per entity and date: full strength where the frontier is about to use what the
+    pair says was learnt after the cutoff, none where the pair agrees (there the frontier's log-probs exactly)."""
+    check_shapes(frontier, vintage=vintage, full=full)
+    lp_frontier = log_probs(frontier, temperatures.frontier)
+    lp_vintage, lp_full = log_probs(vintage, temperatures.vintage), log_probs(full, temperatures.full)
+    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, lp_full, plausibility), margin, width)
+    contrast = alpha * w * (lp_vintage - lp_full)
+    mask = plausible(lp_frontier, plausibility)
+    if mask is not None:
+        contrast = torch.where(mask, contrast, torch.zeros_like(contrast))
+    return torch.where(w == 0, lp_frontier, F.log_softmax(lp_frontier + contrast, dim=-1))

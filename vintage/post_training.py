@@ -1,5 +1,5 @@
-"""What a complete registry gets besides trained models: n-gram counts and the surrogates' fitted
-temperatures, redone only where something changed."""
+"""What a complete registry gets besides trained models: n-gram counts, the surrogates' fitted temperatures and
+each vintage's label-free strength, redone only where something changed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -24,7 +24,11 @@ def finish_registry(config: TrainConfig, registry: Path) -> dict:
             from vintage.temperature import fit_registry_temperatures
 
             fit_registry_temperatures(reg, config.split, kinds, holdout_every=config.holdout_every)
-    return reg.manifest
+    if config.calibrate_strength and reg.has_frontier() and stale_strengths(reg):
+        from vintage.strength import calibrate_registry_strength
+
+        calibrate_registry_strength(reg)
+    return Registry(registry).manifest
 
 
 def stale_temperatures(registry, kinds) -> bool:
@@ -35,4 +39,19 @@ def stale_temperatures(registry, kinds) -> bool:
             entry = fitted.get(kind, {}).get(cutoff)
             if entry is None or entry.get("fingerprint") != surrogate_fingerprint(registry, kind, cutoff):
                 return True
+    return False
+
+
+def stale_strengths(registry) -> bool:
+    """True when a vintage (but the full one) has no calibrated alpha or one measured on other models; a labelled
+    calibration (`vintage calibrate`) of the same models is kept."""
+    from vintage.registry import model_fingerprint
+
+    frontier = model_fingerprint(registry.frontier_path())
+    full = surrogate_fingerprint(registry, "neural", registry.full_cutoff())
+    recorded = registry.manifest.get("calibration", {})
+    for cutoff in registry.cutoffs()[:-1]:
+        prints = recorded.get(cutoff, {}).get("fingerprints", {})
+        if prints != {"frontier": frontier, "full": full, "vintage": surrogate_fingerprint(registry, "neural", cutoff)}:
+            return True
     return False

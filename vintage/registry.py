@@ -113,11 +113,10 @@ class Registry:
         evidence = self.manifest.get("calibration", {}).get(cutoff)
         if evidence is None:
             raise RegistryError(
-                f"{self.root}: vintage {cutoff} has no calibrated alpha in manifest.json (alpha='calibrated' is an "
-                f"opt-in; the pipeline does not calibrate). Calibrate with `vintage calibrate --registry {self.root} "
-                f"--world WORLD` (fact queries before and after each cutoff; or vintage.calibration.calibrate_alpha "
-                f"and Registry.record_calibration), or give alpha as a number (the recommended method, "
-                f"vintage/recommended.py, needs no calibration)")
+                f"{self.root}: vintage {cutoff} has no calibrated alpha in manifest.json. The pipeline chooses one "
+                f"on held-out text when the registry has a frontier (train.calibrate_strength, vintage/strength.py); "
+                f"or calibrate on labelled facts with `vintage calibrate --registry {self.root} --world WORLD`, or "
+                f"give alpha as a number")
         return float(evidence["alpha"])
 
     def update_manifest(self, **entries) -> dict:

@@ -96,6 +96,8 @@ class TrainConfig:
     ngram: NgramConfig | None = doc("also count n-gram surrogates per slice (no training); unset: none", None)
     fit_temperatures: bool = doc("fit each surrogate's confidence-matching temperature against the frontier "
                                  "on held-out text (needs a frontier)", True)
+    calibrate_strength: bool = doc("choose each vintage's alpha on held-out text, without labels "
+                                   "(vintage/strength.py; alpha: calibrated reads it; needs a frontier)", True)
 
     def __post_init__(self):
         window_length(self)  # every preset must hold the run's windows: an error at load, not in a worker

@@ -56,6 +56,11 @@ PRESETS = {
     "small": SyntheticMarketPreset(companies=24, quarters=12, start_year=2016, reports_per_event=6,
                                    retrospectives_per_event=2, filler_per_quarter=30, misdated_rate=0.05,
                                    revised_rate=0.05, retrospective_mention_rate=0.05),
+    # a real pretrained frontier on a CPU (issue 38): 120 events, each stated in 3 short reports, so that a 135M
+    # model continued on it memorises every event in minutes; half the events are public by mid-2018
+    "frontier": SyntheticMarketPreset(companies=12, quarters=10, start_year=2017, reports_per_event=3,
+                                      retrospectives_per_event=0, filler_per_quarter=6, late_listed_fraction=0.0,
+                                      misdated_rate=0.03, revised_rate=0.03, retrospective_mention_rate=0.03),
     # filings and research notes: about one long document a month per company, no entities column, prose
     # noise (capitalised common words, sentence-initial capitals, plans dated in the future, year-like numbers)
     "sparse": SyntheticMarketPreset(companies=12, quarters=16, start_year=2012, reports_per_event=2,

@@ -1,0 +1,80 @@
+"""The divergence-weighted modes (issue 26): blend (a soft switch) and adaptive (a per-position linear contrast),
+checked on mock logits whose answers are known in closed form."""
+import math
+
+import pytest
+import torch
+
+from backtests.spec import MethodSpec
+from serving.methods import MethodError, parse_method
+from vintage.modes import Steering, blend_logprobs, gate_weight, steer, switch_logprobs
+
+LOG2 = math.log(2)
+FRONTIER = torch.tensor([0.5, 0.25, 0.25]).log()
+VINTAGE = torch.tensor([0.25, 0.5, 0.25]).log()
+FULL = FRONTIER.clone()  # the full surrogate agrees with the frontier: D = log 2 (token 0)
+
+
+def probs(lp: torch.Tensor) -> list[float]:
+    return [round(x, 12) for x in lp.exp().tolist()]
+
+
+def test_the_gate_weight_is_the_divergence_above_the_margin_over_the_width():
+    d = torch.tensor([[-1.0], [0.5], [1.0], [1.75], [3.0]])
+    assert gate_weight(d, margin=1.0, width=0.5).flatten().tolist() == [0.0, 0.0, 0.0, 1.0, 1.0]
+    assert gate_weight(d, margin=0.5, width=2.0).flatten().tolist() == [0.0, 0.0, 0.25, 0.625, 1.0]
+
+
+def test_blend_mixes_the_frontier_and_the_vintage_by_the_weight():
+    half = Steering("blend", margin=0.0, width=2 * LOG2)  # D = log 2 -> w = 0.5
+    assert probs(steer(half, FRONTIER, VINTAGE, FULL)) == [0.375, 0.375, 0.25]  # 0.5 [.5 .25 .25] + 0.5 [.25 .5 .25]
+    quarter = Steering("blend", margin=0.0, width=4 * LOG2)  # w = 0.25
+    assert probs(steer(quarter, FRONTIER, VINTAGE, FULL)) == [0.4375, 0.3125, 0.25]
+    whole = Steering("blend", margin=0.0, width=LOG2 / 2)  # w = 1: the vintage's distribution exactly
+    assert torch.equal(steer(whole, FRONTIER, VINTAGE, FULL), torch.log_softmax(VINTAGE, -1))
+    below = Steering("blend", margin=1.0, width=1.0)  # D < margin: w = 0, the frontier's log-probs exactly
+    assert torch.equal(steer(below, FRONTIER, VINTAGE, FULL), torch.log_softmax(FRONTIER, -1))
+
+
+def test_blend_takes_the_fallback_and_tends_to_switch_as_the_width_shrinks():
+    fallback = torch.tensor([0.125, 0.125, 0.75]).log()
+    out = blend_logprobs(FRONTIER, VINTAGE, FULL, margin=0.0, width=2 * LOG2, plausibility=None, fallback=fallback)
+    assert probs(out) == [0.3125, 0.1875, 0.5]
+    batch = torch.stack([FRONTIER, FRONTIER]), torch.stack([VINTAGE, FRONTIER]), torch.stack([FULL, FULL])
+    narrow = blend_logprobs(*batch, margin=0.5, width=1e-6, plausibility=None)
+    assert torch.allclose(narrow, switch_logprobs(*batch, margin=0.5, plausibility=None))
+
+
+def test_adaptive_is_the_linear_contrast_at_alpha_times_the_weight():
+    s = Steering("adaptive", alpha=2.0, margin=0.0, width=2 * LOG2)  # alpha * w = 1
+    # lp_F + (lp_V - lp_full) = lp_V here (full == frontier): the vintage's distribution
+    assert probs(steer(s, FRONTIER, VINTAGE, FULL)) == [0.25, 0.5, 0.25]
+    linear = Steering("linear", alpha=1.0)
+    assert torch.allclose(steer(s, FRONTIER, VINTAGE, FULL), steer(linear, FRONTIER, VINTAGE, FULL))
+    agree = steer(s, FRONTIER, FRONTIER, FRONTIER)  # the pair agrees: the frontier exactly
+    assert torch.equal(agree, torch.log_softmax(FRONTIER, -1))
+    assert not Steering("adaptive", alpha=0.0).steered and Steering("adaptive", alpha=2.0).at_alpha(0.0).alpha == 0
+
+
+def test_the_gate_reads_only_the_frontiers_plausible_tokens():
+    vintage = torch.tensor([0.5, 0.125, 0.375]).log()  # full over vintage: x2 on token 1, which the frontier ranks low
+    unmasked = Steering("blend", margin=0.0, width=2 * LOG2)
+    assert probs(steer(unmasked, FRONTIER, vintage, FULL)) == [0.5, 0.1875, 0.3125]
+    masked = Steering("blend", margin=0.0, width=2 * LOG2, plausibility=0.6)  # only token 0 is plausible: D = 0
+    assert torch.equal(steer(masked, FRONTIER, vintage, FULL), torch.log_softmax(FRONTIER, -1))
+
+
+def test_the_modes_are_named_the_same_in_serving_and_in_a_backtest_spec():
+    m = parse_method("blend margin=0.5 width=2 plausibility=0.1")
+    assert m.steering() == Steering("blend", margin=0.5, width=2.0, plausibility=0.1) and parse_method(m.spec) == m
+    a = parse_method({"mode": "adaptive", "alpha": 2, "margin": 0.25})
+    assert a.steering() == Steering("adaptive", alpha=2.0, margin=0.25, width=1.0)
+    with pytest.raises(MethodError, match="width must be > 0"):
+        parse_method("blend width=0")
+    with pytest.raises(MethodError, match="blend takes margin, width, plausibility"):
+        parse_method("blend alpha=1")
+    spec = MethodSpec(name="point_in_time", mode="blend", margin=0.5, width=2.0, plausibility=0.3,
+                      surrogate="ngram", fallback="neural")
+    assert spec.key == "point_in_time(blend,margin=0.5,width=2.0,mask=0.3,ngram,fallback=neural)"
+    with pytest.raises(ValueError, match="fallback applies to point_in_time with mode: blend or switch"):
+        MethodSpec(name="point_in_time", mode="adaptive", fallback="neural")
