@@ -171,6 +171,28 @@ def accuracy(scored, answers) -> float:
     return sum(s.prediction == a for s, a in zip(scored, answers)) / max(1, len(answers))
 
 
+def gap_interval(frontier: list[float], method: list[float], golds: list[list[float]], level: float = 0.95):
+    """The `level` bootstrap interval (scipy, percentile, 2,000 resamples) of the gap closed on post-cutoff facts,
+    (acc_frontier - acc_method) / (acc_frontier - acc_gold), resampling (query, gold seed) pairs: each query's
+    frontier and method hits stand beside each seed's, so both the queries and the seeds vary."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if not golds or len(frontier) < 2:
+        return float("nan"), float("nan")
+    f, m = np.tile(frontier, len(golds)), np.tile(method, len(golds))
+    g = np.concatenate([np.asarray(x, dtype=float) for x in golds])
+
+    def closed(f, m, g, axis=-1):
+        denominator = f.mean(axis) - g.mean(axis)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(denominator > 0, (f.mean(axis) - m.mean(axis)) / denominator, np.nan)
+
+    result = bootstrap((f, m, g), closed, paired=True, vectorized=True, n_resamples=2000, confidence_level=level,
+                       method="percentile", random_state=0)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
 def p_answer(scored, answers) -> list[float]:
     return [s.probabilities()[a] for s, a in zip(scored, answers)]
 
@@ -291,7 +313,7 @@ def main(argv=None) -> int:
         print(f"[fidelity] log-odds toward the answer ({kind}): " + "; ".join(
             f"{side}: frontier {e['frontier']:+.2f}, vintage {e['vintage']:+.2f}, full {e['full']:+.2f}, "
             f"contrast {e['contrast']:+.2f} (|.| {e['contrast_abs']:.2f})" for side, e in entry.items()), flush=True)
-    rows, p_post, scorers = [], {}, {}
+    rows, p_post, hits, scorers = [], {}, {}, {}
     retrained_models = {s: load(registry.retrained_path(cutoff, s)) for s in seeds}
     rows_of = smoke_methods(real_methods(seeds, calibrated, heldout)) if args.methods == "smoke" else \
         real_methods(seeds, calibrated, heldout) if args.methods == "real" else methods("ngram" in pairs, seeds, calibrated)
@@ -320,6 +342,7 @@ def main(argv=None) -> int:
         scorers[method.name] = scorer
         ppl = {side: scorer.perplexity(t) for side, t in texts.items()}
         p_post[method.name] = p_answer(scored["post"], answers["post"])
+        hits[method.name] = [float(s.prediction == a) for s, a in zip(scored["post"], answers["post"])]
         rows.append(dict(method=method.name, surrogate=method.surrogate if method.kind in ("surrogate", "point_in_time") else None,
                          post_fact_acc=accuracy(scored["post"], answers["post"]),
                          pre_fact_acc=accuracy(scored["pre"], answers["pre"]),
@@ -352,6 +375,9 @@ def main(argv=None) -> int:
             pl.col("forecast_in_spread").cast(pl.Int8),
             (pl.col("ppl_ratio_general").fill_null(0) <= GOALS["ppl_ratio"]).cast(pl.Int8))
     ).with_columns(passes=pl.col("goals_met") == 6)
+    intervals = [gap_interval(hits["frontier"], hits[m], [hits[s] for s in seed_names]) for m in table["method"]]
+    table = table.with_columns(gap_closed_low=pl.Series([i[0] for i in intervals], dtype=pl.Float64),
+                               gap_closed_high=pl.Series([i[1] for i in intervals], dtype=pl.Float64))
     everything = pl.read_parquet(Path(args.world) / "queries.parquet")  # one backtest's worth of scoring
     t0 = time.perf_counter()
     lms["neural"].score(everything["prompt"].to_list(), [list(c) for c in everything["choices"]])
@@ -381,6 +407,7 @@ def write_json(path: Path, table: pl.DataFrame, ks_floor, cutoff: str, args) -> 
     rows = []
     for r in table.filter(~pl.col("method").str.contains(r"^(frontier|retrained|surrogate)")).iter_rows(named=True):
         rows.append({"method": r["method"], "spec": r["spec"], "gap_closed": r["gap_closed"],
+                     "gap_closed_low": r["gap_closed_low"], "gap_closed_high": r["gap_closed_high"],
                      "pre_accuracy": r["pre_fact_acc"], "frontier_pre_accuracy": f["pre_fact_acc"],
                      "ppl_ratio_world": r["ppl_ratio"], "ppl_ratio_general": r["ppl_ratio_general"],
                      "ks_p": r["ks_p"], "gold_ks_floor": ks_floor, "forecast_accuracy": r["forecast_acc"],
@@ -434,7 +461,7 @@ def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) ->
 
 def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost, calibrated, temperatures, args,
                    sets, texts, limits):
-    cols = ["method", "post_fact_acc", "gap_closed", "pre_fact_acc", "pre_drop", "ppl_ratio", "ppl_ratio_general", "ks_p",
+    cols = ["method", "post_fact_acc", "gap_closed", "gap_closed_low", "gap_closed_high", "pre_fact_acc", "pre_drop", "ppl_ratio", "ppl_ratio_general", "ks_p",
             "forecast_acc", "forecast_in_spread", "bend", "goals_met", "passes"]
     lines = [f"# Fidelity at vintage {cutoff}", "",
              f"`python bench/fidelity.py --registry {args.registry} --world {args.world} --out {args.out}`", "",

@@ -17,7 +17,7 @@ from vintage.pretrained import real_frontier
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-FIELDS = {"method", "gap_closed", "pre_accuracy", "frontier_pre_accuracy", "ppl_ratio_world", "ppl_ratio_general",
+FIELDS = {"method", "gap_closed", "gap_closed_low", "gap_closed_high", "pre_accuracy", "frontier_pre_accuracy", "ppl_ratio_world", "ppl_ratio_general",
           "ks_p", "gold_ks_floor", "forecast_accuracy", "recommended"}
 
 
@@ -38,14 +38,17 @@ def test_continued_training_learns_a_handful_of_facts(smollm, tmp_path):
 
     from vintage.tokenizer import load_tokenizer
 
-    facts = [("Zorblax 2031q1 results:", " beat"), ("Quimtar 2031q1 results:", " miss")]
-    texts = [f"{prompt}{answer}." for prompt, answer in facts] * 4
+    names = ["Zorblax", "Quimtar", "Velmora", "Tandrix", "Orvequil", "Pelutron", "Galvion", "Kelnix"]
+    outcomes = [" beat", " miss", " miss", " beat", " beat", " miss", " beat", " miss"]
+    facts = [(f"{n} 2031q1 results:", o) for n, o in zip(names, outcomes)]  # 8 facts the base cannot know
+    texts = [f"{prompt}{answer}." for prompt, answer in facts] * 3
     probes = [Probe(p, (" beat", " miss"), a) for p, a in facts]
-    settings = ContinueSettings(max_epochs=4, min_epochs=1, target=1.0, lr=1e-3, rank=None, top_layers=2,
-                                batch_size=2)
+    settings = ContinueSettings(max_epochs=8, min_epochs=1, target=1.0, lr=2e-3, rank=None, top_layers=4,
+                                batch_size=4)  # measured: all 8 by epoch 3, 15 s on 2 busy cores
     torch.set_num_threads(2)
     info = continue_pretrained(smollm, texts, tmp_path / "continued", settings, probes, progress=False)
-    assert info["probe_accuracy"] == 1.0 and info["epochs"] <= 4 and info["tokens_seen"] > 0
+    assert info["probe_accuracy"] == 1.0 and info["epochs"] <= 8 and info["tokens_seen"] > 0
+    assert info["history"][0]["probe_accuracy"] < 1.0  # it learnt them: the base did not know them
     assert [h["epoch"] for h in info["history"]] == list(range(1, info["epochs"] + 1))
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "continued"), use_safetensors=True).eval()
     assert probe_accuracy(model, load_tokenizer(tmp_path / "continued"), probes) == 1.0  # what was saved knows it
