@@ -3,6 +3,7 @@
 of the tiny pipeline, then the README's Python examples run on the registry that job wrote. A submission without
 the token is refused. The head binds to 127.0.0.1 and is stopped by its own process group (never `ray stop`, which
 would end every Ray process on the machine)."""
+import json
 import os
 import secrets
 import shlex
@@ -172,7 +173,8 @@ def test_a_submission_without_the_token_is_refused(head, tmp_path):
 
 
 def test_calibrate_records_alphas_that_calibrated_reads(tiny_job, tmp_path, capsys):
-    """The opt-in: `vintage calibrate` on (a copy of) the job's registry, then alpha="calibrated" works."""
+    """The pipeline recorded each vintage's alpha on held-out text, so alpha="calibrated" works at once;
+    `vintage calibrate` on (a copy of) the job's registry replaces it with the labelled one."""
     import shutil
 
     from pipelines.cli import main as vintage_main
@@ -182,6 +184,14 @@ def test_calibrate_records_alphas_that_calibrated_reads(tiny_job, tmp_path, caps
     done, _, out = tiny_job
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
     registry = shutil.copytree(out / "models", tmp_path / "models", ignore=shutil.ignore_patterns(".checkpoints"))
+    heldout = Registry(registry).manifest["calibration"]
+    assert set(heldout) == set(Registry(registry).cutoffs()[:-1])
+    assert all(e["reference"] == "held-out text" and 0 <= e["alpha"] <= 4 for e in heldout.values())
+    assert PointInTimeLM.from_registry(registry, "2018-01-15", alpha="calibrated").alpha == heldout["2017-12-31"]["alpha"]
+    print("held-out strengths: " + ", ".join(f"{c} {e['alpha']:g}" for c, e in heldout.items()))
+    manifest = json.loads((Path(registry) / "manifest.json").read_text())
+    del manifest["calibration"]
+    (Path(registry) / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(RegistryError, match="vintage calibrate --registry"):
         PointInTimeLM.from_registry(registry, "2018-01-15", alpha="calibrated")
     started = time.perf_counter()
