@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import pyarrow.parquet as pq
 from backtests import storage
 from backtests.spec import BacktestSpec
 from corpora.files import short_hash
+from corpora.quiet_ray_data import QuietRayData
 from corpora.timeline import latest_usable_expr
 from vintage.registry import Registry, RegistryError, model_fingerprint
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
@@ -304,10 +306,19 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
             table = columns.to_arrow()
             ds = ray.data.from_arrow([table.slice(i, r.batch_size) for i in range(0, table.num_rows, r.batch_size)])
             extra = {"num_gpus": r.gpus_per_actor} if r.gpus_per_actor else {}
-            out = ds.map_batches(Scorer, fn_constructor_args=(spec_dict, run_id, r.threads), batch_size=r.batch_size,
-                                 compute=ray.data.ActorPoolStrategy(size=r.actors), num_cpus=r.cpus_per_actor,
-                                 batch_format="pyarrow", **extra)
-            scored = pl.from_arrow(pa.concat_tables(list(out.iter_batches(batch_size=None, batch_format="pyarrow"))))
+            with QuietRayData(enable_progress_bars=False):  # our progress line, not Ray Data's INFO logs
+                out = ds.map_batches(Scorer, fn_constructor_args=(spec_dict, run_id, r.threads),
+                                     batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=r.actors),
+                                     num_cpus=r.cpus_per_actor, batch_format="pyarrow", **extra)
+                parts, done, started, shown = [], 0, time.perf_counter(), time.perf_counter()
+                for part in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    parts.append(part)
+                    done += part.num_rows
+                    if time.perf_counter() - shown >= 30 or done == table.num_rows:
+                        shown = time.perf_counter()
+                        print(f"[backtest] scored {done} / {table.num_rows} pairs "
+                              f"({shown - started:.0f} s, {r.actors} actors)", flush=True)
+            scored = pl.from_arrow(pa.concat_tables(parts))
         else:  # one process: tests and small local runs
             scorer = Scorer(spec_dict, run_id, r.threads)
             table = columns.to_arrow()

@@ -14,45 +14,9 @@ from corpora.dating import CHECKED_SCHEMA, SLICE_SCHEMA, apply_filters, count_va
 from corpora.filters import Filter
 from corpora.schema import DOCUMENT_SCHEMA, QUARANTINE_SCHEMA
 from corpora.split_config import SplitConfig, SplitError
+from corpora.quiet_ray_data import QuietRayData
 from corpora.split_report import Stages, acted_on, empty_acted, summarise, write_outputs
 from corpora.validation import CorpusConfig
-
-
-class _QuietRayData:
-    """Ray Data's INFO lines and progress bars stay in Ray's log files (ray-data.log) during a split;
-    warnings and errors still reach the console. The DataContext settings the split needs are restored after,
-    so nothing leaks into later Ray Data work in the same process (a backtest)."""
-
-    def __init__(self, **settings):
-        self.settings = settings
-
-    def __enter__(self):
-        import logging
-
-        import ray.data
-
-        self.context = ray.data.DataContext.get_current()
-        self.saved = {k: getattr(self.context, k) for k in self.settings}
-        for k, v in self.settings.items():
-            setattr(self.context, k, v)
-        self.handlers = [(h, h.level) for h in logging.getLogger("ray.data").handlers if h.name == "console"]
-        for handler, _ in self.handlers:
-            handler.setLevel(logging.WARNING)
-            handler.addFilter(_not_our_choice)
-        return self.context
-
-    def __exit__(self, *exc):
-        for k, v in self.saved.items():
-            setattr(self.context, k, v)
-        for handler, level in self.handlers:
-            handler.setLevel(level)
-            handler.removeFilter(_not_our_choice)
-        return False
-
-
-def _not_our_choice(record) -> bool:
-    """Drop Ray Data's warning that progress bars are off: the split turned them off for its own lines."""
-    return "Progress bars disabled" not in record.getMessage()
 
 
 def ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> tuple[dict, Audit]:
@@ -63,7 +27,7 @@ def ray_engine(config: SplitConfig, filters, cutoffs, staging: Path) -> tuple[di
     # Ray Data reserves a share of the cluster per operator; on a 2-CPU node that left one map task running
     # at a time (measured: a pure map stage 7.6 s with 1 or 2 CPUs, 4.3 s at 2 CPUs without reservation).
     # Every stage here is materialised before the next starts, so nothing competes for the reservation.
-    with _QuietRayData(shuffle_strategy=config.shuffle, op_resource_reservation_enabled=False,
+    with QuietRayData(shuffle_strategy=config.shuffle, op_resource_reservation_enabled=False,
                        enable_progress_bars=False):
         return _ray_stages(config, filters, cutoffs, staging)
 

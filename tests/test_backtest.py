@@ -133,13 +133,18 @@ def test_spec_errors_name_the_key(tmp_path):
 
 
 
-def test_ray_actors_give_the_same_rows_as_one_process(tmp_path, registry, ray_local):
+def test_ray_actors_give_the_same_rows_as_one_process(tmp_path, registry, ray_local, capfd):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     local = make_spec(tmp_path / "a", registry, base_rows())
     distributed = make_spec(tmp_path / "b", registry, base_rows(), resources=Resources(actors=2, batch_size=2))
     run_backtest(local, engine="local")
+    capfd.readouterr()
     run_backtest(distributed, engine="ray")
+    console = capfd.readouterr()
+    assert "[backtest] scored" in console.out  # our progress line, and none of Ray Data's INFO lines
+    assert not [line for line in (console.out + console.err).splitlines() if "Running Dataset" in line
+                or "Execution plan" in line or "ray.data" in line and "INFO" in line]
     key = ["query_id", "method"]
     a = read_table(tmp_path / "a" / "out" / "results").sort(key)
     b = read_table(tmp_path / "b" / "out" / "results").sort(key)
