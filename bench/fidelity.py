@@ -205,7 +205,7 @@ def main(argv=None) -> int:
     parser.add_argument("--cutoff", help="vintage to simulate (default: the first retrained cutoff)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--general", choices=["sotu"], help="also perplexity on general text the world never saw")
-    parser.add_argument("--methods", choices=["all", "real", "smoke"], default="all",
+    parser.add_argument("--methods", choices=["all", "real", "neural", "smoke"], default="all",
                         help="the rows: every configuration, those for a real pretrained frontier, or a few of "
                              "those (the plumbing's test)")
     parser.add_argument("--json", help="also write the table as JSON objects, one per point-in-time method")
@@ -256,6 +256,10 @@ def main(argv=None) -> int:
           f"{len(texts['after'])} after", flush=True)
 
     tok = load_tokenizer(registry.tokenizer_path())
+    # every text cut at the training window: a surrogate has no positions beyond it (general text runs longer)
+    window = int(manifest.get("window") or 256)
+    texts = {side: [tok.decode(tok(t, add_special_tokens=False)["input_ids"][:window]) for t in ts]
+             for side, ts in texts.items()}
     load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
     frontier = load(registry.frontier_path())
     kinds = ["neural"] + (["ngram"] if (registry.root / "ngram" / "manifest.json").exists() else [])
@@ -316,6 +320,8 @@ def main(argv=None) -> int:
     rows, p_post, hits, scorers = [], {}, {}, {}
     retrained_models = {s: load(registry.retrained_path(cutoff, s)) for s in seeds}
     rows_of = smoke_methods(real_methods(seeds, calibrated, heldout)) if args.methods == "smoke" else \
+        [m for m in real_methods(seeds, calibrated, heldout) if m.surrogate == "neural" and not m.fallback] \
+        if args.methods == "neural" else \
         real_methods(seeds, calibrated, heldout) if args.methods == "real" else methods("ngram" in pairs, seeds, calibrated)
     for method in rows_of:
         t0 = time.perf_counter()

