@@ -10,8 +10,9 @@ from vintage.train_config import TrainConfig
 
 
 def finish_registry(config: TrainConfig, registry: Path) -> dict:
-    """What a complete registry gets besides trained models: n-gram counts (new slices only) and the
-    surrogates' confidence-matching temperatures (refitted where a model changed)."""
+    """What a complete registry gets besides trained models: n-gram counts (new slices only), the
+    surrogates' confidence-matching temperatures and each vintage's held-out strength (redone where a model
+    changed)."""
     if config.ngram is not None:
         from vintage.ngram import count_slices
 
