@@ -9,16 +9,8 @@ from pathlib import Path
 
 import polars as pl
 
-from corpora.split import read_slices
-from vintage.holdout import holdout_mask
+from vintage.holdout import heldout_documents
 from vintage.registry import Registry
-
-
-def heldout_documents(registry: Registry) -> pl.DataFrame:
-    config = registry.manifest["config"]
-    docs = pl.from_arrow(read_slices(config["split"]).select(["doc_id", "knowledge_date", "text"]))
-    every = int(config.get("holdout_every", 20))
-    return docs.filter(pl.Series(holdout_mask(docs["doc_id"].to_list(), every)))
 
 
 def effective_cutoff(registry: str | Path | Registry, cutoff: str, methods: list, frontier: str | Path | None = None,

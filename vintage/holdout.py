@@ -16,3 +16,15 @@ def is_holdout(doc_id: str, every: int) -> bool:
 def holdout_mask(doc_ids: Iterable[str], every: int) -> pa.BooleanArray:
     """`is_holdout` of each id, as an Arrow mask (for `Table.filter`, or `pl.Series`)."""
     return pa.array([is_holdout(d, every) for d in doc_ids], pa.bool_())
+
+
+def heldout_documents(registry):
+    """The held-out documents (doc_id, knowledge_date, text; polars) of the split `registry` was trained on."""
+    import polars as pl
+
+    from corpora.split import read_slices
+
+    config = registry.manifest["config"]
+    docs = pl.from_arrow(read_slices(config["split"]).select(["doc_id", "knowledge_date", "text"]))
+    every = int(config.get("holdout_every", 20))
+    return docs.filter(pl.Series(holdout_mask(docs["doc_id"].to_list(), every)))

@@ -97,14 +97,12 @@ def calibrate_registry_strength(registry, frontier=None, max_docs: int = 64, gri
     it was measured on. A vintage without held-out text on both sides of its cutoff is skipped and named."""
     from pathlib import Path
 
-    import polars as pl
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
-    from corpora.split import read_slices
     from corpora.timeline import known_by_expr
     from vintage.decoding import PointInTimeLM
-    from vintage.holdout import holdout_mask
+    from vintage.holdout import heldout_documents
     from vintage.presets import get_preset
     from vintage.registry import Registry, model_fingerprint
     from vintage.surrogates import load_surrogate, surrogate_fingerprint
@@ -112,9 +110,7 @@ def calibrate_registry_strength(registry, frontier=None, max_docs: int = 64, gri
 
     hf_logging.disable_progress_bar()
     registry = registry if isinstance(registry, Registry) else Registry(registry)
-    config = registry.manifest["config"]
-    docs = pl.from_arrow(read_slices(config["split"]).select(["doc_id", "knowledge_date", "text"]))
-    docs = docs.filter(pl.Series(holdout_mask(docs["doc_id"].to_list(), int(config.get("holdout_every", 20)))))
+    docs = heldout_documents(registry)
     tokenizer = load_tokenizer(registry.tokenizer_path())
     window = int(registry.manifest.get("window") or get_preset("tiny").n_positions)
     frontier_dir = Path(frontier or registry.frontier_path())
