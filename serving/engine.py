@@ -66,7 +66,9 @@ class Engine:
     """The models one replica holds (frontier, full surrogate, tokenizer) and the registry for as-of lookup."""
 
     def __init__(self, registry: str | Path | Registry, frontier: str | Path | None = None):
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
+
+        from vintage.compact import load_causal_lm
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per vintage load otherwise
@@ -77,7 +79,7 @@ class Engine:
         check_vocabularies(self.tokenizer, AutoTokenizer.from_pretrained(str(self.registry.tokenizer_path())),
                            str(tokenizer_dir), str(self.registry.tokenizer_path()))
         self.vocab = len(self.tokenizer)
-        self.frontier = AutoModelForCausalLM.from_pretrained(str(self.frontier_dir), use_safetensors=True).eval()
+        self.frontier = load_causal_lm(self.frontier_dir)
         self.full = load_surrogate(self.registry, "neural", self.registry.full_cutoff())
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)

@@ -192,3 +192,30 @@ def test_ngram_gate_with_a_neural_fallback():
     recomputed = lm.generate(prompts, max_new_tokens=5, use_cache=False, return_scores=True)
     assert cached[0] == recomputed[0]
     assert torch.allclose(cached[2], recomputed[2], atol=1e-5)
+
+
+def test_over_a_frontiers_vocabulary_the_ngram_spreads_over_the_corpus_tokens_only(tiny):
+    """Llama 3's 128k tokenizer: the smoothing's base is the tokens the counts use, shared by every vintage; the
+    other ids get -inf (vintage/compact.py), which the modes read as unknown (the frontier's log-prob stands)."""
+    import json
+
+    from vintage.pretrained import real_tokenizer
+
+    root = tiny / "llama3"
+    root.mkdir()
+    load_tokenizer(real_tokenizer("llama3")).save_pretrained(root / "tokenizer")
+    count_slices(root, tiny / "split3", order=3, engine="local")
+    manifest = json.loads((root / "ngram" / "manifest.json").read_text())
+    full = vintage_counts(root / "ngram", "2019-12-31")
+    unigrams = full.filter(pc.equal(full["order"], 1))["token"].to_pylist()
+    assert manifest["support"] == sorted(set(unigrams)) and len(manifest["support"]) < 128_256 / 50
+    (root / "manifest.json").write_text(json.dumps({"cutoffs": ["2017-06-30", "2019-12-31"]}))  # a registry
+    early, late = NgramLM.from_registry(root, "2017-06-30"), NgramLM.from_registry(root, "2019-12-31")
+    tokens = torch.tensor([[manifest["support"][3], manifest["support"][7]]])
+    with torch.inference_mode():
+        a, b = early(tokens).logits, late(tokens).logits
+    support = torch.tensor(manifest["support"])
+    for logits in (a, b):
+        assert torch.isinf(logits).sum() == 2 * (128_256 - len(support))
+        assert torch.allclose(logits[..., support].exp().sum(-1), torch.ones(1, 2), atol=1e-5)
+    assert torch.isfinite(a[..., support]).all() and torch.isfinite(b[..., support]).all()  # one shared support

@@ -69,8 +69,13 @@ def test_the_pipeline_with_the_real_frontier(smollm, tmp_path, ray_local, capsys
         assert manifest["vocab_size"] == 49152
         assert manifest["tokenizer_hash"] == manifest["external_frontier"]["tokenizer_hash"]
         assert not (out / "models" / "frontier").exists() and list(manifest["runs"]) == ["surrogates-chronological"]
+        # the surrogates over the ids the tiny world uses, answering over SmolLM2's 49,152 (vintage/compact.py)
+        rows = manifest["compact_vocabulary"]["rows"]
+        assert rows < 49152 / 50
         for cutoff in manifest["cutoffs"]:
-            assert json.loads((out / "models" / "vintages" / cutoff / "config.json").read_text())["vocab_size"] == 49152
+            directory = out / "models" / "vintages" / cutoff
+            assert json.loads((directory / "config.json").read_text())["vocab_size"] == rows
+            assert json.loads((directory / "vocabulary.json").read_text())["frontier_vocab_size"] == 49152
             assert manifest["temperatures"]["neural"][cutoff]["positions"] > 0  # fitted against the real frontier
 
         results = pl.read_parquet(out / "backtest" / "results" / "*.parquet")

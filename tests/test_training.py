@@ -476,3 +476,32 @@ def test_weighted_shards_give_the_whole_batch_gradient():
         # what step_loss all-reduces: the workers' shares add up to world x the step's loss
         assert sum(share for _, share in parts) / world == pytest.approx(whole_loss, rel=1e-6)
     assert shard_weight([], rows, 2) == 0
+
+
+@pytest.mark.slow
+def test_compact_surrogates_train_over_the_corpus_ids_and_answer_over_the_tokenizers(ray_local, tiny_split,
+                                                                                    tmp_path):
+    from corpora.split import read_slices
+    from vintage.compact import CompactLM, CompactVocabulary
+    from vintage.surrogates import load_surrogate
+    from vintage.tokenizer import load_tokenizer
+
+    out = tmp_path / "models"
+    config = tiny_config(tiny_split, out, compact_vocabulary="always",
+                         surrogate=RoleConfig(preset="tiny", optim=Optimisation(lr=3e-3, batch_size=16, epochs=1,
+                                                                                cooldown_steps=2, warmup_steps=2)))
+    manifest = train_registry(config)
+    tokenizer = load_tokenizer(out / "tokenizer")
+    texts = read_slices(str(tiny_split / "split"))["text"].to_pylist()
+    used = {i for ids in tokenizer(texts, add_special_tokens=False)["input_ids"] for i in ids}
+    used |= {t for t in (tokenizer.eos_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) if t is not None}
+    vocab = CompactVocabulary.load(out / "vintages" / "2019-12-31")
+    assert set(vocab.ids) == used and vocab.size == len(tokenizer) and vocab.rows < len(tokenizer)
+    assert manifest["compact_vocabulary"] == {"ids": len(used), "rows": len(used) + 1}
+    for cutoff in manifest["cutoffs"]:
+        assert json.loads((out / "vintages" / cutoff / "config.json").read_text())["vocab_size"] == vocab.rows
+        assert CompactVocabulary.load(out / "vintages" / cutoff) == vocab  # one set for every vintage
+    surrogate = load_surrogate(Registry(out), "neural", "2017-06-30")
+    assert isinstance(surrogate, CompactLM) and surrogate.config.vocab_size == len(tokenizer)
+    lm = PointInTimeLM.from_registry(out, "2018-06-01", frontier=out / "vintages" / "2019-12-31", alpha=0.5)
+    assert math.isfinite(lm.perplexity(texts[:4]))

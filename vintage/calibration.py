@@ -87,7 +87,7 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
     of the models it was measured on, goes to the manifest's `calibration[cutoff]` (Registry.record_calibration).
     A vintage without facts on both sides of its cutoff is skipped and named."""
     import polars as pl
-    from transformers import AutoModelForCausalLM
+    from vintage.compact import load_causal_lm
     from transformers.utils import logging as hf_logging
 
     from corpora.timeline import known_by_expr
@@ -101,7 +101,7 @@ def calibrate_registry(registry, queries: str, frontier: str | None = None, grid
     if facts.is_empty():
         raise ValueError(f"{queries}: no fact queries (kind == 'fact') to calibrate on")
     tokenizer = load_tokenizer(registry.tokenizer_path())
-    load = lambda path: AutoModelForCausalLM.from_pretrained(str(path), use_safetensors=True).eval()  # noqa: E731
+    load = load_causal_lm
     frontier_dir = frontier or registry.frontier_path()
     frontier_model, full = load(frontier_dir), load_surrogate(registry, "neural", registry.full_cutoff())
     found = {}

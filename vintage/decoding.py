@@ -14,6 +14,7 @@ import torch
 from scipy.special import softmax
 
 from vintage import recommended
+from vintage.compact import load_causal_lm
 from vintage.model_calls import device_of, model_logits, pad_batch, vocab_size_of
 from vintage.modes import FALLBACK_MODES, Steering, Temperatures, steer
 from vintage.surrogate_worker import InWorker, SurrogateWorker
@@ -112,7 +113,7 @@ class PointInTimeLM:
                         surrogate_kwargs: dict | None = None, **kwargs) -> "PointInTimeLM":
         """Load three HF causal-LM directories (safetensors). The surrogates' tokenizer (default: the one
         saved beside the vintage) must equal the frontier's (default: the one saved beside the frontier)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         tokenizer_dir = Path(tokenizer or frontier)
         if not has_tokenizer(tokenizer_dir):
@@ -122,9 +123,8 @@ class PointInTimeLM:
         if surrogate_path is not None:
             check_vocabularies(frontier_tok, AutoTokenizer.from_pretrained(str(surrogate_path)),
                                str(tokenizer or frontier), str(surrogate_path))
-        load = dict(use_safetensors=True)
-        models = [AutoModelForCausalLM.from_pretrained(str(frontier), **load, **(frontier_kwargs or {}))]
-        models += [AutoModelForCausalLM.from_pretrained(str(p), **load, **(surrogate_kwargs or {})) for p in (vintage, full)]
+        models = [load_causal_lm(frontier, **(frontier_kwargs or {}))]
+        models += [load_causal_lm(p, **(surrogate_kwargs or {})) for p in (vintage, full)]
         return cls(models[0], models[1], models[2], frontier_tok, alpha=alpha, **kwargs)
 
     @classmethod
@@ -143,7 +143,7 @@ class PointInTimeLM:
             PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
                                         steering=Steering("switch", margin=0.1, plausibility=0.3))
         """
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
 
         from vintage.registry import Registry
 
@@ -160,7 +160,7 @@ class PointInTimeLM:
         load = lambda kind, at: load_surrogate(registry, kind, at, **(surrogate_kwargs or {}))  # noqa: E731
         vintage, full = load(surrogate, cutoff), load(surrogate, registry.full_cutoff())
         fallback = load(fallback, cutoff) if fallback else None
-        model = AutoModelForCausalLM.from_pretrained(str(frontier_dir), use_safetensors=True, **(frontier_kwargs or {}))
+        model = load_causal_lm(frontier_dir, **(frontier_kwargs or {}))
         return cls(model, vintage, full, tokenizer, steering=steering, vintage_cutoff=cutoff, fallback=fallback,
                    **kwargs)
 

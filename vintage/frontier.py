@@ -125,12 +125,21 @@ def check_frontier(path: str | Path, max_length: int, where: str = "frontier") -
 
 def check_surrogates(info: FrontierInfo, tokenizer_hash: str, models: list[Path]) -> None:
     """Every trained surrogate shares the frontier's vocabulary: the run's tokenizer is the frontier's and
-    each model's output rows equal its length (the decoding lines their logits up token by token)."""
+    each model's output rows equal its length (the decoding lines their logits up token by token), or, for a
+    compact surrogate (vintage/compact.py), its vocabulary.json maps its rows onto that length."""
     if tokenizer_hash != info.tokenizer_hash:
         raise FrontierError(f"frontier: {info.path}: the run's tokenizer (hash {tokenizer_hash}) is not the "
                             f"frontier's ({info.tokenizer_hash})")
+    from vintage.compact import CompactVocabulary
+
     for model in models:
         rows = json.loads((Path(model) / "config.json").read_text()).get("vocab_size")
-        if rows != info.tokenizer_tokens:
+        compact = CompactVocabulary.load(model)
+        if compact is not None:
+            if compact.size != info.tokenizer_tokens or rows != compact.rows:
+                raise FrontierError(f"{model}: a compact surrogate of {rows} rows over a {compact.size}-token "
+                                    f"vocabulary (vocabulary.json); expected {compact.rows} rows over "
+                                    f"{info.tokenizer_tokens}, the length of the frontier's tokenizer ({info.path})")
+        elif rows != info.tokenizer_tokens:
             raise FrontierError(f"{model}/config.json: vocab_size {rows}; expected {info.tokenizer_tokens}, the "
                                 f"length of the frontier's tokenizer ({info.path})")

@@ -36,9 +36,8 @@ def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left
     return ids, mask
 
 
-def call_with_cache(model, input_ids, attention_mask, position_ids, cache, logits_to_keep: int | None = None):
-    """A forward pass that returns its KV cache; transformers 5 names the argument `cache` (older
-    releases and custom models `past_key_values`). `logits_to_keep` where the model supports it."""
+def call_spec(model) -> tuple[str, bool]:
+    """(the name of `model`'s cache argument, whether it takes `logits_to_keep`), read once per model."""
     spec = getattr(model, "_vintage_call_spec", None)
     if spec is None:
         params = inspect.signature(model.forward).parameters
@@ -47,6 +46,13 @@ def call_with_cache(model, input_ids, attention_mask, position_ids, cache, logit
             model._vintage_call_spec = spec
         except AttributeError:  # pragma: no cover - exotic modules without attribute assignment
             pass
+    return spec
+
+
+def call_with_cache(model, input_ids, attention_mask, position_ids, cache, logits_to_keep: int | None = None):
+    """A forward pass that returns its KV cache; transformers 5 names the argument `cache` (older
+    releases and custom models `past_key_values`). `logits_to_keep` where the model supports it."""
+    spec = call_spec(model)
     extra = {spec[0]: cache}
     if logits_to_keep is not None and spec[1]:
         extra["logits_to_keep"] = logits_to_keep

@@ -25,6 +25,12 @@ distribution where D > margin; `blend` and `adaptive` act in proportion to w = c
 A mixture never costs more than -log(1 - w) nats on a token the frontier predicts, and both leave every
 position the pair agrees on (w = 0) exactly as the frontier has it: a fluent frontier stays fluent on text
 that the surrogates do not tell apart (issue 26: switch mode replaced a real frontier at most positions).
+
+A token a surrogate gives log-prob -inf is one it knows nothing about: a compact surrogate's id outside its
+corpus's set (vintage/compact.py). There the contrast is 0 (linear, adaptive: the frontier's log-prob stands),
+the token is never banned (rank) and never raises the gate's divergence, and a replacement distribution
+(switch, blend) leaves the frontier's probability on such tokens and spreads the rest as the replacement says
+(`known_or_frontier`). Surrogates over the whole vocabulary give no -inf: for them nothing changes.
 """
 from __future__ import annotations
 
@@ -134,10 +140,29 @@ def plausible(lp_frontier: torch.Tensor, plausibility: float | None) -> torch.Te
     return lp_frontier >= lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
 
 
+def known_difference(lp_a: torch.Tensor, lp_b: torch.Tensor, unknown: float = 0.0) -> torch.Tensor:
+    """lp_a - lp_b where both surrogates know the token (finite log-probs), `unknown` where either does not."""
+    both = torch.isfinite(lp_a) & torch.isfinite(lp_b)
+    difference = lp_a - lp_b
+    return difference if bool(both.all()) else torch.where(both, difference, torch.full_like(difference, unknown))
+
+
+def known_or_frontier(replacement: torch.Tensor, lp_frontier: torch.Tensor) -> torch.Tensor:
+    """A replacement distribution over the tokens it knows, with the frontier's own probability left on the
+    tokens it does not (-inf): p(x) = p_F(x) outside, P_F(known) p_R(x) on the known set; sums to one. Without
+    unknown tokens, the replacement itself."""
+    known = torch.isfinite(replacement)
+    if bool(known.all()):
+        return replacement
+    frontier_known = torch.logsumexp(lp_frontier.masked_fill(~known, float("-inf")), dim=-1, keepdim=True)
+    return torch.where(known, replacement + frontier_known, lp_frontier)
+
+
 def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full: torch.Tensor,
                     plausibility: float | None) -> torch.Tensor:
-    """D [..., 1]: the largest lp_full - lp_vintage over the tokens the frontier finds plausible."""
-    divergence = lp_full - lp_vintage
+    """D [..., 1]: the largest lp_full - lp_vintage over the tokens the frontier finds plausible (and the pair
+    knows)."""
+    divergence = known_difference(lp_full, lp_vintage, float("-inf"))
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
         divergence = divergence.masked_fill(~mask, float("-inf"))
@@ -191,7 +216,7 @@ def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.
     lp_frontier = log_probs(frontier, temperatures.frontier)
     if alpha == 0:
         return lp_frontier
-    contrast = alpha * (log_probs(vintage, temperatures.vintage) - log_probs(full, temperatures.full))
+    contrast = alpha * known_difference(log_probs(vintage, temperatures.vintage), log_probs(full, temperatures.full))
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
         contrast = torch.where(mask, contrast, torch.zeros_like(contrast))
@@ -213,7 +238,8 @@ def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Ten
     lp_frontier = log_probs(frontier, temperatures.frontier)
     if k == 0:
         return lp_frontier
-    divergence = log_probs(full, temperatures.full) - log_probs(vintage, temperatures.vintage)
+    divergence = known_difference(log_probs(full, temperatures.full), log_probs(vintage, temperatures.vintage),
+                                  float("-inf"))
     eligible = divergence > margin
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
@@ -249,7 +275,7 @@ def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.T
     lp_vintage = log_probs(vintage, temperatures.vintage)
     gate = divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility) > margin
     replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
-    return torch.where(gate, replacement, lp_frontier)
+    return torch.where(gate, known_or_frontier(replacement, lp_frontier), lp_frontier)
 
 
 def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 0.5,
@@ -264,7 +290,8 @@ def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Te
     lp_vintage = log_probs(vintage, temperatures.vintage)
     w = gate_weight(divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility),
                     margin, width)
-    replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
+    replacement = known_or_frontier(lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback),
+                                    lp_frontier)
     mixed = torch.logaddexp(torch.log1p(-w) + lp_frontier, torch.log(w) + replacement)
     return torch.where(w == 0, lp_frontier, torch.where(w == 1, replacement, mixed))
 
@@ -279,7 +306,7 @@ def adaptive_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch
     lp_frontier = log_probs(frontier, temperatures.frontier)
     lp_vintage, lp_full = log_probs(vintage, temperatures.vintage), log_probs(full, temperatures.full)
     w = gate_weight(divergence_gate(lp_frontier, lp_vintage, lp_full, plausibility), margin, width)
-    contrast = alpha * w * (lp_vintage - lp_full)
+    contrast = alpha * w * known_difference(lp_vintage, lp_full)
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
         contrast = torch.where(mask, contrast, torch.zeros_like(contrast))

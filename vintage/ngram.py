@@ -11,8 +11,12 @@ Smoothing: interpolated Kneser-Ney with one absolute discount per order, D_k = n
 Essen & Kneser 1994; Chen & Goodman 1999 found interpolated KN the best of the classic schemes). Lower
 orders use continuation counts (how many distinct tokens precede a k-gram), which is what makes the backoff
 distribution right for *unseen* contexts, and the recursion ends in the uniform distribution over the
-whole frontier vocabulary, so every token has a finite log-prob: the contrast `vintage - full` never
-meets -inf. (Modified KN's three discounts per order gain a little perplexity for a third more
+tokens the corpus uses (its support, shared by every vintage, so that a token new after a cutoff still has the
+vintage's small log-prob and the contrast pushes it down), so each of them has a finite log-prob. Over a
+frontier-sized vocabulary (vintage/compact.py's `worth_compacting`) the ids outside the support get -inf, as a
+compact neural surrogate's do: the modes keep the frontier's own log-prob there; over a small BPE the support is
+the whole vocabulary. (A grown corpus can grow the support, and with it every vintage's floor: the
+fingerprints follow.) (Modified KN's three discounts per order gain a little perplexity for a third more
 statistics; at these corpus sizes the simpler scheme is enough.)
 
 `NgramLM` answers like a Hugging Face causal LM (`model(input_ids, attention_mask, ..., past_key_values)`
@@ -33,6 +37,7 @@ import pyarrow.parquet as pq
 import torch
 
 from corpora.files import atomic_path, short_hash, write_text_atomically
+from vintage.compact import expand_logits
 
 COUNT_SCHEMA = pa.schema([("order", pa.int8()), ("context", pa.string()), ("token", pa.int32()),
                           ("count", pa.int64())])
@@ -175,8 +180,10 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
     for stale in (out / "slices").glob("*.parquet"):
         if stale.stem not in slices:
             stale.unlink()
+    support = corpus_support(out, slices, len(tokenizer))
     manifest = {"order": order, "min_count": min_count, "tokenizer_hash": tok_hash, "holdout_every": holdout_every,
                 "vocab_size": len(tokenizer), "smoothing": "interpolated Kneser-Ney, D_k = n1/(n1+2 n2)",
+                **({"support": support} if support is not None else {}),
                 "slices": dict(sorted(entries.items())),
                 "seconds": round(time.perf_counter() - started, 2)}
     write_text_atomically(manifest_path, json.dumps(manifest, indent=2) + "\n")
@@ -184,6 +191,19 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
           f"{sum(e['bytes'] for e in entries.values()) / 1e6:.2f} MB on disk in {manifest['seconds']:.1f} s",
           flush=True)
     return NgramBuild(manifest["seconds"], todo, [s for s in slices if s not in todo], manifest)
+
+
+def corpus_support(ngram_dir: Path, slices: list[str], vocab_size: int) -> list[int] | None:
+    """The token ids every slice's counts use (the smoothing's base, vintage by vintage the same), when a
+    compact vocabulary pays (vintage/compact.py: at most half the vocabulary); else None, the whole vocabulary."""
+    from vintage.compact import CompactVocabulary, worth_compacting
+
+    used: set[int] = set()
+    for name in slices:
+        unigrams = pq.read_table(ngram_dir / "slices" / f"{name}.parquet", columns=["order", "token"])
+        used.update(unigrams.filter(pc.equal(unigrams["order"], 1))["token"].to_pylist())
+    compact = CompactVocabulary(tuple(sorted(t for t in used if 0 <= t < vocab_size)), vocab_size)
+    return list(compact.ids) if worth_compacting("auto", compact) else None
 
 
 def vintage_counts(ngram_dir: str | Path, cutoff: str) -> pa.Table:
@@ -200,7 +220,10 @@ def ngram_fingerprint(ngram_dir: str | Path, cutoff: str, min_count: int | None 
     manifest = json.loads((Path(ngram_dir) / "manifest.json").read_text())
     min_count = manifest.get("min_count", 1) if min_count is None else min_count
     parts = {s: e["content_hash"] for s, e in manifest["slices"].items() if s <= cutoff}
-    return short_hash(json.dumps([manifest["order"], manifest["tokenizer_hash"], min_count, parts], sort_keys=True))
+    identity = [manifest["order"], manifest["tokenizer_hash"], min_count, parts]
+    if "support" in manifest:  # counts over a whole vocabulary keep the fingerprints they had
+        identity.append(len(manifest["support"]))
+    return short_hash(json.dumps(identity, sort_keys=True))
 
 
 class _Order:
@@ -225,11 +248,22 @@ class NgramLM(torch.nn.Module):
     seen, so incremental calls with one new token per step work as with a transformer's KV cache.
     """
 
-    def __init__(self, counts: pa.Table, vocab_size: int, order: int, min_count: int = 1):
+    def __init__(self, counts: pa.Table, vocab_size: int, order: int, min_count: int = 1,
+                 support: list[int] | None = None):
+        """`support`: the token ids the distribution spreads over (ascending; None: the whole vocabulary); the
+        others get log-prob -inf."""
         super().__init__()
         self.order, self.vocab_size, self.min_count = order, vocab_size, min_count
         self.config = SimpleNamespace(vocab_size=vocab_size)
+        self.support = None if support is None else torch.tensor(support, dtype=torch.long)
+        self.size = vocab_size if support is None else len(support)  # the distribution's length
+        # token id -> its index in the distribution (-1: outside the support)
+        self.position = np.arange(vocab_size) if support is None else np.full(vocab_size, -1, dtype=np.int64)
+        if support is not None:
+            self.position[np.asarray(support, dtype=np.int64)] = np.arange(len(support))
         counts = counts.filter(pc.less(counts["token"], vocab_size))
+        if support is not None:
+            counts = counts.filter(pc.is_in(counts["token"], pa.array(support, pa.int32())))
         self.levels: dict[int, _Order] = {}
         self.discounts: dict[int, float] = {}
         for k in range(1, order + 1):
@@ -269,7 +303,8 @@ class NgramLM(torch.nn.Module):
             raise ValueError(f"{directory}: counted with tokenizer {manifest['tokenizer_hash']}, the registry's "
                              f"is {registry.manifest.get('tokenizer_hash')}; recount")
         min_count = manifest.get("min_count", 1) if min_count is None else min_count
-        return cls(vintage_counts(directory, cutoff), manifest["vocab_size"], manifest["order"], min_count)
+        return cls(vintage_counts(directory, cutoff), manifest["vocab_size"], manifest["order"], min_count,
+                   manifest.get("support"))
 
     def memory_bytes(self) -> int:
         return sum(level.tokens.nbytes + level.adjusted.nbytes for level in self.levels.values()) \
@@ -278,8 +313,8 @@ class NgramLM(torch.nn.Module):
     # -- probabilities -----------------------------------------------------------------------------------
 
     def distribution(self, context: list[int]) -> np.ndarray:
-        """P(· | context) over the whole vocabulary (float64, sums to one): interpolated KN."""
-        p = np.full(self.vocab_size, 1.0 / self.vocab_size)
+        """P(· | context) over the support (float64, sums to one): interpolated KN."""
+        p = np.full(self.size, 1.0 / self.size)
         context = context[-(self.order - 1):] if self.order > 1 else []
         for k in range(1, min(len(context) + 1, self.order) + 1):
             key = context_key(context[len(context) - (k - 1):]) if k > 1 else ""
@@ -289,7 +324,7 @@ class NgramLM(torch.nn.Module):
                 continue  # unseen context: this order adds nothing, the lower one stands
             start, end, total, types = found
             p *= level.discount * types / total
-            p[level.tokens[start:end]] += level.adjusted[start:end] / total  # tokens unique per context
+            p[self.position[level.tokens[start:end]]] += level.adjusted[start:end] / total  # unique per context
         return p
 
     def forward(self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, use_cache=True,
@@ -304,7 +339,7 @@ class NgramLM(torch.nn.Module):
             ids, mask = torch.cat([past_ids, ids], 1), torch.cat([past_mask, mask], 1)
         new = input_ids.shape[1]
         keep = new if logits_to_keep in (None, 0) else min(logits_to_keep, new)
-        out = torch.zeros(ids.shape[0], keep, self.vocab_size, dtype=torch.float32)
+        out = torch.zeros(ids.shape[0], keep, self.size, dtype=torch.float32)
         memo: dict[tuple, torch.Tensor] = {}
         for row in range(ids.shape[0]):
             valid = mask[row].bool()
@@ -320,4 +355,6 @@ class NgramLM(torch.nn.Module):
                 if key not in memo:
                     memo[key] = torch.from_numpy(np.log(self.distribution(list(key)))).float()
                 out[row, position - first] = memo[key]
+        if self.support is not None:
+            out = expand_logits(out, self.support, self.vocab_size)
         return SimpleNamespace(logits=out.to(input_ids.device), past_key_values=(ids, mask))

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from corpora.files import short_hash
 from corpora.timeline import known_by
+from vintage.compact import CompactVocabulary, worth_compacting
 from vintage.run_spec import WINDOWS_FORMAT, RunSpec, Stage
 from vintage.train_config import RoleConfig, TrainConfig
 
@@ -58,6 +59,11 @@ def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list
         cutoffs.append(slices[-1])  # the full surrogate: the corpus end
     epochs = config.surrogate.optim.epochs
     runs = []
+    # the surrogates only: the frontier and the gold are trained (or given) over the whole vocabulary
+    surrogate_vocabulary = None
+    if "used_ids" in facts:  # prepare() lists them
+        compact = CompactVocabulary(tuple(facts["used_ids"]), facts["vocab_size"])
+        surrogate_vocabulary = list(compact.ids) if worth_compacting(config.compact_vocabulary, compact) else None
     if config.schedule == "chronological":
         stages, previous = [], []
         later = config.surrogate.optim.continue_epochs
@@ -71,13 +77,14 @@ def plan(config: TrainConfig, tokens: Path, facts: dict, registry: Path) -> list
             previous = previous + new
         runs.append(_run(config, config.surrogate, tokens, facts, "surrogates-chronological", config.seed, stages,
                          replay_sampling=config.surrogate.optim.replay_sampling,
-                         after_cooldown=config.surrogate.optim.after_cooldown))
+                         after_cooldown=config.surrogate.optim.after_cooldown, vocabulary=surrogate_vocabulary))
     else:
         for c in cutoffs:
             known = [s for s in slices if s <= c]
             runs.append(_run(config, config.surrogate, tokens, facts, f"surrogate-{c}", config.seed,
                              [Stage(cutoff=c, new=known, replay=[], epochs=epochs, known=known,
-                                    save_to=str(registry / "vintages" / c))]))
+                                    save_to=str(registry / "vintages" / c))],
+                             vocabulary=surrogate_vocabulary))
     if config.frontier:
         runs.append(_run(config, config.frontier, tokens, facts, "frontier", 1000,
                          [Stage(cutoff=slices[-1], new=slices, replay=[], epochs=config.frontier.optim.epochs,

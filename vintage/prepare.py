@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from corpora.files import short_hash
 from corpora.split import read_slices
+from vintage.compact import corpus_vocabulary
 from vintage.holdout import holdout_mask
 from vintage.train_config import TrainConfig, window_length
 
@@ -64,10 +65,16 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
         part = slices.filter(pa.compute.equal(slices["slice"], s))
         slice_hash[s] = short_hash("\n".join(sorted(part["doc_id"].to_pylist())))
     probes = work / "probes.json"
-    probes.write_text(json.dumps(_encode_probes(config.probes, tokenizer) if config.probes else []))
+    probe_rows = _encode_probes(config.probes, tokenizer) if config.probes else []
+    probes.write_text(json.dumps(probe_rows))
+    # every id a model of the run reads or is asked about: the documents (held out included), the probes, the
+    # specials; the surrogates may train over these alone (vintage/compact.py)
+    probe_ids = [ids for p in probe_rows for ids in (p["prompt"], *p["choices"])]
+    used = corpus_vocabulary([*encoded, *probe_ids], len(tokenizer),
+                             always=(eos, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id))
     facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "probes": str(probes), "vocab_size": len(tokenizer), "eos_id": eos,
              "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
-             "window": max_length,
+             "window": max_length, "used_ids": list(used.ids),
              "slices": {s: {**entry, "content_hash": slice_hash[s]} for s, entry in sorted(per_slice.items())}}
     return tokens, facts
 

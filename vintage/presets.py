@@ -52,8 +52,43 @@ def get_preset(name: str | ModelPreset) -> ModelPreset:
 
 
 def build_model(preset: str | ModelPreset, vocab_size: int, seed: int = 0, bos_token_id: int | None = None,
-                eos_token_id: int | None = None, pad_token_id: int | None = None):
-    """A freshly initialised HF causal LM for `preset` over a `vocab_size` vocabulary."""
+                eos_token_id: int | None = None, pad_token_id: int | None = None, rows=None):
+    """A freshly initialised HF causal LM for `preset` over a `vocab_size` vocabulary; with `rows` (token ids),
+    that model restricted to those embedding and output rows, in that order: a compact surrogate
+    (vintage/compact.py) starts exactly where the whole-vocabulary model would, on the rows it keeps."""
+    model = _initialised(preset, vocab_size, seed, bos_token_id, eos_token_id, pad_token_id)
+    return model if rows is None else restrict_rows(model, rows)
+
+
+def restrict_rows(model, rows):
+    """`model` (a causal LM) with only the embedding and output rows `rows`; ids in config refer to the new rows
+    where kept, else are dropped."""
+    import torch
+
+    index = torch.as_tensor(list(rows), dtype=torch.long)
+    embedding = model.get_input_embeddings()
+    kept = torch.nn.Embedding(len(index), embedding.weight.shape[1])
+    kept.weight.data = embedding.weight.data[index].clone()
+    model.set_input_embeddings(kept)
+    head = model.get_output_embeddings()
+    if model.config.tie_word_embeddings:
+        head.weight = kept.weight
+    else:
+        head.weight = torch.nn.Parameter(head.weight.data[index].clone())
+    if getattr(head, "bias", None) is not None:
+        head.bias = torch.nn.Parameter(head.bias.data[index].clone())
+    head.out_features = len(index)
+    position = {int(token): i for i, token in enumerate(index.tolist())}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(model.config, name, None)
+        if value is not None:
+            setattr(model.config, name, position.get(int(value)))
+    model.config.vocab_size = len(index)
+    return model
+
+
+def _initialised(preset: str | ModelPreset, vocab_size: int, seed: int, bos_token_id: int | None,
+                 eos_token_id: int | None, pad_token_id: int | None):
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 

@@ -71,7 +71,7 @@ def fact_queries(world: str | Path) -> pl.DataFrame:
 
 def score_models(registry: Registry, queries: pl.DataFrame, batch_size: int = 64) -> pl.DataFrame:
     """Each model alone (frontier-only scoring) on every fact query."""
-    from transformers import AutoModelForCausalLM
+    from vintage.compact import load_causal_lm
 
     from vintage.decoding import PointInTimeLM
     from vintage.tokenizer import load_tokenizer
@@ -81,7 +81,7 @@ def score_models(registry: Registry, queries: pl.DataFrame, batch_size: int = 64
     answers = [list(c).index(a) for c, a in zip(choices, queries["answer"].to_list())]
     frames = []
     for name, role, cutoff, directory in registry_models(registry):
-        model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True)
+        model = load_causal_lm(directory)
         lm = PointInTimeLM(model, None, None, tokenizer, alpha=0.0, batch_size=batch_size)
         scored = lm.score(prompts, choices)
         frames.append(pl.DataFrame({

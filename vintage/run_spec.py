@@ -13,8 +13,8 @@ from typing import Literal
 WINDOWS_FORMAT = "packed, positions restart per document"  # vintage/windows.py; change it when that changes
 OPERATIONAL = ("tokens", "corpus_tokens", "max_failures", "pid_file", "resume_from", "run_hash",
                "scratch")  # how a run is executed, not what it learns
-DEFAULTS_LEFT_OUT = {"replay_sampling": "stage", "after_cooldown": "restore"}  # added later: at their defaults
-# they stay out of the hash, so registries trained before them keep their hashes
+# added later: at their defaults they stay out of the hash, so registries trained before them keep their hashes
+DEFAULTS_LEFT_OUT = {"replay_sampling": "stage", "after_cooldown": "restore", "vocabulary": None}
 
 
 @dataclass
@@ -68,6 +68,7 @@ class RunSpec:
     pid_file: str | None = None  # fault-injection tests: the last worker writes its pid here
     resume_from: str | None = None  # a checkpoint to continue from
     run_hash: str | None = None
+    vocabulary: list[int] | None = None  # a compact surrogate's frontier ids (vintage/compact.py); None: all
 
     def settings_json(self) -> str:
         """The run's learning settings as hashed (sorted JSON, without the stages and the name)."""

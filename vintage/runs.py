@@ -122,6 +122,7 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,
         "tokenizer_hash": facts["tokenizer_hash"], "vocab_size": facts["vocab_size"], "window": facts["window"],
         "slices": facts["slices"],
+        **_compact_entry(runs),
         "models": vintages, "runs": results, "config": asdict(config),
         **({"external_frontier": external.manifest_entry()} if external is not None else {}),
         "seconds": round(time.perf_counter() - started, 1),
@@ -143,3 +144,7 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
     return manifest
 
 
+def _compact_entry(runs) -> dict:
+    """The surrogates' compact vocabulary (vintage/compact.py) as the manifest records it; {} without one."""
+    ids = next((run.vocabulary for run in runs if run.vocabulary), None)
+    return {} if ids is None else {"compact_vocabulary": {"ids": len(ids), "rows": len(ids) + 1}}

@@ -97,10 +97,10 @@ def calibrate_registry_strength(registry, frontier=None, max_docs: int = 64, gri
     it was measured on. A vintage without held-out text on both sides of its cutoff is skipped and named."""
     from pathlib import Path
 
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from corpora.timeline import known_by_expr
+    from vintage.compact import load_causal_lm
     from vintage.decoding import PointInTimeLM
     from vintage.holdout import heldout_documents
     from vintage.presets import get_preset
@@ -114,7 +114,7 @@ def calibrate_registry_strength(registry, frontier=None, max_docs: int = 64, gri
     tokenizer = load_tokenizer(registry.tokenizer_path())
     window = int(registry.manifest.get("window") or get_preset("tiny").n_positions)
     frontier_dir = Path(frontier or registry.frontier_path())
-    frontier_model = AutoModelForCausalLM.from_pretrained(str(frontier_dir), use_safetensors=True).eval()
+    frontier_model = load_causal_lm(frontier_dir)
     full = load_surrogate(registry, "neural", registry.full_cutoff())
     found = {}
     for cutoff in registry.cutoffs()[:-1]:

@@ -57,10 +57,9 @@ class Neural(SurrogateKind):
     """The trained network of vintages/CUTOFF/ (safetensors only; `kwargs` go to `from_pretrained`)."""
 
     def load(self, registry: Registry, cutoff: str, **kwargs):
-        from transformers import AutoModelForCausalLM
+        from vintage.compact import load_causal_lm
 
-        return AutoModelForCausalLM.from_pretrained(str(registry.vintage_path(cutoff)), use_safetensors=True,
-                                                    **kwargs).eval()
+        return load_causal_lm(registry.vintage_path(cutoff), **kwargs)
 
     def fingerprint(self, registry: Registry, cutoff: str) -> str:
         return model_fingerprint(registry.vintage_path(cutoff))

@@ -10,6 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from vintage.compact import load_causal_lm
 from vintage.model_calls import pad_batch
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
@@ -23,9 +24,9 @@ def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tenso
     from scipy.optimize import minimize_scalar
 
     # float32: over a 49k vocabulary float64 doubled the fit's cost for digits below the optimiser's tolerance
-    target = F.log_softmax(frontier_logits.float(), dim=-1)
+    logits, frontier_logits = on_support(surrogate_logits.float(), frontier_logits.float())
+    target = F.log_softmax(frontier_logits, dim=-1)
     p_target = target.exp()
-    logits = surrogate_logits.float()
 
     def kl(log_t: float) -> float:
         lp = F.log_softmax(logits / math.exp(log_t), dim=-1)
@@ -34,6 +35,15 @@ def fit_temperature(surrogate_logits: torch.Tensor, frontier_logits: torch.Tenso
     result = minimize_scalar(kl, bounds=(math.log(bounds[0]), math.log(bounds[1])), method="bounded",
                              options={"xatol": 1e-4})  # T to 0.01%
     return float(math.exp(result.x))
+
+
+def on_support(surrogate_logits: torch.Tensor, frontier_logits: torch.Tensor):
+    """Both models' logits over the tokens the surrogate can predict (a compact surrogate's -inf columns
+    dropped, vintage/compact.py): the fit matches the frontier's distribution given the surrogate's support."""
+    support = torch.isfinite(surrogate_logits).all(0) if surrogate_logits.shape[0] else None
+    if support is None or bool(support.all()):
+        return surrogate_logits, frontier_logits
+    return surrogate_logits[:, support], frontier_logits[:, support]
 
 
 def position_logits(model, tokenizer, texts: Sequence[str], max_length: int, batch_size: int = 32):
@@ -65,7 +75,6 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     `temperatures[kind][cutoff]` with the evidence (KL before and after, positions, the model fingerprint)."""
     import math
 
-    from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     from corpora.split import read_slices
@@ -88,8 +97,7 @@ def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neu
     # context, which every model has)
     max_length = int(registry.manifest.get("window") or get_preset("tiny").n_positions)
     lengths = [max(0, min(len(ids), max_length) - 1) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    frontier_model = AutoModelForCausalLM.from_pretrained(str(frontier or registry.frontier_path()),
-                                                          use_safetensors=True).eval()
+    frontier_model = load_causal_lm(frontier or registry.frontier_path())
     frontier_logits = position_logits(frontier_model, tokenizer, texts, max_length)
     found: dict[str, dict] = {}
     for kind in kinds:
@@ -129,6 +137,7 @@ def _positions(lengths: Sequence[int], rows: Sequence[int]):
 def _kl(target_logits, logits, temperature: float) -> float:
     import torch.nn.functional as F
 
-    target = F.log_softmax(target_logits.float(), -1)  # as fit_temperature
-    lp = F.log_softmax(logits.float() / temperature, -1)
+    logits, target_logits = on_support(logits.float(), target_logits.float())  # as fit_temperature
+    target = F.log_softmax(target_logits, -1)
+    lp = F.log_softmax(logits / temperature, -1)
     return float((target.exp() * (target - lp)).sum(-1).mean())

@@ -74,6 +74,10 @@ class TrainConfig:
     schedule: Literal["chronological", "independent"] = doc("how surrogate vintages are trained", "chronological")
     tokenizer: str | None = doc("the frontier's tokenizer directory; unset: a BPE trained on the split", None)
     vocab_size: int = doc("BPE vocabulary when the tokenizer is trained here", 2048)
+    compact_vocabulary: Literal["auto", "always", "never"] = doc(
+        "train the surrogates over the token ids the corpus uses (plus the specials and the probes' ids), mapped "
+        "back to the tokenizer's at decoding (vintage/compact.py): a 128k-262k frontier vocabulary is mostly "
+        "rows a corpus never uses; auto: when that removes at least half the output rows", "auto")
     frontier: RoleConfig | str | None = doc(
         "embedded worlds: a frontier trained on all data (a role); or your own pretrained frontier, a Hugging Face "
         "causal LM directory with safetensors and its tokenizer (a path: none is trained, its tokenizer is the "

@@ -14,6 +14,7 @@ epochs), rather than for a fixed time.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from corpora.files import replace_directory
+from vintage.compact import CompactVocabulary
 from vintage.run_spec import RunSpec, Stage
 from vintage.schedule import _batches, _epoch_documents, _lr_at, _shards, _stage_size, shard_weight, step_loss
 from vintage.train_metrics import _mean_loss, _Progress, fact_accuracy, peak_memory_mib, say
@@ -43,6 +45,13 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     run: RunSpec = loop_config["run"]
     torch.set_num_threads(run.threads_per_worker)
+    # a compact surrogate (vintage/compact.py) starts as the whole-vocabulary model restricted to the rows it
+    # keeps, then reads and predicts compact ids only
+    vocabulary = None if run.vocabulary is None else CompactVocabulary(tuple(run.vocabulary), run.vocab_size)
+    model = build_model(run.preset, run.vocab_size, seed=run.seed, eos_token_id=run.eos_id, pad_token_id=run.pad_id,
+                        rows=None if vocabulary is None else vocabulary.source_rows())
+    if vocabulary is not None:
+        run = compact_run(run, vocabulary)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     use_cuda = run.use_gpu and torch.cuda.is_available()
@@ -54,11 +63,12 @@ def train_func(loop_config: dict[str, Any]) -> None:
     table = pq.read_table(run.tokens, columns=["slice", "input_ids", "holdout"])
     by_slice: dict[str, list[list[int]]] = {}
     holdout: dict[str, list[list[int]]] = {}
-    for s, ids, held in zip(table["slice"].to_pylist(), table["input_ids"].to_pylist(), table["holdout"].to_pylist()):
+    rows = table["input_ids"].to_pylist()
+    if vocabulary is not None:
+        rows = vocabulary.to_compact(rows)
+    for s, ids, held in zip(table["slice"].to_pylist(), rows, table["holdout"].to_pylist()):
         (holdout if held else by_slice).setdefault(s, []).append(ids)
 
-    model = build_model(run.preset, run.vocab_size, seed=run.seed,
-                        eos_token_id=run.eos_id, pad_token_id=run.pad_id)
     # fused: one kernel over all parameters (the optimiser step of surrogate-small on 2 workers: 4.9 ms, 7.9 with
     # the per-tensor loop)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay,
@@ -145,7 +155,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
                   "peak_memory_mib": peak_memory_mib()}
         if stage.save_to:
             record.update(_save_branch(engine, stage, run, by_slice, holdout, rank, world, device, step_on, state,
-                                       after_cooldown))
+                                       after_cooldown, vocabulary))
         state["history"].append(record)
         state["stage"] = index + 1
         state["stage_hashes"] = [s.stage_hash for s in stages[: index + 1]]
@@ -160,8 +170,20 @@ def train_func(loop_config: dict[str, Any]) -> None:
                              checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
+def compact_run(run: RunSpec, vocabulary: CompactVocabulary) -> RunSpec:
+    """`run` as its compact model sees it: its vocabulary's rows, the specials' and the probes' compact ids."""
+    def probe(p: list) -> list:
+        prompt, choices, answer = p
+        return [vocabulary.to_compact([prompt])[0], vocabulary.to_compact(choices), answer]
+
+    table = vocabulary.table()
+    stages = [dataclasses.replace(s, probes=[probe(p) for p in s.probes]) for s in run.stages]
+    return dataclasses.replace(run, vocab_size=vocabulary.rows, eos_id=int(table[run.eos_id]),
+                               pad_id=int(table[run.pad_id]), stages=stages)
+
+
 def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, world, device, step_on, state,
-                 after_cooldown: str) -> dict:
+                 after_cooldown: str, vocabulary: CompactVocabulary | None = None) -> dict:
     """Cooldown on data <= the cutoff, save the weights as a vintage, then restore the main run (with
     `after_cooldown: continue`, keep the cooled weights and their steps and tokens instead: nothing to
     restore, so no branch point is written)."""
@@ -208,6 +230,8 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
             staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
             shutil.rmtree(staging, ignore_errors=True)
             engine.module.save_pretrained(staging, safe_serialization=True)
+            if vocabulary is not None:
+                vocabulary.save(staging)
             # tokens_seen: what these weights were trained on, the main run's tokens up to this cutoff and
             # this branch's cooldown (cooldown_tokens of them; the main run continues without them, or, with
             # after_cooldown: continue, with them: a later vintage's tokens_seen counts every earlier cooldown)
@@ -220,7 +244,8 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
                     "tokens_per_epoch": sum(len(w) for w in known),
                     "corpus_tokens": sum(run.corpus_tokens.get(s, 0) for s in stage.known),
                     "window": run.window, "dtype": str(next(engine.module.parameters()).dtype),
-                    "slices": stage.known, "fact_accuracy": accuracy, "facts": len(probes),
+                    "slices": stage.known, "fact_accuracy": accuracy,
+                    "output_rows": run.vocab_size, "facts": len(probes),
                     "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.stage_hash,
                     "train_seconds": round(state.get("train_seconds", 0.0), 2), "world_size": world}
             (staging / "training.json").write_text(json.dumps(info, indent=2))
