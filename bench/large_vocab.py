@@ -87,9 +87,11 @@ def cost_row(registry: Path, manifest: dict) -> dict:
     infos = [json.loads((registry / "vintages" / c / "training.json").read_text()) for c in manifest["cutoffs"]]
     weights = sum(f.stat().st_size for c in manifest["cutoffs"] for f in (registry / "vintages" / c).glob("*.safetensors"))
     on_disk = sum(f.stat().st_size for f in (registry / "vintages").rglob("*") if f.is_file())
-    return {"vocab": manifest["vocab_size"], "output_rows": infos[0]["output_rows"],
-            "tokens": sum(i["tokens_seen"] for i in infos),
-            "tokens_per_s": round(sum(i["tokens_seen"] for i in infos) / sum(i["train_seconds"] for i in infos), 1),
+    # train_seconds times the main run's steps (no start-up, no cooldown branch): its tokens are tokens_seen less
+    # the branch's own
+    main = sum(i["tokens_seen"] - i["cooldown_tokens"] for i in infos)
+    return {"vocab": manifest["vocab_size"], "output_rows": infos[0]["output_rows"], "tokens": main,
+            "tokens_per_s": round(main / sum(i["train_seconds"] for i in infos), 1),
             "weights_mb": round(weights / 1e6, 2), "vintages_mb": round(on_disk / 1e6, 2),
             "peak_memory_mib": max(i["peak_memory_mib"] for i in infos)}
 
@@ -127,22 +129,28 @@ def agreement_rows(out: Path, epochs: int) -> list[dict]:
         train(split, registries[compact], frontier, compact, epochs)
         print(f"[large-vocab] agreement: {compact} pair trained ({time.perf_counter() - started:.0f} s)", flush=True)
     held = heldout_documents(Registry(registries["never"]))
-    rows, answers, ppl = [], {}, {}
+    answers, ppl = {}, {}
     as_of = "2018-07-15"  # the vintage at the world's cutoff
+    perplexity = lambda lm, ids: float(torch.exp(-torch.cat(lm.ids_logprobs(ids)).mean()))  # noqa: E731
     for compact, registry in registries.items():
         lm = PointInTimeLM.from_registry(registry, as_of, frontier=frontier, batch_size=16)
         scored = lm.score(queries["prompt"].to_list(), [list(c) for c in queries["choices"].to_list()])
         answers[compact] = [s.prediction for s in scored]
         window = int(Registry(registry).manifest["window"])
         ids = [x[:window] for x in lm.tokenizer(held["text"].to_list(), add_special_tokens=False)["input_ids"]]
-        lps = lm.ids_logprobs([x for x in ids if len(x) > 1])
-        ppl[compact] = float(torch.exp(-torch.cat(lps).mean()))
+        ids = [x for x in ids if len(x) > 1]
+        ppl[compact] = {"steered": perplexity(lm, ids),
+                        # the full surrogate on its own (as a frontier, steering off), and the frontier alone
+                        "surrogate": perplexity(PointInTimeLM(lm.full, None, None, lm.tokenizer, batch_size=16), ids),
+                        "frontier": perplexity(lm.with_alpha(0.0), ids)}
     agree = sum(a == b for a, b in zip(answers["never"], answers["auto"])) / len(answers["never"])
-    rows.append({"part": "agreement", "method": f"linear alpha {recommended.ALPHA}", "queries": len(answers["never"]),
-                 "answers_agree": round(agree, 4), "heldout_ppl_whole": round(ppl["never"], 4),
-                 "heldout_ppl_compact": round(ppl["auto"], 4),
-                 "ppl_ratio": round(ppl["auto"] / ppl["never"], 4), "epochs": epochs})
-    return rows
+    whole, compact = ppl["never"], ppl["auto"]
+    return [{"part": "agreement", "method": f"linear alpha {recommended.ALPHA}", "queries": len(answers["never"]),
+             "answers_agree": round(agree, 4), "epochs": epochs, "heldout_documents": len(ids),
+             **{f"{what}_ppl_{name}": round(value[what], 3) for name, value in (("whole", whole), ("compact", compact))
+                for what in ("steered", "surrogate", "frontier")},
+             "steered_ppl_ratio": round(compact["steered"] / whole["steered"], 4),
+             "surrogate_ppl_ratio": round(compact["surrogate"] / whole["surrogate"], 4)}]
 
 
 def scoring_rows(out: Path, repeats: int) -> list[dict]:
