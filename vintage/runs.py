@@ -28,7 +28,15 @@ def _fit_all(runs: list[RunSpec], storage: Path, config: TrainConfig, registry: 
     """Run the Ray Train runs, `parallel_runs` at a time (each TorchTrainer.fit blocks its thread)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    import ray
+
     from vintage.training import fit
+
+    if runs and not ray.is_initialized():
+        # started here, not by Ray Train's own auto-init: the cluster that auto-init starts went away once the
+        # last TorchTrainer.fit returned, and 60 s later the driver aborted ("Failed to connect to GCS") in
+        # whatever came next (the fidelity bench, twice). No address: local, or the cluster under `ray job submit`
+        ray.init()
 
     def one(run: RunSpec) -> tuple[str, dict]:
         if pid_dir is not None:
