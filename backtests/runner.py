@@ -115,6 +115,8 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
                 what.append(m.fallback)
             if m.mode in ("blend", "adaptive"):  # likewise the width, for the modes that read it
                 what.append(m.width)
+            if m.gate_probability is not None:  # and the gate's probability, where one is set
+                what.append(["gate_probability", m.gate_probability])
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=short_hash(json.dumps(what, default=str))))
     return pl.DataFrame(rows)
@@ -187,7 +189,8 @@ class Scorer:
         if method.mode in ("linear", "adaptive"):
             alpha = self.registry.calibrated_alpha(cutoff) if method.alpha == "calibrated" else float(method.alpha)
         steering = Steering(method.mode, alpha=alpha or 0.0, plausibility=method.plausibility, k=method.k,
-                            margin=method.margin, width=method.width, temperatures=self.temperatures(method, cutoff))
+                            margin=method.margin, width=method.width, temperatures=self.temperatures(method, cutoff),
+                            gate_probability=method.gate_probability)
         fallback = self.surrogate(method.fallback, cutoff) if method.fallback else None
         return PointInTimeLM(self.frontier, vintage, full, tok, steering=steering, fallback=fallback), alpha
 

@@ -52,14 +52,23 @@ class MethodSpec:
     k: int = doc("rank mode: tokens banned per step", 1)
     margin: float = doc("rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on a token", 0.0)
     width: float = doc("blend and adaptive: the divergence above `margin` at which they act in full", 1.0)
+    gate_probability: float | None = doc(
+        "switch, blend, adaptive: a token's divergence counts toward the gate only where the full surrogate gives it "
+        "at least this probability (on text neither surrogate learnt their disagreement is noise); unset: every "
+        "token", None)
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
         if self.name != "point_in_time" and (self.alpha != recommended.ALPHA or self.width != 1.0
                                              or self.plausibility != recommended.PLAUSIBILITY
-                                             or self.mode != "linear" or self.confidence != "raw"):
-            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode, width and confidence apply to "
-                             f"point_in_time only")
+                                             or self.mode != "linear" or self.confidence != "raw"
+                                             or self.gate_probability is not None):
+            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode, width, gate_probability and "
+                             f"confidence apply to point_in_time only")
+        if self.gate_probability is not None and (self.mode not in ("switch", "blend", "adaptive")
+                                                  or not 0 < self.gate_probability <= 1):
+            raise ValueError(f"method {self.key}: gate_probability is a probability in (0, 1] for the gated modes "
+                             f"(switch, blend, adaptive), got {self.gate_probability} with mode {self.mode}")
         if self.name in ("frontier", "retrained") and self.surrogate != "neural":
             raise ValueError(f"method {self.name!r}: surrogate applies to surrogate and point_in_time only")
         if self.fallback is not None and (self.name != "point_in_time" or self.mode not in FALLBACK_MODES):
@@ -83,13 +92,15 @@ class MethodSpec:
             if self.mode == "rank":
                 return f"point_in_time(rank,k={self.k},margin={self.margin}{mask}{matched}{kind})"
             fallback = f",fallback={self.fallback}" if self.fallback and self.fallback != self.surrogate else ""
+            gate = f",gate_p={self.gate_probability}" if self.gate_probability is not None else ""
             if self.mode == "switch":
-                return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind}{fallback})"
+                return f"point_in_time(switch,margin={self.margin}{mask}{matched}{kind}{fallback}{gate})"
             if self.mode == "blend":
-                return f"point_in_time(blend,margin={self.margin},width={self.width}{mask}{matched}{kind}{fallback})"
+                return (f"point_in_time(blend,margin={self.margin},width={self.width}{mask}{matched}{kind}{fallback}"
+                        f"{gate})")
             if self.mode == "adaptive":
                 return (f"point_in_time(adaptive,alpha={self.alpha},margin={self.margin},width={self.width}"
-                        f"{mask}{matched}{kind})")
+                        f"{mask}{matched}{kind}{gate})")
             return f"point_in_time(alpha={self.alpha}{mask}{matched}{kind})"
         return f"{self.name}(ngram)" if kind else self.name
 

@@ -45,6 +45,7 @@ class Method:
     seed: int | None = None
     mode: str | None = None  # blend or adaptive (the older rows name their mode by which knob is set)
     width: float = 1.0
+    gate_probability: float | None = None  # gated modes: the full surrogate's probability a token needs to gate
     spec: str | None = None  # the same method as `vintage ask --method` takes it (neural surrogates only)
     extra: dict = field(default_factory=dict)
 
@@ -146,6 +147,17 @@ def real_methods(seeds: list[int], calibrated: dict[str, float], heldout: dict |
                                                  f"plausibility=0.1"))
         out.append(Method(f"{name} (ngram)", P, "ngram", alpha, mode="adaptive", margin=margin, width=width,
                           plausibility=0.1))
+    # gated on what the full surrogate is confident of (on text neither surrogate learnt, their disagreement is noise)
+    for gate in (0.3, 0.5):
+        out.append(Method(f"switch margin=0.1 mask=0.3 gate_p={gate} (neural)", P, "neural", 1.0, switch=0.1,
+                          plausibility=0.3, gate_probability=gate,
+                          spec=f"switch margin=0.1 plausibility=0.3 gate_probability={gate:g}"))
+        out.append(Method(f"blend margin=0.5 width=1.0 mask=0.1 gate_p={gate} (neural)", P, "neural", mode="blend",
+                          margin=0.5, width=1.0, plausibility=0.1, gate_probability=gate,
+                          spec=f"blend margin=0.5 width=1 plausibility=0.1 gate_probability={gate:g}"))
+        out.append(Method(f"adaptive a=2.0 margin=0.5 width=1.0 mask=0.1 gate_p={gate} (neural)", P, "neural", 2.0,
+                          mode="adaptive", margin=0.5, width=1.0, plausibility=0.1, gate_probability=gate,
+                          spec=f"adaptive alpha=2 margin=0.5 width=1 plausibility=0.1 gate_probability={gate:g}"))
     for label, result in (heldout or {}).items():
         from serving.methods import parse_method
 
@@ -163,7 +175,7 @@ def variant(lm, method: Method, temperatures, fallback=None):
     mode = method.mode or ("rank" if method.rank_k is not None else "switch" if method.switch is not None else "linear")
     return lm.with_settings(mode=mode, alpha=method.alpha, k=method.rank_k or 1,
                             margin=method.switch if mode == "switch" else method.margin, width=method.width,
-                            plausibility=method.plausibility, fallback=fallback,
+                            plausibility=method.plausibility, fallback=fallback, gate_probability=method.gate_probability,
                             temperatures=temperatures if method.matched else Temperatures())
 
 

@@ -3,9 +3,9 @@
     frontier                       the frontier alone (no steering)
     linear alpha=0.5 [plausibility=0.3]     alpha=calibrated: the vintage's alpha from the registry (vintage/strength.py)
     rank k=1 [margin=0] [plausibility=0.1]
-    switch [margin=0] [plausibility=0.1]
-    blend [margin=0] [width=1] [plausibility=0.1]
-    adaptive alpha=2 [margin=0] [width=1] [plausibility=0.1]
+    switch [margin=0] [plausibility=0.1] [gate_probability=0.3]
+    blend [margin=0] [width=1] [plausibility=0.1] [gate_probability=0.3]
+    adaptive alpha=2 [margin=0] [width=1] [plausibility=0.1] [gate_probability=0.3]
 
 The modes are vintage/modes.py's registry and a Method is a `Steering` of it (`Method.steering()`), with the
 backtest spec's defaults
@@ -29,8 +29,10 @@ DEFAULT_METHOD = recommended.SPEC
 
 MODES = tuple(REGISTERED)  # frontier, linear, rank, switch, blend, adaptive
 KNOBS = {"frontier": (), "linear": ("alpha", "plausibility"), "rank": ("k", "margin", "plausibility"),
-         "switch": ("margin", "plausibility"), "blend": ("margin", "width", "plausibility"),
-         "adaptive": ("alpha", "margin", "width", "plausibility")}
+         "switch": ("margin", "plausibility", "gate_probability"),
+         "blend": ("margin", "width", "plausibility", "gate_probability"),
+         "adaptive": ("alpha", "margin", "width", "plausibility", "gate_probability")}
+OPTIONAL = ("plausibility", "gate_probability")  # knobs whose None (unset) is left out of a spec
 
 
 CALIBRATED = "calibrated"
@@ -50,6 +52,7 @@ class Method:
     margin: float = 0.0  # rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on
     width: float = 1.0  # blend and adaptive: the divergence above margin at which they act in full
     plausibility: float | None = None  # fraction of the frontier's top probability; None: no mask
+    gate_probability: float | None = None  # gated modes: the full surrogate's probability a token needs to gate
 
     @property
     def calibrated(self) -> bool:
@@ -73,8 +76,9 @@ class Method:
             return Steering("frontier")
         if self.mode == "adaptive":
             return Steering("adaptive", alpha=self.alpha, margin=self.margin, width=self.width,
-                            plausibility=self.plausibility)
-        return Steering(self.mode, k=self.k, margin=self.margin, width=self.width, plausibility=self.plausibility)
+                            plausibility=self.plausibility, gate_probability=self.gate_probability)
+        return Steering(self.mode, k=self.k, margin=self.margin, width=self.width, plausibility=self.plausibility,
+                        gate_probability=self.gate_probability)
 
     @property
     def steered(self) -> bool:
@@ -85,7 +89,7 @@ class Method:
     def spec(self) -> str:
         """The canonical spec string (parse_method(m.spec) == m)."""
         parts = [self.mode] + [f"{knob}={getattr(self, knob)}" for knob in KNOBS[self.mode]
-                               if not (knob == "plausibility" and self.plausibility is None)]
+                               if not (knob in OPTIONAL and getattr(self, knob) is None)]
         return " ".join(parts)
 
     def lm_kwargs(self) -> dict:
@@ -103,14 +107,14 @@ def _number(mode: str, knob: str, value: Any, kind: type):
         text = value.strip()
         if knob == "alpha" and text == CALIBRATED:
             return CALIBRATED
-        if knob == "plausibility" and text.lower() in ("none", "null", ""):
+        if knob in OPTIONAL and text.lower() in ("none", "null", ""):
             return None
         try:
             value = int(text) if kind is int else float(text)
         except ValueError:
             raise MethodError(f"method {mode}: {knob}={value!r} is not {'an integer' if kind is int else 'a number'}"
                               ) from None
-    if value is None and knob == "plausibility":
+    if value is None and knob in OPTIONAL:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
         raise MethodError(f"method {mode}: {knob}={value!r} is not {'an integer' if kind is int else 'a number'}")
@@ -151,6 +155,8 @@ def parse_method(spec: str | Mapping[str, Any] | None) -> Method:
         raise MethodError(f"method {mode}: k must be >= 1, got {method.k}")
     if not method.width > 0:
         raise MethodError(f"method {mode}: width must be > 0, got {method.width}")
-    if method.plausibility is not None and not 0 < method.plausibility <= 1:
-        raise MethodError(f"method {mode}: plausibility must be in (0, 1], got {method.plausibility}")
+    for knob in OPTIONAL:
+        value = getattr(method, knob)
+        if value is not None and not 0 < value <= 1:
+            raise MethodError(f"method {mode}: {knob} must be in (0, 1], got {value}")
     return method

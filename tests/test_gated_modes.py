@@ -78,3 +78,33 @@ def test_the_modes_are_named_the_same_in_serving_and_in_a_backtest_spec():
     assert spec.key == "point_in_time(blend,margin=0.5,width=2.0,mask=0.3,ngram,fallback=neural)"
     with pytest.raises(ValueError, match="fallback applies to point_in_time with mode: blend or switch"):
         MethodSpec(name="point_in_time", mode="adaptive", fallback="neural")
+
+
+def test_the_probability_gate_reads_only_tokens_the_full_surrogate_is_sure_of():
+    frontier = torch.tensor([0.4, 0.3, 0.3]).log()  # every token plausible
+    vintage, full = torch.tensor([0.1, 0.5, 0.4]).log(), torch.tensor([0.2, 0.3, 0.5]).log()
+    # full over vintage: x2 on token 0, which the full surrogate gives 0.2; x1.25 on token 2, which it gives 0.5
+    plain = Steering("blend", margin=0.0, width=2 * LOG2)  # D = log 2: w = 0.5
+    assert steer(plain, frontier, vintage, full).exp().tolist() == pytest.approx([0.25, 0.4, 0.35], abs=1e-6)
+    sure = Steering("blend", margin=0.0, width=2 * LOG2, gate_probability=0.4)  # token 2 only: D = log 1.25
+    w = math.log(1.25) / (2 * LOG2)
+    expected = [(1 - w) * f + w * v for f, v in zip([0.4, 0.3, 0.3], [0.1, 0.5, 0.4])]
+    assert steer(sure, frontier, vintage, full).exp().tolist() == pytest.approx(expected, abs=1e-6)
+    never = Steering("switch", margin=0.0, gate_probability=0.6)  # nothing the full surrogate is that sure of
+    assert torch.equal(steer(never, frontier, vintage, full), torch.log_softmax(frontier, -1))
+    with pytest.raises(ValueError, match="gate_probability must be in"):
+        Steering("switch", gate_probability=0.0)
+
+
+def test_the_gate_probability_is_named_the_same_in_serving_and_in_a_backtest_spec():
+    m = parse_method("switch margin=0.1 plausibility=0.3 gate_probability=0.3")
+    assert m.steering() == Steering("switch", margin=0.1, plausibility=0.3, gate_probability=0.3)
+    assert parse_method(m.spec) == m and "gate_probability" not in parse_method("switch margin=0.1").spec
+    with pytest.raises(MethodError, match="gate_probability must be in"):
+        parse_method("blend gate_probability=1.5")
+    with pytest.raises(MethodError, match="linear takes alpha, plausibility"):
+        parse_method("linear gate_probability=0.3")
+    spec = MethodSpec(name="point_in_time", mode="switch", margin=0.1, plausibility=0.3, gate_probability=0.3)
+    assert spec.key == "point_in_time(switch,margin=0.1,mask=0.3,gate_p=0.3)"
+    with pytest.raises(ValueError, match="gate_probability is a probability in"):
+        MethodSpec(name="point_in_time", mode="linear", gate_probability=0.3)

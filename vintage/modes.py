@@ -17,7 +17,8 @@ The gated modes read one number per position, the pair's divergence D = max over
 tokens of (lp_S_full - lp_S_t): how much more the full surrogate expects some token than the vintage does,
 i.e. whether the frontier is about to use something learnt after the cutoff. `switch` replaces the frontier's
 distribution where D > margin; `blend` and `adaptive` act in proportion to w = clamp((D - margin) / width, 0, 1)
-(`switch` is their limit as width -> 0):
+(`switch` is their limit as width -> 0). With `gate_probability`, D reads only the tokens the full surrogate gives at
+least that probability (on text neither surrogate learnt, their disagreement is noise):
 
     blend:     log( (1 - w) p_F + w p_R )                         p_R: the fallback's or the vintage's
     adaptive:  log_softmax( lp_F + alpha * w * m * (lp_S_t - lp_S_full) )
@@ -84,6 +85,7 @@ class Steering:
     margin: float = 0.0
     width: float = 1.0
     temperatures: Temperatures = Temperatures()
+    gate_probability: float | None = None  # gated modes: only tokens the full surrogate gives at least this
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -95,6 +97,8 @@ class Steering:
             raise ValueError(f"width must be > 0, got {self.width}")
         if self.plausibility is not None and not 0 < self.plausibility <= 1:
             raise ValueError(f"plausibility must be in (0, 1], got {self.plausibility}")
+        if self.gate_probability is not None and not 0 < self.gate_probability <= 1:
+            raise ValueError(f"gate_probability must be in (0, 1], got {self.gate_probability}")
 
     @property
     def steered(self) -> bool:
@@ -159,10 +163,14 @@ def known_or_frontier(replacement: torch.Tensor, lp_frontier: torch.Tensor) -> t
 
 
 def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full: torch.Tensor,
-                    plausibility: float | None) -> torch.Tensor:
+                    plausibility: float | None, gate_probability: float | None = None) -> torch.Tensor:
     """D [..., 1]: the largest lp_full - lp_vintage over the tokens the frontier finds plausible (and the pair
-    knows)."""
+    knows); with `gate_probability`, over those the full surrogate also gives at least that probability: on text
+    neither surrogate learnt (general prose beside a corpus of filings) their disagreement is noise, while a
+    surrogate that learnt a fact after the cutoff predicts it with confidence."""
     divergence = known_difference(lp_full, lp_vintage, float("-inf"))
+    if gate_probability is not None:
+        divergence = divergence.masked_fill(lp_full < math.log(gate_probability), float("-inf"))
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
         divergence = divergence.masked_fill(~mask, float("-inf"))
@@ -193,17 +201,19 @@ def _rank(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
 
 @mode("switch")
 def _switch(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
-    return switch_logprobs(frontier, vintage, full, s.margin, s.plausibility, s.temperatures, fallback)
+    return switch_logprobs(frontier, vintage, full, s.margin, s.plausibility, s.temperatures, fallback, s.gate_probability)
 
 
 @mode("blend")
 def _blend(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
-    return blend_logprobs(frontier, vintage, full, s.margin, s.width, s.plausibility, s.temperatures, fallback)
+    return blend_logprobs(frontier, vintage, full, s.margin, s.width, s.plausibility, s.temperatures, fallback,
+                          s.gate_probability)
 
 
 @mode("adaptive")
 def _adaptive(frontier, vintage, full, fallback, s: Steering) -> torch.Tensor:
-    return adaptive_logprobs(frontier, vintage, full, s.alpha, s.margin, s.width, s.plausibility, s.temperatures)
+    return adaptive_logprobs(frontier, vintage, full, s.alpha, s.margin, s.width, s.plausibility, s.temperatures,
+                             s.gate_probability)
 
 
 def combine_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float,
@@ -255,7 +265,7 @@ def rank_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Ten
 
 def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 1.0,
                     plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures(),
-                    fallback: torch.Tensor | None = None) -> torch.Tensor:
+                    fallback: torch.Tensor | None = None, gate_probability: float | None = None) -> torch.Tensor:
     """Gated fallback: at a position where the full surrogate puts at least `margin` nats more log-prob than
     the vintage on some token the frontier finds plausible (probability >= `plausibility` x its top one),
     the frontier is about to use what was learnt after the cutoff, and a vintage distribution replaces it
@@ -273,14 +283,15 @@ def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.T
     check_shapes(frontier, vintage=vintage, full=full, fallback=fallback)
     lp_frontier = log_probs(frontier, temperatures.frontier)
     lp_vintage = log_probs(vintage, temperatures.vintage)
-    gate = divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility) > margin
+    gate = divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility,
+                           gate_probability) > margin
     replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
     return torch.where(gate, known_or_frontier(replacement, lp_frontier), lp_frontier)
 
 
 def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 0.5,
                    width: float = 1.0, plausibility: float | None = 0.1, temperatures: Temperatures = Temperatures(),
-                   fallback: torch.Tensor | None = None) -> torch.Tensor:
+                   fallback: torch.Tensor | None = None, gate_probability: float | None = None) -> torch.Tensor:
     """The soft switch: log((1 - w) p_frontier + w p_replacement), w = gate_weight of the pair's divergence.
 
     The replacement is the `fallback` model's distribution or, without one, the gating pair's vintage (as in
@@ -288,8 +299,8 @@ def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Te
     check_shapes(frontier, vintage=vintage, full=full, fallback=fallback)
     lp_frontier = log_probs(frontier, temperatures.frontier)
     lp_vintage = log_probs(vintage, temperatures.vintage)
-    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility),
-                    margin, width)
+    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility,
+                                    gate_probability), margin, width)
     replacement = known_or_frontier(lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback),
                                     lp_frontier)
     mixed = torch.logaddexp(torch.log1p(-w) + lp_frontier, torch.log(w) + replacement)
@@ -298,14 +309,16 @@ def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Te
 
 def adaptive_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, alpha: float = 2.0,
                       margin: float = 0.5, width: float = 1.0, plausibility: float | None = 0.1,
-                      temperatures: Temperatures = Temperatures()) -> torch.Tensor:
+                      temperatures: Temperatures = Temperatures(),
+                      gate_probability: float | None = None) -> torch.Tensor:
     """The linear contrast at a per-position strength alpha * w (w = gate_weight of the pair's divergence), as
     FinCAD adapts its strength per entity and date: full strength where the frontier is about to use what the
     pair says was learnt after the cutoff, none where the pair agrees (there the frontier's log-probs exactly)."""
     check_shapes(frontier, vintage=vintage, full=full)
     lp_frontier = log_probs(frontier, temperatures.frontier)
     lp_vintage, lp_full = log_probs(vintage, temperatures.vintage), log_probs(full, temperatures.full)
-    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, lp_full, plausibility), margin, width)
+    w = gate_weight(divergence_gate(lp_frontier, lp_vintage, lp_full, plausibility, gate_probability), margin,
+                    width)
     contrast = alpha * w * known_difference(lp_vintage, lp_full)
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
