@@ -505,3 +505,28 @@ def test_compact_surrogates_train_over_the_corpus_ids_and_answer_over_the_tokeni
     assert isinstance(surrogate, CompactLM) and surrogate.config.vocab_size == len(tokenizer)
     lm = PointInTimeLM.from_registry(out, "2018-06-01", frontier=out / "vintages" / "2019-12-31", alpha=0.5)
     assert math.isfinite(lm.perplexity(texts[:4]))
+
+
+@pytest.mark.slow
+def test_a_stale_build_lock_left_by_an_interrupted_start_does_not_hang_training(ray_local, tiny_split, tmp_path,
+                                                                              capfd):
+    """Every DeepSpeed start takes torch's build lock of its ops; one left by an interrupted start used to make every
+    later start wait forever, silently (issue 39 §3)."""
+    from vintage.extension_locks import extensions_root
+
+    lock = extensions_root() / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    lock.touch()  # what a start killed while it held the lock leaves behind
+    built = any(lock.parent.glob("*.so"))
+    out = tmp_path / "models"
+    config = tiny_config(tiny_split, out, schedule="independent", cutoffs=["2019-12-31"],
+                         surrogate=RoleConfig(preset="tiny", optim=Optimisation(lr=3e-3, batch_size=16, epochs=1,
+                                                                                cooldown_steps=1, warmup_steps=1)))
+    result = {}
+    worker = threading.Thread(target=lambda: result.update(manifest=train_registry(config)), daemon=True)
+    started = time.perf_counter()
+    worker.start()
+    worker.join(timeout=60 if built else 240)  # a first start also compiles the op (about a minute here)
+    assert not worker.is_alive(), f"training still waiting after {time.perf_counter() - started:.0f} s"
+    assert result["manifest"]["complete"] and not lock.exists()
+    assert f"removed a stale build lock {lock}" in capfd.readouterr().out

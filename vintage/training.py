@@ -26,6 +26,7 @@ from typing import Any
 
 from corpora.files import replace_directory
 from vintage.compact import CompactVocabulary
+from vintage.extension_locks import clear_stale_locks
 from vintage.run_spec import RunSpec, Stage
 from vintage.schedule import _batches, _epoch_documents, _lr_at, _shards, _stage_size, shard_weight, step_loss
 from vintage.train_metrics import _mean_loss, _Progress, fact_accuracy, peak_memory_mib, say
@@ -45,6 +46,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
 
     run: RunSpec = loop_config["run"]
     torch.set_num_threads(run.threads_per_worker)
+    clear_stale_locks(say=say)  # before DeepSpeed loads its ops: a stale build lock would hang it, silently
     # a compact surrogate (vintage/compact.py) starts as the whole-vocabulary model restricted to the rows it
     # keeps, then reads and predicts compact ids only
     vocabulary = None if run.vocabulary is None else CompactVocabulary(tuple(run.vocabulary), run.vocab_size)
