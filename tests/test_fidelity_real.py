@@ -61,7 +61,8 @@ def test_the_fidelity_bench_with_the_real_base_on_the_tiny_world(smollm, tmp_pat
     bench = load_bench("fidelity_real")
     out, table = tmp_path / "fr", tmp_path / "fidelity_real_frontier.json"
     assert bench.main(["--out", str(out), "--preset", "tiny", "--max-epochs", "1", "--top-layers", "2", "--seeds", "0", "1",
-                       "--general", "none", "--methods", "smoke", "--json", str(table)]) == 0
+                       "--general", "none", "--methods", "smoke", "--json", str(table),
+                       "--surrogate-preset", "tiny", "--surrogate-epochs", "2"]) == 0
     frontier = json.loads((out / "frontier" / "training.json").read_text())
     assert frontier["epochs"] == 1 and frontier["probes"] == 43  # every fact of the tiny world
     gold = json.loads((out / "gold" / "2017-12-31" / "seed=1" / "training.json").read_text())
