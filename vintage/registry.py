@@ -3,7 +3,9 @@
     tokenizer/                      the one tokenizer every model of the run uses
     frontier/                       HF causal LM (safetensors); or none, and manifest.json's
                                     `external_frontier` names the user's own (`frontier: DIR`)
-    vintages/YYYY-MM-DD/            one surrogate per cutoff; the last cutoff (the corpus end) is `full`
+    vintages/YYYY-MM-DD/            one surrogate per cutoff; the last cutoff (the corpus end) is `full`; with a
+                                    frontier-sized tokenizer, vocabulary.json: the ids it is trained over
+                                    (vintage/compact.py)
     retrained/YYYY-MM-DD/seed=N/    the frontier preset retrained on data <= cutoff (embedded worlds only)
     manifest.json                   cutoffs, roles, hashes, losses, config, calibration evidence
 
