@@ -10,6 +10,7 @@ A bare `{name: point_in_time}` is the recommended method (vintage/recommended.py
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -142,6 +143,11 @@ class BacktestSpec:
         keys = [m.key for m in self.methods]
         if len(set(keys)) != len(keys):
             raise ValueError(f"methods: two methods share a name ({keys}); give one a `label`")
+        cutoff = self.effective_cutoff
+        if cutoff not in (None, "none", "auto") and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(cutoff)):
+            # checked here, not after the scoring (`off` used to be looked up as a vintage once every pair was scored)
+            raise ValueError(f"effective_cutoff: expected 'auto', null (skip) or a vintage cutoff YYYY-MM-DD, "
+                             f"got {cutoff!r}")
 
     def run_id(self, manifest: dict) -> str:
         """Hash of what determines the answers: the spec (less output and resources) and the models."""
