@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Iterable, Literal, Sequence
 
@@ -56,7 +57,12 @@ class CompactVocabulary:
         return [*self.ids, next((i for i in range(self.size) if i not in taken), 0)]
 
     def table(self) -> np.ndarray:
-        """Frontier id -> compact id (OTHER for an id outside the set), int64 [size]."""
+        """Frontier id -> compact id (OTHER for an id outside the set), int64 [size]; built once per vocabulary
+        (a 128k-262k array, and a run maps every probe through it). Read it, don't edit it."""
+        return self._table
+
+    @cached_property
+    def _table(self) -> np.ndarray:
         table = np.full(self.size, self.other, dtype=np.int64)
         table[list(self.ids)] = np.arange(len(self.ids))
         return table
@@ -126,7 +132,7 @@ class CompactLM(torch.nn.Module):
             raise ValueError(f"compact surrogate: {model.config.vocab_size} output rows, its vocabulary.json "
                              f"lists {vocabulary.rows - 1} ids and OTHER")
         self.model, self.vocabulary = model, vocabulary
-        self.register_buffer("table", torch.from_numpy(vocabulary.table()), persistent=False)
+        self.register_buffer("table", torch.from_numpy(vocabulary.table().copy()), persistent=False)
         self.register_buffer("ids", torch.tensor(vocabulary.ids, dtype=torch.long), persistent=False)
         self.config = copy.deepcopy(model.config)
         self.config.vocab_size = vocabulary.size

@@ -53,27 +53,31 @@ def packaged_gguf(name: str) -> Path:
 
 
 def real_frontier(name: str) -> Path:
-    """The HF directory (safetensors + tokenizer) of the packaged model `name`, converted on first use.
-
-    The conversion writes a staging directory and renames it into place, so a killed conversion leaves no
-    directory that looks finished; `source.json`, written last, says which package file it came from."""
+    """The HF directory (safetensors + tokenizer) of the packaged model `name`, converted on first use."""
     gguf = packaged_gguf(name)
     spec = REAL_FRONTIERS[name]
-    target = build_dir() / "pretrained" / name
-    source = {"package": spec.package, "version": spec.version, "file": spec.file, "bytes": gguf.stat().st_size}
+    return converted_once(build_dir() / "pretrained" / name, spec.package, spec.version, spec.file, gguf,
+                          lambda staging: convert_gguf(gguf, staging), f"frontier {name}")
+
+
+def converted_once(target: Path, package: str, version: str, file: str, path: Path, convert, label: str) -> Path:
+    """`target`, written by `convert(staging)` from the packaged `path` unless a conversion of that same package
+    file is already there. The conversion writes a staging directory and renames it into place, so a killed
+    conversion leaves no directory that looks finished; `source.json`, written last, says which package file it
+    came from."""
+    source = {"package": package, "version": version, "file": file, "bytes": path.stat().st_size}
     stamp = target / "source.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("source") == source:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{name}.tmp-{os.getpid()}"
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    convert_gguf(gguf, staging)
+    convert(staging)
     seconds = round(time.perf_counter() - started, 1)
     (staging / "source.json").write_text(json.dumps({"source": source, "conversion_seconds": seconds}, indent=2) + "\n")
     replace_directory(staging, target)
-    print(f"frontier {name}: converted {gguf.name} ({spec.package} {spec.version}) into {target} in {seconds} s",
-          flush=True)
+    print(f"{label}: converted {path.name} ({package} {version}) into {target} in {seconds} s", flush=True)
     return target
 
 
@@ -153,27 +157,14 @@ def packaged_file(package: str, version: str, file: str, what: str) -> Path:
 
 def real_tokenizer(name: str) -> Path:
     """A Hugging Face tokenizer directory of the packaged tokenizer `name` (`llama3`), converted on first use
-    into `.build/pretrained/<name>-tokenizer/` (staged and renamed into place, as `real_frontier`)."""
+    into `.build/pretrained/<name>-tokenizer/` (as `real_frontier`)."""
     if name not in REAL_TOKENIZERS:
         raise ValueError(f"unknown packaged tokenizer {name!r}; expected one of {sorted(REAL_TOKENIZERS)}")
     spec = REAL_TOKENIZERS[name]
     path = packaged_file(spec.package, spec.version, spec.file, f"the tokenizer {name!r}")
-    target = build_dir() / "pretrained" / f"{name}-tokenizer"
-    source = {"package": spec.package, "version": spec.version, "file": spec.file, "bytes": path.stat().st_size}
-    stamp = target / "source.json"
-    if stamp.exists() and json.loads(stamp.read_text()).get("source") == source:
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{name}-tokenizer.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    started = time.perf_counter()
-    convert_tiktoken(path, spec).save_pretrained(str(staging))
-    seconds = round(time.perf_counter() - started, 1)
-    (staging / "source.json").write_text(json.dumps({"source": source, "conversion_seconds": seconds}, indent=2) + "\n")
-    replace_directory(staging, target)
-    print(f"tokenizer {name}: converted {path.name} ({spec.package} {spec.version}) into {target} in {seconds} s",
-          flush=True)
-    return target
+    return converted_once(build_dir() / "pretrained" / f"{name}-tokenizer", spec.package, spec.version, spec.file,
+                          path, lambda staging: convert_tiktoken(path, spec).save_pretrained(str(staging)),
+                          f"tokenizer {name}")
 
 
 def read_tiktoken_ranks(path: str | Path) -> dict[bytes, int]:
