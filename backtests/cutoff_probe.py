@@ -18,7 +18,6 @@ import numpy as np
 import polars as pl
 
 from corpora.config import ConfigError, doc
-from vintage import recommended
 from corpora.timeline import as_utc
 
 # metric: (per-window value, weight) whose per-period ratio of sums rises as a model's familiarity falls
@@ -42,8 +41,8 @@ class ProbeCutoffConfig:
     registry: str | None = doc("model registry: also probe its models (surrogate, point_in_time, retrained) at "
                                "the vintage for as_of", None)
     as_of: str | None = doc("with registry: the date whose vintage is probed (YYYY-MM-DD)", None)
-    alpha: float = doc("point_in_time: the contrast's weight; unset: the recommended method's (vintage/recommended.py)",
-                       recommended.ALPHA)
+    alpha: float | None = doc("point_in_time: the linear contrast at this weight; unset: the recommended method "
+                              "(vintage/recommended.py)", None)
     period: str = doc("calendar period of the curve, a polars duration: 1mo, 1q, 1y, 10y", "1y")
     since: str | None = doc("probe only documents known on or after this date (YYYY-MM-DD): over centuries a real "
                             "frontier's curve follows the language's drift, not its cutoff; unset: from the first",
@@ -283,7 +282,7 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
     scorer = Scorer({"registry": str(registry.root), "methods": [], "frontier": config.frontier}, run_id="probe-cutoff",
                     threads=threads)
     methods = [MethodSpec(name="frontier"), MethodSpec(name="surrogate"),
-               MethodSpec(name="point_in_time", alpha=config.alpha, plausibility=recommended.PLAUSIBILITY),
+               MethodSpec(name="point_in_time", alpha=config.alpha),
                MethodSpec(name="retrained")]
     models = []
     for method in methods:

@@ -5,7 +5,8 @@
     output: out/demo/backtest
     methods: [{name: frontier}, {name: surrogate}, {name: point_in_time}, {name: retrained}]
 
-A bare `{name: point_in_time}` is the recommended method (vintage/recommended.py: linear, alpha 0.5).
+A bare `{name: point_in_time}` (no mode and no knob) is the recommended method (vintage/recommended.py); with
+`alpha` or `plausibility` alone it is the linear contrast.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from typing import Literal
 from corpora.config import doc
 from corpora.files import short_hash
 from vintage import recommended
-from vintage.modes import FALLBACK_MODES
+from vintage.modes import FALLBACK_MODES, LINEAR_ALPHA
 
 METHODS = ("frontier", "surrogate", "point_in_time", "retrained")
 
@@ -28,18 +29,18 @@ class MethodSpec:
 
     name: Literal["frontier", "surrogate", "point_in_time", "retrained"] = doc(
         "frontier alone; the vintage surrogate alone; the frontier steered to the vintage; the gold retrained model")
-    alpha: float | Literal["calibrated"] = doc(
-        "point_in_time: contrast strength, or 'calibrated': the alpha recorded in the registry's manifest (an "
-        "opt-in; the pipeline records none); default: the recommended method's (vintage/recommended.py)",
-        recommended.ALPHA)
+    alpha: float | Literal["calibrated"] | None = doc(
+        "point_in_time, linear and adaptive modes: contrast strength, or 'calibrated': the alpha recorded in the "
+        "registry's manifest (an opt-in; the pipeline records none); unset: 0.5", None)
     plausibility: float | None = doc("point_in_time: plausibility mask (fraction of the frontier's top "
-                                     "probability); default: the recommended method's (none)",
-                                     recommended.PLAUSIBILITY)
-    mode: Literal["linear", "rank", "switch", "blend", "adaptive"] = doc(
+                                     "probability); unset: none (or the recommended method's, for a bare "
+                                     "point_in_time)", None)
+    mode: Literal["linear", "rank", "switch", "blend", "adaptive"] | None = doc(
         "point_in_time: linear contrast (alpha); rank (ban the k tokens the full surrogate prefers most over the "
         "vintage); switch (the vintage's distribution wherever the pair diverges by more than `margin`); blend (a "
         "mixture of the frontier and that distribution weighted by the divergence above `margin` over `width`); "
-        "adaptive (the linear contrast at alpha times that weight)", "linear")
+        "adaptive (the linear contrast at alpha times that weight). Unset: the recommended method "
+        "(vintage/recommended.py) when no knob is set either, else linear", None)
     surrogate: Literal["neural", "ngram"] = doc("surrogate and point_in_time: the vintage pair is the trained "
                                                 "transformers (neural) or the registry's n-gram counts (ngram)",
                                                 "neural")
@@ -51,7 +52,8 @@ class MethodSpec:
         "surrogate: ngram with fallback: neural gates with the n-gram pair (selective) and answers like the trained "
         "vintage (confident, as a retrained model is)", None)
     k: int = doc("rank mode: tokens banned per step", 1)
-    margin: float = doc("rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on a token", 0.0)
+    margin: float | None = doc("rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on a token; "
+                               "unset: 0", None)
     width: float = doc("blend and adaptive: the divergence above `margin` at which they act in full", 1.0)
     gate_probability: float | None = doc(
         "switch, blend, adaptive: a token's divergence counts toward the gate only where the full surrogate gives it "
@@ -60,12 +62,13 @@ class MethodSpec:
     label: str | None = doc("name in the result table; default: name (with alpha for point_in_time)", None)
 
     def __post_init__(self):
-        if self.name != "point_in_time" and (self.alpha != recommended.ALPHA or self.width != 1.0
-                                             or self.plausibility != recommended.PLAUSIBILITY
-                                             or self.mode != "linear" or self.confidence != "raw"
-                                             or self.gate_probability is not None):
-            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode, width, gate_probability and "
-                             f"confidence apply to point_in_time only")
+        knobs = (self.alpha, self.plausibility, self.mode, self.margin, self.gate_probability)
+        if self.name != "point_in_time" and (any(v is not None for v in knobs) or self.width != 1.0 or self.k != 1
+                                             or self.confidence != "raw"):
+            raise ValueError(f"method {self.name!r}: alpha, plausibility, mode, margin, k, width, gate_probability "
+                             f"and confidence apply to point_in_time only")
+        if self.name == "point_in_time":
+            self._resolve_steering(bare=all(v is None for v in knobs) and self.width == 1.0 and self.k == 1)
         if self.gate_probability is not None and (self.mode not in ("switch", "blend", "adaptive")
                                                   or not 0 < self.gate_probability <= 1):
             raise ValueError(f"method {self.key}: gate_probability is a probability in (0, 1] for the gated modes "
@@ -81,6 +84,19 @@ class MethodSpec:
             raise ValueError(f"method {self.name!r}: k must be >= 1, got {self.k}")
         if isinstance(self.alpha, float) and not 0 <= self.alpha <= 4:
             raise ValueError(f"method {self.name!r}: alpha {self.alpha} outside [0, 4]")
+
+    def _resolve_steering(self, bare: bool) -> None:
+        """Fill the unset knobs: a bare point_in_time takes the recommended method's mode and knobs, any other the
+        mode's defaults (linear; alpha 0.5, margin 0, no mask, no gate), so the fields name what is decoded."""
+        if bare:
+            chosen = recommended.STEERING
+            self.mode, self.margin, self.plausibility = chosen.mode, chosen.margin, chosen.plausibility
+            self.gate_probability, self.k, self.width = chosen.gate_probability, chosen.k, chosen.width
+            self.alpha = chosen.alpha if chosen.mode in ("linear", "adaptive") else LINEAR_ALPHA
+            return
+        self.mode = self.mode or "linear"
+        self.alpha = LINEAR_ALPHA if self.alpha is None else self.alpha
+        self.margin = 0.0 if self.margin is None else self.margin
 
     @property
     def key(self) -> str:

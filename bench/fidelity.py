@@ -148,10 +148,11 @@ def real_methods(seeds: list[int], calibrated: dict[str, float], heldout: dict |
         out.append(Method(f"{name} (ngram)", P, "ngram", alpha, mode="adaptive", margin=margin, width=width,
                           plausibility=0.1))
     # gated on what the full surrogate is confident of (on text neither surrogate learnt, their disagreement is noise)
-    for gate in (0.3, 0.5):
-        out.append(Method(f"switch margin=0.1 mask=0.3 gate_p={gate} (neural)", P, "neural", 1.0, switch=0.1,
+    for margin, gate in ((0.1, 0.3), (0.25, 0.3), (0.5, 0.3), (1.0, 0.3), (0.1, 0.5)):
+        out.append(Method(f"switch margin={margin} mask=0.3 gate_p={gate} (neural)", P, "neural", 1.0, switch=margin,
                           plausibility=0.3, gate_probability=gate,
-                          spec=f"switch margin=0.1 plausibility=0.3 gate_probability={gate:g}"))
+                          spec=f"switch margin={margin:g} plausibility=0.3 gate_probability={gate:g}"))
+    for gate in (0.3, 0.5):
         out.append(Method(f"blend margin=0.5 width=1.0 mask=0.1 gate_p={gate} (neural)", P, "neural", mode="blend",
                           margin=0.5, width=1.0, plausibility=0.1, gate_probability=gate,
                           spec=f"blend margin=0.5 width=1 plausibility=0.1 gate_probability={gate:g}"))
@@ -202,6 +203,20 @@ def gap_interval(frontier: list[float], method: list[float], golds: list[list[fl
 
     result = bootstrap((f, m, g), closed, paired=True, vectorized=True, n_resamples=2000, confidence_level=level,
                        method="percentile", random_state=0)
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def drop_interval(frontier: list[float], method: list[float], level: float = 0.95):
+    """The `level` bootstrap interval (scipy, percentile, 2,000 resamples over queries, paired) of the accuracy
+    drop on pre-cutoff facts, mean(frontier hits) - mean(method hits): whether a drop past the goal is noise."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    if len(frontier) < 2:
+        return float("nan"), float("nan")
+    result = bootstrap((np.asarray(frontier, dtype=float), np.asarray(method, dtype=float)),
+                       lambda f, m, axis=-1: f.mean(axis) - m.mean(axis), paired=True, vectorized=True,
+                       n_resamples=2000, confidence_level=level, method="percentile", random_state=0)
     return float(result.confidence_interval.low), float(result.confidence_interval.high)
 
 
@@ -329,7 +344,7 @@ def main(argv=None) -> int:
         print(f"[fidelity] log-odds toward the answer ({kind}): " + "; ".join(
             f"{side}: frontier {e['frontier']:+.2f}, vintage {e['vintage']:+.2f}, full {e['full']:+.2f}, "
             f"contrast {e['contrast']:+.2f} (|.| {e['contrast_abs']:.2f})" for side, e in entry.items()), flush=True)
-    rows, p_post, hits, scorers = [], {}, {}, {}
+    rows, p_post, hits, pre_hits, scorers = [], {}, {}, {}, {}
     retrained_models = {s: load(registry.retrained_path(cutoff, s)) for s in seeds}
     rows_of = smoke_methods(real_methods(seeds, calibrated, heldout)) if args.methods == "smoke" else \
         [m for m in real_methods(seeds, calibrated, heldout) if m.surrogate == "neural" and not m.fallback] \
@@ -361,6 +376,7 @@ def main(argv=None) -> int:
         ppl = {side: scorer.perplexity(t) for side, t in texts.items()}
         p_post[method.name] = p_answer(scored["post"], answers["post"])
         hits[method.name] = [float(s.prediction == a) for s, a in zip(scored["post"], answers["post"])]
+        pre_hits[method.name] = [float(s.prediction == a) for s, a in zip(scored["pre"], answers["pre"])]
         rows.append(dict(method=method.name, surrogate=method.surrogate if method.kind in ("surrogate", "point_in_time") else None,
                          post_fact_acc=accuracy(scored["post"], answers["post"]),
                          pre_fact_acc=accuracy(scored["pre"], answers["pre"]),
@@ -396,6 +412,9 @@ def main(argv=None) -> int:
     intervals = [gap_interval(hits["frontier"], hits[m], [hits[s] for s in seed_names]) for m in table["method"]]
     table = table.with_columns(gap_closed_low=pl.Series([i[0] for i in intervals], dtype=pl.Float64),
                                gap_closed_high=pl.Series([i[1] for i in intervals], dtype=pl.Float64))
+    drops = [drop_interval(pre_hits["frontier"], pre_hits[m]) for m in table["method"]]
+    table = table.with_columns(pre_drop_low=pl.Series([i[0] for i in drops], dtype=pl.Float64),
+                               pre_drop_high=pl.Series([i[1] for i in drops], dtype=pl.Float64))
     everything = pl.read_parquet(Path(args.world) / "queries.parquet")  # one backtest's worth of scoring
     t0 = time.perf_counter()
     lms["neural"].score(everything["prompt"].to_list(), [list(c) for c in everything["choices"]])
@@ -427,6 +446,7 @@ def write_json(path: Path, table: pl.DataFrame, ks_floor, cutoff: str, args) -> 
         rows.append({"method": r["method"], "spec": r["spec"], "gap_closed": r["gap_closed"],
                      "gap_closed_low": r["gap_closed_low"], "gap_closed_high": r["gap_closed_high"],
                      "pre_accuracy": r["pre_fact_acc"], "frontier_pre_accuracy": f["pre_fact_acc"],
+                     "pre_drop_low": r["pre_drop_low"], "pre_drop_high": r["pre_drop_high"],
                      "ppl_ratio_world": r["ppl_ratio"], "ppl_ratio_general": r["ppl_ratio_general"],
                      "ks_p": r["ks_p"], "gold_ks_floor": ks_floor, "forecast_accuracy": r["forecast_acc"],
                      "forecast_in_gold_spread": r["forecast_in_spread"], "bend": r["bend"],
@@ -479,7 +499,7 @@ def cost_ratio(registry, cutoff: str, frontier, full, scoring_seconds: float) ->
 
 def write_markdown(path, table, cutoff, seeds, ks_floor, spread, bend_gold, cost, calibrated, temperatures, args,
                    sets, texts, limits):
-    cols = ["method", "post_fact_acc", "gap_closed", "gap_closed_low", "gap_closed_high", "pre_fact_acc", "pre_drop", "ppl_ratio", "ppl_ratio_general", "ks_p",
+    cols = ["method", "post_fact_acc", "gap_closed", "gap_closed_low", "gap_closed_high", "pre_fact_acc", "pre_drop", "pre_drop_low", "pre_drop_high", "ppl_ratio", "ppl_ratio_general", "ks_p",
             "forecast_acc", "forecast_in_spread", "bend", "goals_met", "passes"]
     lines = [f"# Fidelity at vintage {cutoff}", "",
              f"`python bench/fidelity.py --registry {args.registry} --world {args.world} --out {args.out}`", "",

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--frontier", help="HF causal LM directory; default: the registry's frontier/")
     cut.add_argument("--registry", help="model registry: also probe its models at the vintage for --as-of")
     cut.add_argument("--as-of", help="with --registry: the date whose vintage is probed")
-    cut.add_argument("--alpha", type=float, default=None, help="point_in_time's contrast weight (default: the recommended method's)")
+    cut.add_argument("--alpha", type=float, default=None, help="point_in_time: the linear contrast at this weight (default: the recommended method)")
     cut.add_argument("--period", default="1y", help="period of the curve: 1mo, 1q, 1y, 10y (default 1y)")
     cut.add_argument("--since", help="probe only documents known on or after this date")
     cut.add_argument("--until", help="probe only documents known before this date")

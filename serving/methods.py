@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import torch
 
 from vintage import recommended
-from vintage.modes import MODES as REGISTERED, Steering, steer
+from vintage.modes import LINEAR_ALPHA, MODES as REGISTERED, Steering, steer
 
 # The method used when a request or `vintage ask` names none: the one PointInTimeLM.from_registry and a backtest's
 # bare point_in_time use too.
@@ -47,7 +47,7 @@ class Method:
     """One way of decoding: the mode and its knobs (hashable: requests with equal methods share a combine)."""
 
     mode: str
-    alpha: float | str = recommended.ALPHA  # linear, adaptive: contrast strength in [0, 4], or "calibrated"
+    alpha: float | str = LINEAR_ALPHA  # linear, adaptive: contrast strength in [0, 4], or "calibrated"
     k: int = 1  # rank: tokens banned per step (>= 1)
     margin: float = 0.0  # rank, switch, blend, adaptive: minimum log p_full - log p_vintage to act on
     width: float = 1.0  # blend and adaptive: the divergence above margin at which they act in full

@@ -128,8 +128,8 @@ def test_spec_errors_name_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"methods\[0\].name: 'oracle' is not one of"):
         load_yaml(path, BacktestSpec)
     path.write_text("queries: q\nregistry: r\noutput: o\nmethods: [{name: frontier, alpha: 2.0}]\n")
-    with pytest.raises(ConfigError, match="alpha, plausibility, mode, width, gate_probability and confidence apply to "
-                                          "point_in_time only"):
+    with pytest.raises(ConfigError, match="alpha, plausibility, mode, margin, k, width, gate_probability and "
+                                          "confidence apply to point_in_time only"):
         load_yaml(path, BacktestSpec)
     path.write_text("queries: q\nregistry: r\noutput: o\neffective_cutoff: 'off'\nmethods: [{name: frontier}]\n")
     with pytest.raises(ConfigError, match=r"effective_cutoff: expected 'auto', null \(skip\) or a vintage cutoff "

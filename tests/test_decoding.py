@@ -175,12 +175,23 @@ def test_alpha_zero_generation_is_the_frontiers_greedy_generation(real_lm):
 
 
 def test_logits_processor_matches_point_in_time_generation(real_lm):
+    """Each step's processed scores are the steered distribution of that prefix (the three models run on it from
+    scratch, no cache), which differs from the frontier's own: a processor that changed nothing would fail (with
+    these random models the greedy text alone is the frontier's either way)."""
     tok = real_lm.tokenizer
     ids = torch.tensor([tok(PROMPTS[0], add_special_tokens=False)["input_ids"]])
     processor = PointInTimeLogitsProcessor(real_lm.vintage, real_lm.full, real_lm.alpha, plausibility=0.05)
     out = real_lm.frontier.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
-                                    logits_processor=[processor], pad_token_id=tok.pad_token_id)
-    assert tok.decode(out[0, ids.shape[1]:]) == real_lm.generate([PROMPTS[0]], max_new_tokens=5)[0]
+                                    logits_processor=[processor], pad_token_id=tok.pad_token_id,
+                                    output_scores=True, return_dict_in_generate=True)
+    assert tok.decode(out.sequences[0, ids.shape[1]:]) == real_lm.generate([PROMPTS[0]], max_new_tokens=5)[0]
+    for step, processed in enumerate(out.scores):
+        prefix = out.sequences[:, : ids.shape[1] + step]
+        with torch.inference_mode():
+            f, v, u = (m(input_ids=prefix).logits[:, -1] for m in (real_lm.frontier, real_lm.vintage, real_lm.full))
+        expected = combine_logprobs(f, v, u, real_lm.alpha, plausibility=0.05)
+        torch.testing.assert_close(processed, expected, atol=1e-4, rtol=0)
+        assert (expected - F.log_softmax(f, -1)).abs().max() > 0.05  # the steering moved this step
 
 
 def test_surrogates_in_another_dtype(real_lm):
@@ -240,12 +251,14 @@ def test_registry_lookup_is_point_in_time_and_loud(tmp_path):
     with pytest.raises(RegistryError, match=r"precedes every vintage.*2019-03-31, 2019-06-30, 2019-12-31"):
         registry.vintage_for("2019-03-31T12:00:00Z")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01")  # the recommended method: no calibration needed
-    assert (lm.alpha, lm.plausibility) == (recommended.ALPHA, recommended.PLAUSIBILITY)
-    assert lm.steering == Steering("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
+    assert lm.steering == recommended.STEERING
     with pytest.raises(RegistryError, match=r"no calibrated alpha.*held-out text.*vintage calibrate --registry"):
         PointInTimeLM.from_registry(registry, "2019-08-01", alpha="calibrated")
     lm = PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4)
-    assert lm.vintage_cutoff == "2019-06-30" and lm.alpha == 0.4
+    assert lm.vintage_cutoff == "2019-06-30" and lm.steering == Steering("linear", 0.4)
+    assert PointInTimeLM.from_registry(registry, "2019-08-01", plausibility=0.1).steering == Steering("linear", 0.5, 0.1)
+    with pytest.raises(TypeError, match="either steering= or alpha="):
+        PointInTimeLM.from_registry(registry, "2019-08-01", alpha=0.4, steering=Steering("switch"))
 
 
 def test_one_recommended_method_is_every_entry_points_default():
@@ -254,13 +267,25 @@ def test_one_recommended_method_is_every_entry_points_default():
     from backtests.spec import MethodSpec
     from serving.methods import DEFAULT_METHOD, parse_method
 
+    from backtests.cutoff_probe import ProbeCutoffConfig
+
     defaults = inspect.signature(PointInTimeLM.from_registry).parameters
-    assert (defaults["alpha"].default, defaults["plausibility"].default) == (recommended.ALPHA,
-                                                                             recommended.PLAUSIBILITY)
+    assert all(defaults[k].default is None for k in ("alpha", "plausibility", "steering"))  # None: the recommended
+    chosen = recommended.STEERING
     bare = MethodSpec(name="point_in_time")
-    assert (bare.mode, bare.alpha, bare.plausibility) == ("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
+    assert (bare.mode, bare.margin, bare.plausibility, bare.gate_probability, bare.k, bare.width) == (
+        chosen.mode, chosen.margin, chosen.plausibility, chosen.gate_probability, chosen.k, chosen.width)
+    assert MethodSpec(name="point_in_time", surrogate="ngram", fallback="neural").mode == chosen.mode
+    # any knob asks for that method, with the mode's own defaults (linear, alpha 0.5, margin 0, no mask, no gate)
+    assert (MethodSpec(name="point_in_time", alpha=1.0).mode, MethodSpec(name="point_in_time", alpha=1.0).plausibility,
+            MethodSpec(name="point_in_time", alpha=1.0).key) == ("linear", None, "point_in_time(alpha=1.0)")
+    assert MethodSpec(name="point_in_time", mode="switch").key == "point_in_time(switch,margin=0.0)"
+    assert ProbeCutoffConfig(corpus="c", out="o", frontier="f").alpha is None  # probe-cutoff's point_in_time: the bare one
     assert DEFAULT_METHOD == recommended.SPEC
-    assert parse_method(None).steering() == Steering("linear", recommended.ALPHA, recommended.PLAUSIBILITY)
+    assert parse_method(None).steering() == chosen
+    assert parse_method("linear").steering() == Steering("linear", 0.5)
+    with pytest.raises(ValueError, match="apply to point_in_time only"):
+        MethodSpec(name="frontier", mode="linear")
 
 
 def test_calibration_picks_alpha_and_records_its_evidence(tmp_path):

@@ -18,6 +18,7 @@ import polars as pl
 import pytest
 import yaml
 
+from backtests.spec import MethodSpec
 from tests.readme import localised, offline_reason, python_blocks, shell_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,7 +129,7 @@ def test_tiny_pipeline_as_a_job(tiny_job):
     assert done.returncode == 0 and "succeeded" in done.stdout, done.stdout[-4000:] + done.stderr[-2000:]
     print(f"job-submit of configs/tiny.yaml: {seconds:.0f} s")
     results = pl.concat([pl.read_parquet(f) for f in (out / "backtest" / "results").glob("*.parquet")])
-    assert set(results["method"]) == {"frontier", "surrogate", "point_in_time(alpha=0.5)",
+    assert set(results["method"]) == {"frontier", "surrogate", MethodSpec(name="point_in_time").key,
                                       "point_in_time(alpha=0.5,ngram)", "retrained"}
     assert results["query_id"].n_unique() > 50
     assert (out / "backtest" / "report.md").exists()

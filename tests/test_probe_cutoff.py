@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from backtests.cutoff_probe import ProbeCutoffConfig, find_knee, knee_with_interval, probe_cutoff
+from backtests.spec import MethodSpec
 from corpora.split import SplitConfig, read_slices, run_split
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
@@ -119,7 +120,8 @@ def test_the_gold_models_effective_cutoff_is_its_true_cutoff(tiny_registry, tmp_
     frontier = cutoffs.filter(pl.col("model") == "frontier", pl.col("metric") == "perplexity").row(0, named=True)
     assert not (frontier["knee"] and quarter_apart(frontier["cutoff"], true)), frontier  # it read everything
     curves = pl.read_parquet(tmp_path / "probe_cutoff.parquet")
-    assert set(curves["model"]) == {"frontier", "surrogate", "point_in_time(alpha=0.5)", "retrained"}
+    recommended = MethodSpec(name="point_in_time").key  # probe-cutoff's point_in_time: the recommended method
+    assert set(curves["model"]) == {"frontier", "surrogate", recommended, "retrained"}
     assert curves["period"].n_unique() >= 8 and (curves["windows"] > 0).all()
     assert (curves["min_k_prob"] < 0).all() and (curves["perplexity"] > 1).all()
     assert curves.filter(pl.col("model") == "frontier")["perplexity_ratio"].is_null().all()

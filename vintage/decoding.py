@@ -129,15 +129,15 @@ class PointInTimeLM:
 
     @classmethod
     def from_registry(cls, registry, as_of, frontier: str | Path | None = None,
-                      alpha: float | str = recommended.ALPHA, plausibility: float | None = recommended.PLAUSIBILITY,
+                      alpha: float | str | None = None, plausibility: float | None = None,
                       surrogate: str = "neural", fallback: str | None = None, steering: Steering | None = None,
                       frontier_kwargs: dict | None = None, surrogate_kwargs: dict | None = None,
                       **kwargs) -> "PointInTimeLM":
-        """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate,
-        and its frontier (or `frontier`, any HF directory sharing the registry's tokenizer). `alpha` and
-        `plausibility` default to the recommended method (vintage/recommended.py); alpha="calibrated" reads the
-        vintage's alpha from the registry (vintage/strength.py); `steering`, another mode, replaces both. `surrogate`:
-        the pair is the trained networks (neural) or the n-gram counts (ngram); `fallback` (switch, blend): the kind
+        """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate, and
+        its frontier (or `frontier`, any HF directory sharing the registry's tokenizer), decoding with the
+        recommended method (vintage/recommended.py); `alpha` (and `plausibility`) ask for the linear contrast (alpha
+        0.5 where only a mask is given; "calibrated": the vintage's from the registry), `steering` for any mode.
+        `surrogate`: the trained pair (neural) or the n-gram counts (ngram); `fallback` (switch, blend): the kind
         whose vintage replaces the frontier where the gate fires (default: the pair's own).
 
             PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
@@ -149,9 +149,7 @@ class PointInTimeLM:
 
         registry = registry if isinstance(registry, Registry) else Registry(registry)
         cutoff, _ = registry.vintage_for(as_of)
-        if steering is None and alpha == "calibrated":
-            alpha = registry.calibrated_alpha(cutoff)
-        steering = steering or Steering("linear", alpha, plausibility)
+        steering = recommended.resolve(alpha, plausibility, steering, lambda: registry.calibrated_alpha(cutoff))
         frontier_dir = Path(frontier) if frontier else registry.frontier_path()
         tokenizer_dir = frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path()
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))

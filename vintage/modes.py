@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 
 MODES: dict[str, Callable] = {}  # name -> fn(frontier, vintage, full, fallback, steering) -> log-probs
+# the linear contrast's strength where a method names the linear (or adaptive) mode but no alpha
+LINEAR_ALPHA = 0.5
 FALLBACK_MODES = frozenset({"switch", "blend"})  # the modes that can take a fallback model's distribution
 
 

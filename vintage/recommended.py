@@ -1,20 +1,47 @@
 """The recommended point-in-time method: what every entry point uses when it is given no method.
 
-`PointInTimeLM.from_registry`, a backtest's bare `{name: point_in_time}`, `vintage ask` and `vintage serve` all
-read it from here; change it here and nowhere else (README "Point-in-time decoding" quotes the evidence).
+`PointInTimeLM.from_registry`, a backtest's bare `{name: point_in_time}`, `vintage probe-cutoff`, `vintage ask` and
+`vintage serve` all read it from here; change it here and nowhere else (README "Point-in-time decoding" quotes the
+evidence).
 """
 from __future__ import annotations
 
-# The linear contrast at alpha 0.5, no plausibility mask. Evidence (RESEARCH.md, "What a real corpus and a real
-# pretrained frontier showed"): with a real 135M frontier it cost 1.08-1.09x the frontier's perplexity before the
-# cutoff (1.16-1.18x after: the bend), alpha 1 cost 1.33-1.39x, switch mode 6-9x (unusable for text). With a 0.1
-# plausibility mask alpha 0.5 was more fluent still (1.04x), but that was measured once, on one registry, and the
-# tiny pipeline's backtest cannot tell the two apart (configs/tiny.yaml's registry: masks 0.1 and 0.3 gave the same
-# 336 answers as no mask; its models are near chance), so the mask waits for a measurement at the demo's scale.
-# It needs nothing the pipeline does not write (no calibrated alpha, no fitted temperatures), so it works on every
-# registry; a calibrated alpha stays an explicit opt-in (alpha="calibrated").
-ALPHA = 0.5
-PLAUSIBILITY: float | None = None
+from typing import Callable
 
-# the same method as a serving spec string (serving/methods.py parses it)
-SPEC = f"linear alpha={ALPHA:g}" + ("" if PLAUSIBILITY is None else f" plausibility={PLAUSIBILITY:g}")
+from vintage.modes import LINEAR_ALPHA, Steering
+
+# The switch gated on the full surrogate's confidence: where the full surrogate gives some token the frontier finds
+# plausible (>= 0.3 x its top probability) at least probability 0.3 and at least 0.25 nats more log-prob than the
+# vintage surrogate, the vintage's distribution replaces the frontier's; everywhere else the frontier stands.
+# Evidence (bench/RESULTS.md, session 17), with the gold standard (the base retrained at the cutoff):
+# - a real pretrained frontier (SmolLM2-135M continued on the fact world, compact `small` surrogates, 2 gold seeds):
+#   0.95 of the look-ahead gap closed [0.80, 1.13], perplexity 1.00x the frontier's on the world's pre-cutoff text
+#   and 1.02x on State of the Union addresses it never saw, forget-quality KS p 0.18 (the gold seeds' own: 0.18);
+#   pre-cutoff facts 0.817 against the frontier's 0.883 (one query of 60 beyond the 0.05 allowed; the drop's 95%
+#   interval over queries [0.00, 0.15]);
+# - the demo world (embedded frontier): 0.87 of the gap closed [0.73, 1.03], pre-cutoff facts 0.883 against 0.933.
+# The linear contrast at alpha 0.5 (the recommendation before) closed 0.44 and 0.06 of the gap there.
+# It needs nothing the pipeline does not write (no calibrated strength, no fitted temperatures): it works on every
+# registry.
+STEERING = Steering("switch", margin=0.25, plausibility=0.3, gate_probability=0.3)
+
+# the same method as a serving spec string (serving/methods.py parses it; a test checks the two agree)
+SPEC = "switch margin=0.25 plausibility=0.3 gate_probability=0.3"
+
+
+def resolve(alpha: float | str | None = None, plausibility: float | None = None, steering: Steering | None = None,
+            calibrated: Callable[[], float] | None = None) -> Steering:
+    """The steering a caller asked for: `steering` as given; the linear contrast where `alpha` or `plausibility`
+    is set (alpha 0.5 where only a mask is; "calibrated": what `calibrated()` returns, the vintage's recorded
+    strength); with none of them the recommended method."""
+    linear = (alpha, plausibility) != (None, None)
+    if steering is not None and linear:
+        raise TypeError("pass either steering= or alpha=/plausibility= (the linear contrast), not both")
+    if not linear:
+        return steering or STEERING
+    alpha = LINEAR_ALPHA if alpha is None else alpha
+    if alpha == "calibrated":
+        if calibrated is None:
+            raise ValueError("alpha='calibrated' needs a registry that records the vintage's strength")
+        alpha = calibrated()
+    return Steering("linear", alpha, plausibility)
