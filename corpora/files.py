@@ -14,6 +14,13 @@ def short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def documents_hash(doc_ids: list[str], texts: list[str]) -> str:
+    """The content hash of a set of documents: each id with its text's hash, in id order. A corrected text under
+    the same id changes it (a slice whose hash is unchanged is reused as trained or counted)."""
+    pairs = sorted(zip(doc_ids, texts))
+    return short_hash("\n".join(f"{doc_id}\t{short_hash(text)}" for doc_id, text in pairs))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """A temporary path beside `path` to write; it replaces `path` only if the block succeeds."""

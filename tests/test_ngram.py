@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from corpora.split import SplitConfig, read_slices, run_split
 from corpora.validation import CorpusConfig
 from corpora.worlds import generate_world
+from tests.corpus_edits import correct_one_text
 from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
 from vintage.modes import Steering
@@ -79,6 +80,21 @@ def fresh_registry(tiny, name):
     root.mkdir()
     load_tokenizer(tiny / "tokenizer").save_pretrained(root / "tokenizer")
     return root
+
+
+def test_a_corrected_text_under_the_same_id_is_counted_again(tiny, tmp_path):
+    import shutil
+
+    split = tmp_path / "split"
+    shutil.copytree(tiny / "split2", split)
+    root = fresh_registry(tiny, "corrected")
+    first = count_slices(root, split, order=3, engine="local")
+    before = {c: ngram_fingerprint(root / "ngram", c) for c in first.counted}
+    correct_one_text(split, first.counted[-1])
+    again = count_slices(root, split, order=3, engine="local")
+    assert again.counted == [first.counted[-1]] and again.skipped == first.counted[:-1]
+    assert ngram_fingerprint(root / "ngram", first.counted[0]) == before[first.counted[0]]
+    assert ngram_fingerprint(root / "ngram", first.counted[-1]) != before[first.counted[-1]]
 
 
 def test_vintage_counts_are_the_counts_of_the_documents_up_to_the_cutoff(tiny):

@@ -22,7 +22,7 @@ from corpora.worlds import generate_world
 from vintage.decoding import PointInTimeLM
 from vintage.registry import Registry, RegistryError
 from vintage.post_training import stale_temperatures
-from vintage.runs import train_registry
+from vintage.runs import split_identity, train_registry
 from vintage.train_config import NgramConfig, Optimisation, RoleConfig, TrainConfig
 
 UTC = dt.timezone.utc
@@ -177,6 +177,7 @@ def test_rerun_of_a_finished_config_is_a_no_op(reference):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")}
     again = train_registry(roles_config(Path(manifest["config"]["split"]).parent, out))
     assert again["created_at"] == manifest["created_at"]
+    assert manifest["split_identity"] == split_identity(manifest["config"]["split"]) is not None
     assert {p: p.stat().st_mtime_ns for p in out.rglob("model.safetensors")} == before
 
 
@@ -307,6 +308,37 @@ def test_two_deepspeed_workers_independent_schedule_and_probes(ray_local, tiny_s
         pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
         assert len(probes) == info["facts"] > 1
         assert fact_accuracy(model, probes, pad, torch.device("cpu")) == info["fact_accuracy"]
+
+
+def test_a_corrected_text_under_the_same_id_retrains_the_vintages_that_read_it(tiny_split, tmp_path):
+    """A slice's content hash is its documents' ids and texts: a text corrected under its id changes the hash of
+    every stage that reads its slice (they are trained again), and of no earlier one (they are reused)."""
+    import shutil
+
+    from tests.corpus_edits import correct_one_text
+    from vintage.plan import plan
+    from vintage.prepare import prepare
+
+    shutil.copytree(tiny_split / "split", tmp_path / "split")
+    config = tiny_config(tmp_path, tmp_path / "models")
+
+    def stage_hashes():
+        tokens, facts = prepare(config, tmp_path / "models")
+        chain = plan(config, tokens, {**facts, "probe_rows": []}, tmp_path / "models")[0]
+        return [(s.cutoff, s.stage_hash) for s in chain.stages]
+
+    before = stage_hashes()
+    assert [c for c, _ in before] == ["2017-06-30", "2017-12-31", "2019-12-31"]
+    correct_one_text(tmp_path / "split", "2017-12-31")
+    after = stage_hashes()
+    assert after[0] == before[0] and all(a != b for a, b in zip(after[1:], before[1:]))
+    # a finished registry is taken as it is only while its split is the one it recorded: a split rewritten from a
+    # corrected corpus (another input fingerprint) goes through the hashes above
+    manifest_path = tmp_path / "split" / "manifest.json"
+    recorded = split_identity(tmp_path / "split")
+    written = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**written, "input_fingerprint": "corrected"}))
+    assert recorded is not None and split_identity(tmp_path / "split") != recorded
 
 
 def test_replay_sampled_per_epoch_covers_the_old_documents():

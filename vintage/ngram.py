@@ -36,7 +36,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
-from corpora.files import atomic_path, short_hash, write_text_atomically
+from corpora.files import atomic_path, documents_hash, short_hash, write_text_atomically
+from corpora.quiet_ray_data import QuietRayData
 from vintage.compact import expand_logits
 
 COUNT_SCHEMA = pa.schema([("order", pa.int8()), ("context", pa.string()), ("token", pa.int32()),
@@ -141,8 +142,8 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
     slices = sorted(pc.unique(documents["slice"]).to_pylist())
     hashes = {}
     for name in slices:
-        ids = documents.filter(pc.equal(documents["slice"], name))["doc_id"].to_pylist()
-        hashes[name] = short_hash("\n".join(sorted(ids)))
+        part = documents.filter(pc.equal(documents["slice"], name))
+        hashes[name] = documents_hash(part["doc_id"].to_pylist(), part["text"].to_pylist())
     known = old.get("slices", {})
     todo = [s for s in slices if known.get(s, {}).get("content_hash") != hashes[s]
             or not (out / "slices" / f"{s}.parquet").exists()]
@@ -157,11 +158,13 @@ def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5
             # blocks cut here (a Ray Data repartition of a small table costs more than the counting), counted
             # by tasks (each worker loads the tokenizer once per block), summed across blocks by groupby
             chunks = [todo_docs.slice(i, batch_size) for i in range(0, todo_docs.num_rows, batch_size)]
-            counted = ray.data.from_arrow(chunks).map_batches(_count_block, fn_args=(str(tokenizer_dir), order, eos),
-                                                              batch_size=None, batch_format="pyarrow")
-            summed = counted.groupby(["slice", "order", "context", "token"],
-                                     num_partitions=max(1, min(4, len(chunks)))).sum("count")
-            table = pa.concat_tables(ray.get(summed.to_arrow_refs()))
+            with QuietRayData(enable_progress_bars=False):  # our [ngram] line, not Ray Data's INFO logs
+                counted = ray.data.from_arrow(chunks).map_batches(_count_block, fn_args=(str(tokenizer_dir), order,
+                                                                                         eos),
+                                                                  batch_size=None, batch_format="pyarrow")
+                summed = counted.groupby(["slice", "order", "context", "token"],
+                                         num_partitions=max(1, min(4, len(chunks)))).sum("count")
+                table = pa.concat_tables(ray.get(summed.to_arrow_refs()))
             table = table.rename_columns({"sum(count)": "count"} if "sum(count)" in table.column_names else {})
         else:
             table = _CountBatch(str(tokenizer_dir), order, eos)(todo_docs)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from corpora.files import short_hash
+from corpora.files import documents_hash
 from corpora.split import read_slices
 from vintage.compact import corpus_vocabulary
 from vintage.holdout import holdout_mask
@@ -63,7 +63,7 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     slice_hash = {}
     for s in sorted(per_slice):
         part = slices.filter(pa.compute.equal(slices["slice"], s))
-        slice_hash[s] = short_hash("\n".join(sorted(part["doc_id"].to_pylist())))
+        slice_hash[s] = documents_hash(part["doc_id"].to_pylist(), part["text"].to_pylist())
     probes = work / "probes.json"
     probe_rows = _encode_probes(config.probes, tokenizer) if config.probes else []
     probes.write_text(json.dumps(probe_rows))

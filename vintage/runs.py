@@ -74,6 +74,16 @@ def _cost(run: RunSpec) -> float:
     return p.n_layer * p.n_embd ** 2 * sum(s.epochs * len(s.new) for s in run.stages)
 
 
+def split_identity(split: str | Path) -> str | None:
+    """What a split holds, from its manifest: its config and its input's fingerprint (a split rewritten from a
+    corrected corpus differs); None for a directory without one (its slices are then read and hashed)."""
+    path = Path(split) / "manifest.json"
+    if not path.exists():
+        return None
+    written = json.loads(path.read_text())
+    return short_hash(json.dumps([written.get("config_hash"), written.get("input_fingerprint")]))
+
+
 def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
     """Train every run of `config` into the registry and write its manifest; a finished run is skipped.
     `pid_dir` (fault-injection tests): each run's last worker writes its pid there."""
@@ -88,7 +98,8 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
     manifest_path = registry / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("config_hash") == config_hash and manifest.get("complete"):
+        if (manifest.get("config_hash") == config_hash and manifest.get("complete")
+                and manifest.get("split_identity") == split_identity(config.split) is not None):
             print(f"train: {registry} already holds this run (config {config_hash}); nothing to train")
             return finish_registry(config, registry)
     started = time.perf_counter()
@@ -124,7 +135,7 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
 
         check_surrogates(external, facts["tokenizer_hash"], [registry / p for p in vintages])
     manifest = {
-        "config_hash": config_hash,
+        "config_hash": config_hash, "split_identity": split_identity(config.split),
         "complete": all(r["error"] is None for r in results.values())
                     and all(stages_done(r) == len(r.stages) for r in runs),
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,
