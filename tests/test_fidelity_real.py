@@ -57,6 +57,45 @@ def test_continued_training_learns_a_handful_of_facts(smollm, tmp_path):
         continue_pretrained(smollm, [], tmp_path / "none", settings)
 
 
+def test_a_killed_continued_run_resumes_after_its_last_finished_epoch(smollm, tmp_path, monkeypatch):
+    """Killed in its second epoch, a rerun resumes after the first (parameters, optimizer moments, schedule and
+    shuffling restored) and ends where the uninterrupted run ends."""
+    from safetensors.torch import load_file
+
+    import vintage.continued as continued
+
+    facts = [(f"{n} 2031q1 results:", o) for n, o in zip(["Zorblax", "Quimtar", "Velmora", "Tandrix"],
+                                                          [" beat", " miss", " miss", " beat"])]
+    texts = [f"{prompt}{answer}." for prompt, answer in facts] * 3
+    probes = [Probe(p, (" beat", " miss"), a) for p, a in facts]
+    settings = ContinueSettings(max_epochs=3, min_epochs=3, target=1.0, top_layers=1, batch_size=4)
+    torch.set_num_threads(2)
+    whole = continue_pretrained(smollm, texts, tmp_path / "whole", settings, probes, progress=False)
+    real, calls = continued.probe_accuracy, []
+
+    def killed_in_epoch_two(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*args)
+
+    monkeypatch.setattr(continued, "probe_accuracy", killed_in_epoch_two)
+    with pytest.raises(KeyboardInterrupt):
+        continue_pretrained(smollm, texts, tmp_path / "cut", settings, probes, progress=False)
+    assert json.loads((tmp_path / ".cut.epochs" / "state.json").read_text())["epoch"] == 1
+    assert not (tmp_path / "cut").exists()
+    epochs_run = []
+    monkeypatch.setattr(continued, "probe_accuracy", lambda *args: epochs_run.append(1) or real(*args))
+    resumed = continue_pretrained(smollm, texts, tmp_path / "cut", settings, probes, progress=False)
+    assert len(epochs_run) == 2  # epochs 2 and 3: the first was not trained again
+    assert [h["epoch"] for h in resumed["history"]] == [1, 2, 3] and resumed["tokens_seen"] == whole["tokens_seen"]
+    assert [h["loss"] for h in resumed["history"]] == pytest.approx([h["loss"] for h in whole["history"]], abs=1e-5)
+    ours, theirs = (load_file(str(tmp_path / d / "model.safetensors")) for d in ("cut", "whole"))
+    for name, tensor in theirs.items():
+        torch.testing.assert_close(ours[name], tensor, rtol=0, atol=1e-5)
+    assert not (tmp_path / ".cut.epochs").exists()  # a finished run leaves no checkpoint
+
+
 def test_the_fidelity_bench_with_the_real_base_on_the_tiny_world(smollm, tmp_path, ray_local):
     bench = load_bench("fidelity_real")
     out, table = tmp_path / "fr", tmp_path / "fidelity_real_frontier.json"
@@ -74,7 +113,10 @@ def test_the_fidelity_bench_with_the_real_base_on_the_tiny_world(smollm, tmp_pat
     rows = json.loads(table.read_text())["rows"]
     assert all(FIELDS <= set(r) for r in rows) and sum(r["recommended"] for r in rows) == 1
     names = {r["method"] for r in rows}
-    assert "linear a=0.5 (neural)" in names and any(n.startswith("linear a=held-out=") for n in names)
+    from vintage import recommended
+
+    assert [r["spec"] for r in rows if r["recommended"]] == [recommended.SPEC]
+    assert any(n.startswith("linear a=held-out=") for n in names)
     strength = manifest["calibration"]["2017-12-31"]  # the pipeline chose the vintage's alpha on held-out text
     assert strength["reference"] == "held-out text" and 0 <= strength["alpha"] <= 4
     for r in rows:

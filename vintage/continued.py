@@ -14,7 +14,8 @@ the last 12 of 30 blocks at lr 2e-3, 8 documents a step, reached 1.0 at epoch 21
 is the minority outcome of a company (the model learns each company's usual result first), so memorising wants
 capacity and a high rate rather than more epochs. LoRA stays available (`rank`: merged when training ends) for
 bases too large to fine-tune. Training stops once the model answers `target` of its probes (facts its documents
-state) or after `max_epochs`.
+state) or after `max_epochs`; a run killed mid-way resumes after its last finished epoch
+(vintage/epoch_checkpoint.py).
 
     info = continue_pretrained(base_dir, texts, out_dir, ContinueSettings(seed=0), probes=facts)
 """
@@ -29,7 +30,8 @@ from typing import Sequence
 
 import torch
 
-from corpora.files import replace_directory
+from corpora.files import replace_directory, short_hash
+from vintage.epoch_checkpoint import EpochCheckpoint
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-family names
 
@@ -120,10 +122,19 @@ def continue_pretrained(base: str | Path, texts: Sequence[str], out: str | Path,
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min(1.0, (step + 1) / warmup) * max(0.1, 1 - step / total))
     order = random.Random(settings.seed)
-    history, tokens_seen = [], 0
-    bar = tqdm(total=total, desc=f"continue seed={settings.seed}", unit="step", disable=not progress, leave=False,
-               mininterval=5)
-    for epoch in range(1, settings.max_epochs + 1):
+    history, tokens_seen, first, spent = [], 0, 1, 0.0
+    checkpoint = EpochCheckpoint(out, EpochCheckpoint.fingerprint_of(
+        str(Path(base).resolve()), asdict(settings), short_hash("\0".join(texts)), [asdict(p) for p in probes]))
+    resumed = checkpoint.resume(model, optimizer, schedule, order)
+    if resumed is not None:
+        history, tokens_seen, first, spent = resumed.history, resumed.tokens_seen, resumed.epoch + 1, resumed.seconds
+        started -= spent  # the seconds reported are the whole run's
+    bar = tqdm(total=total, initial=(first - 1) * steps_per_epoch, desc=f"continue seed={settings.seed}",
+               unit="step", disable=not progress, leave=False, mininterval=5)
+    done = bool(history) and _finished(history, settings, probes)
+    for epoch in range(first, settings.max_epochs + 1):
+        if done:
+            break
         model.train()
         batches = list(range(len(encoded)))
         order.shuffle(batches)
@@ -151,8 +162,10 @@ def continue_pretrained(base: str | Path, texts: Sequence[str], out: str | Path,
         if progress:
             bar.write(f"[continue] seed={settings.seed} epoch {epoch}: loss {history[-1]['loss']:.3f}, probe accuracy "
                       f"{accuracy:.2f} ({time.perf_counter() - started:.0f} s)")
-        if epoch >= settings.min_epochs and probes and accuracy >= settings.target:
-            break
+        done = _finished(history, settings, probes)
+        if not done and epoch < settings.max_epochs:  # the last epoch is saved as the model itself
+            checkpoint.save(epoch, model, optimizer, schedule, order, history, tokens_seen,
+                            time.perf_counter() - started)
     bar.close()
     merged = model.merge_and_unload() if settings.rank is not None else model
     out = Path(out)
@@ -167,4 +180,10 @@ def continue_pretrained(base: str | Path, texts: Sequence[str], out: str | Path,
                        else f"full fine-tuning of the last {len(trained)} blocks"), "settings": asdict(settings)}
     (staging / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     replace_directory(staging, out)
+    checkpoint.clear()
     return info
+
+
+def _finished(history: list[dict], settings: ContinueSettings, probes) -> bool:
+    """Whether training stops after the last epoch of `history`: enough epochs and the probes' target reached."""
+    return bool(probes) and len(history) >= settings.min_epochs and history[-1]["probe_accuracy"] >= settings.target
