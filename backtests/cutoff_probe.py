@@ -19,6 +19,7 @@ import polars as pl
 
 from corpora.config import ConfigError, doc
 from corpora.timeline import as_utc
+from vintage.holdout import HOLDOUT_EVERY
 
 # metric: (per-window value, weight) whose per-period ratio of sums rises as a model's familiarity falls
 METRICS = {
@@ -114,7 +115,7 @@ def probed_documents(split: Path, registry=None) -> tuple[pl.DataFrame, str]:
     trained_on = config.get("split")
     if not trained_on or Path(trained_on).resolve() != split.resolve():
         return docs, f"every document (the registry was trained on {trained_on}, not on this split)"
-    every = int(config.get("holdout_every", 20))
+    every = registry.holdout_every or HOLDOUT_EVERY
     held = pl.Series(holdout_mask(docs["doc_id"].to_list(), every))
     return docs.filter(held), f"the registry's held-out documents (one in {every}, never trained on)"
 

@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from vintage.holdout import HOLDOUT_EVERY  # noqa: E402
+
 # mid-corpus: for the frontier world (2017q1-2019q2, 120 events) 60 fact queries on each side
 CUTOFFS = {"frontier": "2018-06-30", "tiny": "2017-12-31", "small": "2017-06-30"}
 
@@ -49,7 +51,7 @@ def train_section(cutoff: str, preset: str = "tiny", epochs: int = 2, lr: float 
             "ngram": {"order": 3, "engine": "local"}}
 
 
-def training_documents(split: Path, up_to: str | None, holdout_every: int = 20) -> list[str]:
+def training_documents(split: Path, up_to: str | None, holdout_every: int = HOLDOUT_EVERY) -> list[str]:
     """The split's documents (of the slices <= `up_to`, or all), less the held-out ones the registry keeps out."""
     import polars as pl
 

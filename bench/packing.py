@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vintage.holdout import is_holdout  # noqa: E402
+from vintage.holdout import HOLDOUT_EVERY, is_holdout  # noqa: E402
 from vintage.tokenizer import load_tokenizer, train_bpe  # noqa: E402
 from vintage.windows import pack  # noqa: E402
 
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--corpus", help="a real corpus by name (corpora/real.py), taken whole")
     parser.add_argument("--tokenizer", help="a tokenizer directory; unset: a 2,048-token BPE trained on the texts")
     parser.add_argument("--window", type=int, nargs="+", default=[96, 128])
-    parser.add_argument("--holdout-every", type=int, default=20)
+    parser.add_argument("--holdout-every", type=int, default=HOLDOUT_EVERY)
     args = parser.parse_args()
     if not (args.split or args.corpus):
         parser.error("give --split or --corpus")

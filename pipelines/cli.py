@@ -165,14 +165,15 @@ def _probe_cutoff(args) -> int:
 
 
 def _ngram(args) -> int:
+    from vintage.holdout import registry_holdout
     from vintage.ngram import NgramLM, count_slices
 
     if args.engine == "ray":
         import ray
 
         ray.init(ignore_reinit_error=True)
-    build = count_slices(args.registry, args.split, args.order, args.holdout_every, args.engine,
-                         min_count=args.min_count)
+    build = count_slices(args.registry, args.split, args.order, registry_holdout(args.registry, args.holdout_every),
+                         args.engine, min_count=args.min_count)
     slices = sorted(build.manifest["slices"])
     if slices:
         model = NgramLM.from_registry(args.registry, slices[-1])
@@ -182,10 +183,11 @@ def _ngram(args) -> int:
 
 
 def _fit_temperatures(args) -> int:
+    from vintage.holdout import registry_holdout
     from vintage.temperature import fit_registry_temperatures
 
     fit_registry_temperatures(args.registry, args.split, args.kinds.split(","), frontier=args.frontier,
-                              holdout_every=args.holdout_every)
+                              holdout_every=registry_holdout(args.registry, args.holdout_every))
     print(f"temperatures written to {Path(args.registry) / 'manifest.json'}")
     return 0
 
@@ -290,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     ngram.add_argument("--split", required=True, help="split output directory")
     ngram.add_argument("--order", type=int, default=5, help="n of the n-grams (default 5)")
     ngram.add_argument("--min-count", type=int, default=1, help="prune n-grams seen fewer times (default 1)")
-    ngram.add_argument("--holdout-every", type=int, default=20, help="as in training: held-out documents")
+    ngram.add_argument("--holdout-every", type=int, help="held-out documents: one in N (default: the registry's "
+                                                          "training's, else 20; another value is an error)")
     ngram.add_argument("--engine", choices=["ray", "local"], default="ray")
     ngram.set_defaults(func=_ngram)
 
@@ -300,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     temps.add_argument("--split", required=True)
     temps.add_argument("--frontier", help="frontier directory; default: the registry's frontier/")
     temps.add_argument("--kinds", default="neural,ngram", help="comma-separated: neural, ngram")
-    temps.add_argument("--holdout-every", type=int, default=20)
+    temps.add_argument("--holdout-every", type=int, help="as for ngram: default the registry's training's")
     temps.set_defaults(func=_fit_temperatures)
 
     calibrate = commands.add_parser("calibrate", help="calibrate alpha per vintage on a world's fact queries and "

@@ -19,7 +19,7 @@ from tests.lm_fixtures import tiny_model, word_tokenizer
 from vintage.decoding import PointInTimeLM
 from vintage.modes import Steering
 from vintage.ngram import NgramLM, count_slices, emit_ngrams, ngram_fingerprint, vintage_counts
-from vintage.holdout import is_holdout
+from vintage.holdout import is_holdout, registry_holdout
 from vintage.tokenizer import load_tokenizer, train_bpe
 
 UTC = dt.timezone.utc
@@ -95,6 +95,25 @@ def test_a_corrected_text_under_the_same_id_is_counted_again(tiny, tmp_path):
     assert again.counted == [first.counted[-1]] and again.skipped == first.counted[:-1]
     assert ngram_fingerprint(root / "ngram", first.counted[0]) == before[first.counted[0]]
     assert ngram_fingerprint(root / "ngram", first.counted[-1]) != before[first.counted[-1]]
+
+
+def test_ngram_counts_hold_out_what_the_registry_was_trained_holding_out(tiny, capsys):
+    """`vintage ngram` reads the hold-out from the registry's training config: another value would count
+    documents the trained models were validated on (a leak into the n-gram vintages), so it is an error."""
+    import json
+
+    from pipelines.cli import main as vintage
+
+    root = fresh_registry(tiny, "holdout")
+    (root / "manifest.json").write_text(json.dumps({"config": {"holdout_every": 7, "split": str(tiny / "split2")}}))
+    assert vintage(["ngram", "--registry", str(root), "--split", str(tiny / "split2"), "--order", "3",
+                    "--engine", "local"]) == 0
+    assert json.loads((root / "ngram" / "manifest.json").read_text())["holdout_every"] == 7
+    assert vintage(["ngram", "--registry", str(root), "--split", str(tiny / "split2"), "--order", "3",
+                    "--engine", "local", "--holdout-every", "20"]) == 2
+    assert "trained holding out one document in 7; --holdout-every 20 would count" in capsys.readouterr().err
+    bare = fresh_registry(tiny, "holdout-bare")  # no training config yet: the value given, else the default
+    assert (registry_holdout(bare), registry_holdout(bare, 9), registry_holdout(root)) == (20, 9, 7)
 
 
 def test_vintage_counts_are_the_counts_of_the_documents_up_to_the_cutoff(tiny):

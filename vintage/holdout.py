@@ -3,9 +3,13 @@ validation loss, temperature fits and effective-cutoff probes read text the mode
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 from typing import Iterable
 
 import pyarrow as pa
+
+HOLDOUT_EVERY = 20  # one document in this many is held out, unless a training config says otherwise
 
 
 def is_holdout(doc_id: str, every: int) -> bool:
@@ -24,7 +28,18 @@ def heldout_documents(registry):
 
     from corpora.split import read_slices
 
-    config = registry.manifest["config"]
-    docs = pl.from_arrow(read_slices(config["split"]).select(["doc_id", "knowledge_date", "text"]))
-    every = int(config.get("holdout_every", 20))
-    return docs.filter(pl.Series(holdout_mask(docs["doc_id"].to_list(), every)))
+    docs = pl.from_arrow(read_slices(registry.manifest["config"]["split"]).select(["doc_id", "knowledge_date", "text"]))
+    return docs.filter(pl.Series(holdout_mask(docs["doc_id"].to_list(), registry.holdout_every or HOLDOUT_EVERY)))
+
+
+def registry_holdout(registry_dir: str | Path, asked: int | None = None) -> int:
+    """The hold-out a registry's models were trained with (its manifest's training config), for the work that
+    reads the same split after training (n-gram counts, temperature fits): a different one would count or fit on
+    documents the models were validated on. `asked` (a command-line value) must agree with it; without a trained
+    manifest (counting into a registry that holds only a tokenizer) it is `asked`, else the default."""
+    path = Path(registry_dir) / "manifest.json"
+    trained = json.loads(path.read_text()).get("config", {}).get("holdout_every") if path.exists() else None
+    if trained is not None and asked is not None and int(asked) != int(trained):
+        raise ValueError(f"{path}: the models were trained holding out one document in {trained}; --holdout-every "
+                         f"{asked} would count or fit on documents they were validated on (leave it unset)")
+    return int(trained if trained is not None else asked if asked is not None else HOLDOUT_EVERY)

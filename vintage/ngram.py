@@ -39,6 +39,7 @@ import torch
 from corpora.files import atomic_path, documents_hash, short_hash, write_text_atomically
 from corpora.quiet_ray_data import QuietRayData
 from vintage.compact import expand_logits
+from vintage.holdout import HOLDOUT_EVERY
 
 COUNT_SCHEMA = pa.schema([("order", pa.int8()), ("context", pa.string()), ("token", pa.int32()),
                           ("count", pa.int64())])
@@ -111,7 +112,7 @@ class NgramBuild:
     manifest: dict
 
 
-def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5, holdout_every: int = 20,
+def count_slices(registry_dir: str | Path, split_dir: str | Path, order: int = 5, holdout_every: int = HOLDOUT_EVERY,
                  engine: str = "ray", batch_size: int = 64, min_count: int = 1) -> NgramBuild:
     """Count k-grams of every slice of the split into `registry/ngram/slices/`, skipping slices whose
     counts exist for the same content, tokenizer and order (a grown corpus counts only its new slices).

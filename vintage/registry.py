@@ -68,6 +68,13 @@ class Registry:
                                 f"a frontier directory")
         return path
 
+    @property
+    def holdout_every(self) -> int | None:
+        """One document in this many was held out of training (vintage/holdout.py); None for a registry that
+        records no training config."""
+        every = self.manifest.get("config", {}).get("holdout_every")
+        return None if every is None else int(every)
+
     def has_frontier(self) -> bool:
         """A trained frontier/ or a recorded external one."""
         return (self.root / "frontier").exists() or "external_frontier" in self.manifest

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from vintage.compact import load_causal_lm
+from vintage.holdout import HOLDOUT_EVERY
 from vintage.model_calls import pad_batch
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
@@ -68,7 +69,7 @@ def position_logits(model, tokenizer, texts: Sequence[str], max_length: int, bat
 
 
 def fit_registry_temperatures(registry, split: str, kinds: Sequence[str] = ("neural", "ngram"),
-                              frontier: str | None = None, holdout_every: int = 20, max_docs: int = 128) -> dict:
+                              frontier: str | None = None, holdout_every: int = HOLDOUT_EVERY, max_docs: int = 128) -> dict:
     """Confidence matching (issue #9): for every surrogate of the registry (each vintage, the last one being
     the full), the temperature that makes its next-token distribution closest in KL to the frontier's on
     held-out documents up to its cutoff (text both should know alike). Written to the manifest under

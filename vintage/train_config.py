@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 from corpora.config import doc
+from vintage.holdout import HOLDOUT_EVERY
 
 
 @dataclass
@@ -90,7 +91,7 @@ class TrainConfig:
     bf16: bool = doc("with use_gpu: train in bfloat16 where the GPU supports it (DeepSpeed's bf16 mode)", True)
     zero_stage: int = doc("DeepSpeed ZeRO stage (0-2 verified on CPU)", 0)
     threads_per_worker: int = doc("torch threads in each worker", 1)
-    holdout_every: int = doc("one document in this many is held out for validation loss", 20)
+    holdout_every: int = doc("one document in this many is held out for validation loss", HOLDOUT_EVERY)
     seed: int = doc("seed of the surrogates", 0)
     max_failures: int = doc("worker failures a run survives (it resumes from its last checkpoint)", 2)
     parallel_runs: int = doc("Ray Train runs at once (independent vintages, frontier, retrained seeds)", 2)
