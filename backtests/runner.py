@@ -25,6 +25,7 @@ from backtests.spec import BacktestSpec
 from corpora.files import short_hash
 from corpora.quiet_ray_data import QuietRayData
 from corpora.timeline import latest_usable_expr
+from vintage.precision import resolve_dtype
 from vintage.registry import Registry, RegistryError, model_fingerprint
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
@@ -85,6 +86,7 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
     else:  # the trained frontier/ or the user's own that the registry records
         frontier = registry.frontier_path() if registry.has_frontier() else registry.root / "frontier"
     frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
+    compute = str(resolve_dtype(spec.dtype)).removeprefix("torch.")
     manifest = registry.manifest
     full = registry.full_cutoff()
     rows = []
@@ -117,6 +119,8 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
                 what.append(m.width)
             if m.gate_probability is not None:  # and the gate's probability, where one is set
                 what.append(["gate_probability", m.gate_probability])
+            if compute != "float32":  # likewise the dtype the models compute in
+                what.append(["dtype", compute])
             rows.append(dict(method=m.key, vintage_cutoff=c,
                              model_key=short_hash(json.dumps(what, default=str))))
     return pl.DataFrame(rows)
@@ -139,7 +143,8 @@ class Scorer:
         self.methods = [MethodSpec(**m) for m in spec["methods"]]
         self.run_id = run_id
         self.tokenizer = load_tokenizer(self.registry.tokenizer_path())
-        self._load = load_causal_lm
+        self.compute = spec.get("dtype", "float32")
+        self._load = lambda path: load_causal_lm(path, compute=self.compute)
         self.frontier_dir = spec.get("frontier")
         self.cache: dict[str, object] = {}
 
@@ -156,7 +161,8 @@ class Scorer:
         """The vintage surrogate at `cutoff` of this kind (neural: the trained model; ngram: the counts)."""
         key = f"{kind}-{cutoff}"
         if key not in self.cache:
-            self.cache[key] = load_surrogate(self.registry, kind, cutoff)
+            self.cache[key] = load_surrogate(self.registry, kind, cutoff,
+                                             **({"compute": self.compute} if kind == "neural" else {}))
         return self.cache[key]
 
     def temperatures(self, method, cutoff: str):
@@ -294,8 +300,9 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
                            detail=pl.format("as_of precedes every vintage (first cutoff {})",
                                             pl.lit(registry.cutoffs()[0])), model_key="model_key")]
     todo = pairs.filter(pl.col("vintage_cutoff").is_not_null()).sort("vintage_cutoff", "method")
+    compute = str(resolve_dtype(spec.dtype)).removeprefix("torch.")
     print(f"[backtest] run {run_id}: {todo.height} (method, query) pairs to score, {skipped} already done, "
-          f"{early.height} before the first vintage", flush=True)
+          f"{early.height} before the first vintage; computing in {compute}", flush=True)
     scored = None
     if todo.height:
         columns = todo.select("query_id", "method", "vintage_cutoff", "model_key", "prompt", "choices", "answer")
@@ -343,7 +350,7 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
     if error_rows is not None:
         write_part(error_rows, storage.join(output, "errors"))
     storage.write_text(storage.join(output, "run.json"),
-                       json.dumps({"run_id": run_id, "spec": asdict(spec)}, indent=2, default=str))
+                       json.dumps({"run_id": run_id, "dtype": compute, "spec": asdict(spec)}, indent=2, default=str))
     print(f"[backtest] wrote {n_results} result rows and {0 if error_rows is None else error_rows.height} error "
           f"rows to {output}", flush=True)
     return BacktestResult(output, run_id, n_results, 0 if error_rows is None else error_rows.height, skipped)

@@ -150,6 +150,10 @@ class BacktestSpec:
     effective_cutoff: str | None = doc("vintage cutoff whose held-out perplexity curve is probed; 'auto': the "
                                        "first retrained cutoff, else the middle vintage; null: skip", "auto")
     effective_cutoff_period: str = doc("bucket of the effective-cutoff curve (polars duration: 1mo, 1q, 1y)", "1mo")
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "what the neural models compute in: float32; bfloat16 (torch.autocast, weights and every log-softmax stay "
+        "float32); auto: bfloat16 where the hardware runs it natively, else float32. Recorded in run.json; results "
+        "of one dtype are not reused for another", "float32")
 
     def __post_init__(self):
         if self.resources is None:

@@ -13,6 +13,7 @@ import threading
 
 from serving.methods import DEFAULT_METHOD, parse_method
 from serving.protocol import AS_OF_FORMAT, APIError, parse_as_of
+from vintage.precision import DTYPES, resolve_dtype
 
 
 def _as_of(value: str):
@@ -38,8 +39,9 @@ def ask(args) -> int:
     when, method = _as_of(args.as_of), parse_method(args.method)
     registry = Registry(args.registry)
     method = method.at_vintage(registry, registry.vintage_for(when)[0])
-    lm = PointInTimeLM.from_registry(registry, when, frontier=args.frontier, **method.lm_kwargs())
-    print(f"as of {when.date()}: vintage {lm.vintage_cutoff}, method {method.spec}", file=sys.stderr)
+    lm = PointInTimeLM.from_registry(registry, when, frontier=args.frontier, dtype=args.dtype, **method.lm_kwargs())
+    print(f"as of {when.date()}: vintage {lm.vintage_cutoff}, method {method.spec}, computing in "
+          f"{str(resolve_dtype(args.dtype)).removeprefix('torch.')}", file=sys.stderr)
     frontier = lm.with_settings(mode="frontier", fallback=None) if args.compare else None
     if args.choices:
         scored = lm.score([args.prompt], [args.choices])[0]
@@ -109,6 +111,8 @@ def add_commands(commands) -> None:
     a.add_argument("--seed", type=int, help="for sampling (temperature > 0)")
     a.add_argument("--choices", nargs="+", help="score these continuations instead of generating")
     a.add_argument("--compare", action="store_true", help="also print the frontier's own answer")
+    a.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="what the models compute in (auto: bfloat16 where the CPU or GPU has it; default float32)")
     a.set_defaults(func=ask)
 
     s = commands.add_parser("serve", help="an OpenAI-compatible HTTP API on Ray Serve (API key required)")

@@ -104,6 +104,22 @@ def test_results_errors_idempotence_and_increments(tmp_path, registry):
     assert more.run_id == first.run_id  # the spec's content (less the query file's rows) did not change
 
 
+def test_a_backtest_in_bfloat16_is_recorded_and_not_mixed_with_float32(tmp_path, registry):
+    """dtype: bfloat16 scores every pair again (its model keys differ from float32's), records the dtype in
+    run.json, and answers as float32 does on these queries (log-probs within bf16 rounding)."""
+    first = run_backtest(make_spec(tmp_path, registry, base_rows()), engine="local")
+    half = run_backtest(make_spec(tmp_path, registry, base_rows(), dtype="bfloat16"), engine="local")
+    assert half.scored == first.scored and half.run_id != first.run_id  # (pairs with no vintage: the same errors)
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["dtype"] == "bfloat16"
+    rows = read_table(tmp_path / "out" / "results")
+    by_run = {run: part.sort("query_id", "method") for run, part in
+              ((r, rows.filter(pl.col("run_id") == r)) for r in (first.run_id, half.run_id))}
+    a, b = by_run[first.run_id], by_run[half.run_id]
+    assert a["prediction"].to_list() == b["prediction"].to_list()
+    for x, y in zip(a["choice_logprobs"].to_list(), b["choice_logprobs"].to_list()):
+        assert x == pytest.approx(y, abs=0.05)
+
+
 def test_report_writes_tables_and_plots(tmp_path, registry):
     spec = make_spec(tmp_path, registry, base_rows())
     run_backtest(spec, engine="local")

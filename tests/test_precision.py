@@ -20,3 +20,34 @@ def test_autocast_computes_matmuls_in_bf16_and_float32_is_left_alone():
     with autocast(torch.bfloat16):
         assert (a @ a).dtype == torch.bfloat16
     assert (a @ a).dtype == torch.float32
+
+
+def test_a_model_in_bfloat16_computes_under_autocast_and_returns_float32_logits(tmp_path):
+    """load_causal_lm(compute=...): bfloat16 wraps the model in AutocastLM (its weights stay float32, its logits
+    come back float32, close to the float32 ones); float32 leaves the model as it was; an n-gram table is left
+    alone. The scores of a steered model in bfloat16 stay close to float32's."""
+    from tests.lm_fixtures import tiny_model, word_tokenizer
+    from vintage.compact import load_causal_lm
+    from vintage.decoding import PointInTimeLM
+    from vintage.precision import AutocastLM, in_dtype
+
+    tok = word_tokenizer()
+    for name, seed in (("frontier", 0), ("vintage", 1), ("full", 2)):
+        tiny_model(tok, seed=seed).save_pretrained(tmp_path / name)
+    plain = load_causal_lm(tmp_path / "frontier")
+    half = load_causal_lm(tmp_path / "frontier", compute="bfloat16")
+    assert not isinstance(plain, AutocastLM) and isinstance(half, AutocastLM)
+    assert next(half.parameters()).dtype == torch.float32
+    ids = torch.tensor([tok("Acme 2019q1 results :", add_special_tokens=False)["input_ids"]])
+    with torch.inference_mode():
+        a, b = plain(input_ids=ids).logits, half(input_ids=ids).logits
+    assert b.dtype == torch.float32 and not torch.equal(a, b)  # computed in bf16: rounded, then widened
+    torch.testing.assert_close(b, a, atol=0.05, rtol=0.02)
+    table = object()
+    assert in_dtype(table, "bfloat16") is table and in_dtype(plain, "float32") is plain
+    models = {c: [load_causal_lm(tmp_path / n, compute=c) for n in ("frontier", "vintage", "full")]
+              for c in ("float32", "bfloat16")}
+    prompts, choices = ["Acme 2019q1 results :", "Brio preview points to a"], [[" beat", " miss"]] * 2
+    scores = {c: PointInTimeLM(*m, tok, alpha=0.5).score(prompts, choices) for c, m in models.items()}
+    for x, y in zip(scores["bfloat16"], scores["float32"]):
+        assert x.choice_logprobs == pytest.approx(y.choice_logprobs, abs=0.05)

@@ -145,11 +145,14 @@ class CompactLM(torch.nn.Module):
         return out
 
 
-def load_causal_lm(directory: str | Path, **kwargs):
+def load_causal_lm(directory: str | Path, compute: str = "float32", **kwargs):
     """A Hugging Face causal LM directory (safetensors only), in eval mode; a compact surrogate (a
-    `vocabulary.json` beside its weights) comes wrapped in `CompactLM`."""
+    `vocabulary.json` beside its weights) comes wrapped in `CompactLM`; `compute` (auto, float32, bfloat16): the
+    dtype its forward pass runs in (vintage/precision.py; the weights stay as loaded)."""
     from transformers import AutoModelForCausalLM
+
+    from vintage.precision import in_dtype
 
     model = AutoModelForCausalLM.from_pretrained(str(directory), use_safetensors=True, **kwargs).eval()
     vocabulary = CompactVocabulary.load(directory)
-    return model if vocabulary is None else CompactLM(model, vocabulary).eval()
+    return in_dtype(model if vocabulary is None else CompactLM(model, vocabulary).eval(), compute)

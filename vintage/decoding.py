@@ -132,13 +132,14 @@ class PointInTimeLM:
                       alpha: float | str | None = None, plausibility: float | None = None,
                       surrogate: str = "neural", fallback: str | None = None, steering: Steering | None = None,
                       frontier_kwargs: dict | None = None, surrogate_kwargs: dict | None = None,
-                      **kwargs) -> "PointInTimeLM":
+                      dtype: str = "float32", **kwargs) -> "PointInTimeLM":
         """The vintage for `as_of` (latest whose cutoff day has fully passed), the registry's full surrogate, and
         its frontier (or `frontier`, any HF directory sharing the registry's tokenizer), decoding with the
         recommended method (vintage/recommended.py); `alpha` (and `plausibility`) ask for the linear contrast (alpha
         0.5 where only a mask is given; "calibrated": the vintage's from the registry), `steering` for any mode.
         `surrogate`: the trained pair (neural) or the n-gram counts (ngram); `fallback` (switch, blend): the kind
-        whose vintage replaces the frontier where the gate fires (default: the pair's own).
+        whose vintage replaces the frontier where the gate fires (default: the pair's own). `dtype` (auto, float32,
+        bfloat16): what the neural models compute in (vintage/precision.py).
 
             PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
                                         steering=Steering("switch", margin=0.1, plausibility=0.3))
@@ -155,10 +156,11 @@ class PointInTimeLM:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
                            str(tokenizer_dir), str(registry.tokenizer_path()))
-        load = lambda kind, at: load_surrogate(registry, kind, at, **(surrogate_kwargs or {}))  # noqa: E731
+        neural = {"compute": dtype, **(surrogate_kwargs or {})}
+        load = lambda kind, at: load_surrogate(registry, kind, at, **(neural if kind == "neural" else {}))  # noqa: E731
         vintage, full = load(surrogate, cutoff), load(surrogate, registry.full_cutoff())
         fallback = load(fallback, cutoff) if fallback else None
-        model = load_causal_lm(frontier_dir, **(frontier_kwargs or {}))
+        model = load_causal_lm(frontier_dir, **{"compute": dtype, **(frontier_kwargs or {})})
         return cls(model, vintage, full, tokenizer, steering=steering, vintage_cutoff=cutoff, fallback=fallback,
                    **kwargs)
 

@@ -33,3 +33,35 @@ def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+class AutocastLM(torch.nn.Module):
+    """A causal LM whose forward pass runs under `torch.autocast` to `dtype` (its weights stay float32) and whose
+    `.logits` come back in float32: every log-softmax, contrast and fitted statistic downstream stays float32.
+    Autocast is per thread, so it is entered in the forward itself (the surrogates may run in a worker thread)."""
+
+    def __init__(self, model, dtype: torch.dtype):
+        from vintage.model_calls import call_spec, device_of
+
+        super().__init__()
+        self.model, self.compute = model, dtype
+        self.config = model.config
+        self.device_type = device_of(model).type
+        self._vintage_call_spec = call_spec(model)  # the wrapped model's argument names (model_calls)
+
+    def forward(self, *args, **kwargs):
+        with autocast(self.compute, self.device_type):
+            out = self.model(*args, **kwargs)
+        out.logits = out.logits.float()
+        return out
+
+
+def in_dtype(model, setting: str):
+    """`model` computing in the dtype `setting` names (auto: bf16 where the hardware has it): wrapped in
+    `AutocastLM` for bfloat16, as it is for float32. A model without parameters (an n-gram table) is left as is."""
+    from vintage.model_calls import device_of
+
+    if not isinstance(model, torch.nn.Module):
+        return model
+    dtype = resolve_dtype(setting, device_of(model))
+    return model if dtype == torch.float32 else AutocastLM(model, dtype).eval()
