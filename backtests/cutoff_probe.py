@@ -13,6 +13,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
@@ -55,6 +56,7 @@ class ProbeCutoffConfig:
                                   "unset: all", None)
     batch_size: int = doc("windows per forward pass (a batch's log-softmax is batch x window x vocabulary)", 8)
     threads: int = doc("torch threads for scoring; 0: every core this process may use", 0)
+    dtype: Literal["auto", "float32", "bfloat16"] = doc("what the models compute in (as a backtest's dtype)", "float32")
     resamples: int = doc("bootstrap resamples (the interval) and permutations (the p-value)", 200)
     level: float = doc("confidence level of the cutoff's interval", 0.9)
     significance: float = doc("a knee is reported only where the permutation p-value is below this", 0.05)
@@ -276,12 +278,12 @@ def probed_models(config: ProbeCutoffConfig, threads: int):
             raise FileNotFoundError(f"--frontier {config.frontier}: no tokenizer files there (an HF causal LM "
                                     f"directory with safetensors and its tokenizer is expected)")
         tokenizer = AutoTokenizer.from_pretrained(config.frontier)
-        model = load_causal_lm(config.frontier)
+        model = load_causal_lm(config.frontier, compute=config.dtype)
         return None, tokenizer, [("frontier", PointInTimeLM(model, None, None, tokenizer), None)]
     registry = Registry(config.registry)
     cutoff, _ = registry.vintage_for(config.as_of)
-    scorer = Scorer({"registry": str(registry.root), "methods": [], "frontier": config.frontier}, run_id="probe-cutoff",
-                    threads=threads)
+    scorer = Scorer({"registry": str(registry.root), "methods": [], "frontier": config.frontier, "dtype": config.dtype},
+                    run_id="probe-cutoff", threads=threads)
     methods = [MethodSpec(name="frontier"), MethodSpec(name="surrogate"),
                MethodSpec(name="point_in_time", alpha=config.alpha),
                MethodSpec(name="retrained")]

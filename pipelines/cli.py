@@ -153,7 +153,7 @@ def _probe_cutoff(args) -> int:
                                as_of=args.as_of, **chosen, period=args.period, since=args.since,
                                until=args.until, window=args.window,
                                min_k=args.min_k, max_windows=args.max_windows, batch_size=args.batch_size,
-                               threads=args.threads, resamples=args.resamples, seed=args.seed)
+                               threads=args.threads, resamples=args.resamples, seed=args.seed, dtype=args.dtype)
     result = probe_cutoff(config)
     with pl.Config(tbl_rows=400, tbl_cols=-1, tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True,
                    float_precision=3, tbl_width_chars=200):
@@ -272,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     cut.add_argument("--registry", help="model registry: also probe its models at the vintage for --as-of")
     cut.add_argument("--as-of", help="with --registry: the date whose vintage is probed")
     cut.add_argument("--alpha", type=float, default=None, help="point_in_time: the linear contrast at this weight (default: the recommended method)")
+    cut.add_argument("--dtype", choices=["auto", "float32", "bfloat16"], default="float32",
+                     help="what the models compute in (auto: bfloat16 where the CPU or GPU has it)")
     cut.add_argument("--period", default="1y", help="period of the curve: 1mo, 1q, 1y, 10y (default 1y)")
     cut.add_argument("--since", help="probe only documents known on or after this date")
     cut.add_argument("--until", help="probe only documents known before this date")

@@ -48,7 +48,7 @@ class VintageServer:
 
         torch.set_num_threads(config.torch_threads)
         self.config, self._digest = config, digest
-        self.engine = Engine(registry, frontier)
+        self.engine = Engine(registry, frontier, config.dtype)
         self.frontier_id = self.engine.frontier_dir.name
         self.loop = DecodeLoop(self.engine, config.max_batch_size, config.batch_wait_timeout_s)
 

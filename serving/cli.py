@@ -86,7 +86,8 @@ def serve(args) -> int:
     try:
         ray_serve.start(http_options={"host": args.host, "port": args.port})
         ray_serve.run(build_app(args.registry, args.frontier, config, key), name="vintage", route_prefix="/")
-        print(f"vintage serve: listening on http://{args.host}:{args.port}/v1 (registry {args.registry})", flush=True)
+        print(f"vintage serve: listening on http://{args.host}:{args.port}/v1 (registry {args.registry}; computing in "
+              f"{str(resolve_dtype(config.dtype)).removeprefix('torch.')})", flush=True)
         stop.wait()
     finally:
         try:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from corpora.config import ConfigError, doc, load_yaml
 from serving.methods import DEFAULT_METHOD, MethodError, parse_method
+from vintage.precision import DTYPES
 
 API_KEY_ENV = "VINTAGE_API_KEY"
 
@@ -29,12 +30,16 @@ class ServeConfig:
     torch_threads: int = doc("torch threads per replica (1: under contention more threads run slower)", 1)
     max_ongoing_requests: int = doc("requests a replica accepts at once (>= max_batch_size)", 64)
     access_log: bool = doc("one line per request in the replica's log (Ray Serve's access log)", True)
+    dtype: str = doc("what the models compute in: float32, bfloat16 (torch.autocast; logits and log-softmax stay "
+                     "float32) or auto (bfloat16 where the CPU or GPU has it natively)", "float32")
 
     def __post_init__(self):
         try:
             parse_method(self.default_method)
         except MethodError as err:
             raise ValueError(f"default_method: {err}") from None
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         for name in ("default_max_tokens", "max_batch_size", "max_vintages", "num_replicas", "torch_threads",
                      "max_ongoing_requests"):
             if getattr(self, name) < 1:

@@ -65,7 +65,7 @@ class _Row:
 class Engine:
     """The models one replica holds (frontier, full surrogate, tokenizer) and the registry for as-of lookup."""
 
-    def __init__(self, registry: str | Path | Registry, frontier: str | Path | None = None):
+    def __init__(self, registry: str | Path | Registry, frontier: str | Path | None = None, dtype: str = "float32"):
         from transformers import AutoTokenizer
 
         from vintage.compact import load_causal_lm
@@ -79,8 +79,9 @@ class Engine:
         check_vocabularies(self.tokenizer, AutoTokenizer.from_pretrained(str(self.registry.tokenizer_path())),
                            str(tokenizer_dir), str(self.registry.tokenizer_path()))
         self.vocab = len(self.tokenizer)
-        self.frontier = load_causal_lm(self.frontier_dir)
-        self.full = load_surrogate(self.registry, "neural", self.registry.full_cutoff())
+        self.dtype = dtype  # what the models compute in (vintage/precision.py)
+        self.frontier = load_causal_lm(self.frontier_dir, compute=dtype)
+        self.full = load_surrogate(self.registry, "neural", self.registry.full_cutoff(), compute=dtype)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
             self.tokenizer.eos_token_id or 0)
         config = self.frontier.config
@@ -99,7 +100,7 @@ class Engine:
 
     def load_vintage(self, cutoff: str):
         """The neural vintage surrogate at `cutoff` (safetensors only, eval mode)."""
-        return load_surrogate(self.registry, "neural", cutoff)
+        return load_surrogate(self.registry, "neural", cutoff, compute=self.dtype)
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]

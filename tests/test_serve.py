@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from pipelines.cli import main as vintage_main
+from serving.config import ServeConfig
 from serving.engine import DecodeJob, Engine
 from serving.methods import DEFAULT_METHOD, Method, MethodError, parse_method
 from serving.protocol import APIError, parse_as_of, parse_chat, parse_completion
@@ -47,11 +48,11 @@ def registry(tmp_path_factory):
     return root
 
 
-def reference(registry, as_of, method, prompt=PROMPT, max_new_tokens=10, **sampling):
+def reference(registry, as_of, method, prompt=PROMPT, max_new_tokens=10, dtype="float32", **sampling):
     """What PointInTimeLM answers for this as_of and method: the text, its tokens and each one's log-prob."""
     vintages = Registry(registry)
     resolved = parse_method(method).at_vintage(vintages, vintages.vintage_for(as_of)[0])
-    lm = PointInTimeLM.from_registry(registry, as_of, **resolved.lm_kwargs())
+    lm = PointInTimeLM.from_registry(registry, as_of, dtype=dtype, **resolved.lm_kwargs())
     texts, ids, scores = lm.generate([prompt], max_new_tokens=max_new_tokens, return_scores=True, **sampling)
     eos = lm.tokenizer.eos_token_id
     tokens = [t for t in ids[0].tolist()]
@@ -146,6 +147,25 @@ def test_a_running_batch_that_rows_join_and_leave_equals_pointintimelm(registry)
         # one model, every divergence is 0 and rank's ban is decided by float noise of the batch (1e-7): left out
         if engine.vintage_for(parse_as_of(as_of)) != CUTOFFS[-1] or not parse_method(method).steered:
             assert logprobs[id(job)] == pytest.approx(expected_logprobs, abs=1e-4), (method, as_of, n)
+
+
+def test_an_engine_in_bfloat16_answers_as_pointintimelm_in_bfloat16(registry):
+    """ServeConfig.dtype reaches every model the engine loads; its log-probs are PointInTimeLM's in the same dtype
+    (and not float32's exactly: the dtype is really used)."""
+    from vintage.precision import AutocastLM
+
+    engine = Engine(registry, dtype="bfloat16")
+    assert isinstance(engine.frontier, AutocastLM) and isinstance(engine.full, AutocastLM)
+    method, as_of = parse_method("linear alpha=0.5"), "2019-07-02"
+    job = DecodeJob(engine.encode(PROMPT), method, engine.load_vintage(engine.vintage_for(parse_as_of(as_of))), 6)
+    batch, logprobs = engine.start([job]), []
+    while not batch.done:
+        logprobs += [event.logprob for _, event in batch.step() if not event.eos]
+    _, _, expected = reference(registry, as_of, "linear alpha=0.5", max_new_tokens=6, dtype="bfloat16")
+    assert logprobs == pytest.approx(expected, abs=1e-4)
+    assert logprobs != pytest.approx(reference(registry, as_of, "linear alpha=0.5", max_new_tokens=6)[2], abs=1e-6)
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        ServeConfig(dtype="float16")
 
 
 def test_a_cancelled_row_leaves_the_batch_and_the_others_go_on(registry):
