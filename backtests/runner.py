@@ -25,7 +25,7 @@ from backtests.spec import BacktestSpec
 from corpora.files import short_hash
 from corpora.quiet_ray_data import QuietRayData
 from corpora.timeline import latest_usable_expr
-from vintage.precision import resolve_dtype
+from vintage.precision import dtype_name
 from vintage.registry import Registry, RegistryError, model_fingerprint
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
@@ -86,7 +86,7 @@ def model_keys(spec: BacktestSpec, registry: Registry, cutoffs: list[str]) -> pl
     else:  # the trained frontier/ or the user's own that the registry records
         frontier = registry.frontier_path() if registry.has_frontier() else registry.root / "frontier"
     frontier_fp = model_fingerprint(frontier) if frontier.exists() else str(frontier)
-    compute = str(resolve_dtype(spec.dtype)).removeprefix("torch.")
+    compute = dtype_name(spec.dtype)
     manifest = registry.manifest
     full = registry.full_cutoff()
     rows = []
@@ -161,8 +161,7 @@ class Scorer:
         """The vintage surrogate at `cutoff` of this kind (neural: the trained model; ngram: the counts)."""
         key = f"{kind}-{cutoff}"
         if key not in self.cache:
-            self.cache[key] = load_surrogate(self.registry, kind, cutoff,
-                                             **({"compute": self.compute} if kind == "neural" else {}))
+            self.cache[key] = load_surrogate(self.registry, kind, cutoff, compute=self.compute)
         return self.cache[key]
 
     def temperatures(self, method, cutoff: str):
@@ -300,7 +299,7 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
                            detail=pl.format("as_of precedes every vintage (first cutoff {})",
                                             pl.lit(registry.cutoffs()[0])), model_key="model_key")]
     todo = pairs.filter(pl.col("vintage_cutoff").is_not_null()).sort("vintage_cutoff", "method")
-    compute = str(resolve_dtype(spec.dtype)).removeprefix("torch.")
+    compute = dtype_name(spec.dtype)
     print(f"[backtest] run {run_id}: {todo.height} (method, query) pairs to score, {skipped} already done, "
           f"{early.height} before the first vintage; computing in {compute}", flush=True)
     scored = None

@@ -13,7 +13,7 @@ import threading
 
 from serving.methods import DEFAULT_METHOD, parse_method
 from serving.protocol import AS_OF_FORMAT, APIError, parse_as_of
-from vintage.precision import DTYPES, resolve_dtype
+from vintage.precision import DTYPES, dtype_name
 
 
 def _as_of(value: str):
@@ -41,7 +41,7 @@ def ask(args) -> int:
     method = method.at_vintage(registry, registry.vintage_for(when)[0])
     lm = PointInTimeLM.from_registry(registry, when, frontier=args.frontier, dtype=args.dtype, **method.lm_kwargs())
     print(f"as of {when.date()}: vintage {lm.vintage_cutoff}, method {method.spec}, computing in "
-          f"{str(resolve_dtype(args.dtype)).removeprefix('torch.')}", file=sys.stderr)
+          f"{dtype_name(args.dtype)}", file=sys.stderr)
     frontier = lm.with_settings(mode="frontier", fallback=None) if args.compare else None
     if args.choices:
         scored = lm.score([args.prompt], [args.choices])[0]
@@ -87,7 +87,7 @@ def serve(args) -> int:
         ray_serve.start(http_options={"host": args.host, "port": args.port})
         ray_serve.run(build_app(args.registry, args.frontier, config, key), name="vintage", route_prefix="/")
         print(f"vintage serve: listening on http://{args.host}:{args.port}/v1 (registry {args.registry}; computing in "
-              f"{str(resolve_dtype(config.dtype)).removeprefix('torch.')})", flush=True)
+              f"{dtype_name(config.dtype)})", flush=True)
         stop.wait()
     finally:
         try:

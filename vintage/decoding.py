@@ -156,8 +156,8 @@ class PointInTimeLM:
         tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
         check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
                            str(tokenizer_dir), str(registry.tokenizer_path()))
-        neural = {"compute": dtype, **(surrogate_kwargs or {})}
-        load = lambda kind, at: load_surrogate(registry, kind, at, **(neural if kind == "neural" else {}))  # noqa: E731
+        options = {"compute": dtype, **(surrogate_kwargs or {})}
+        load = lambda kind, at: load_surrogate(registry, kind, at, **options)  # noqa: E731
         vintage, full = load(surrogate, cutoff), load(surrogate, registry.full_cutoff())
         fallback = load(fallback, cutoff) if fallback else None
         model = load_causal_lm(frontier_dir, **{"compute": dtype, **(frontier_kwargs or {})})

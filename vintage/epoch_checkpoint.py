@@ -44,7 +44,8 @@ class EpochCheckpoint:
 
     def save(self, epoch: int, model, optimizer, schedule, order: random.Random, history: list[dict],
              tokens_seen: int, seconds: float) -> None:
-        """Write the state after `epoch` (staged, then renamed into place: a kill while saving keeps the last)."""
+        """Write the state after `epoch`: staged, then swapped in (a kill while writing keeps the last checkpoint; one
+        during the swap can leave it incomplete, and `resume` then starts afresh)."""
         from safetensors.torch import save_file
 
         staging = self.path.parent / f"{self.path.name}.tmp"
@@ -73,7 +74,12 @@ class EpochCheckpoint:
         from safetensors.torch import load_file
 
         state_path = self.path / "state.json"
+        files = [state_path, self.path / "trained.safetensors", self.path / "optimizer.safetensors"]
         if not state_path.exists():
+            return None
+        if not all(f.exists() for f in files):
+            print(f"[continue] {self.path}: an incomplete checkpoint; starting afresh", flush=True)
+            self.clear()
             return None
         state = json.loads(state_path.read_text())
         if state.get("fingerprint") != self.fingerprint:

@@ -3,7 +3,6 @@ validation loss, temperature fits and effective-cutoff probes read text the mode
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Iterable
 
@@ -37,9 +36,11 @@ def registry_holdout(registry_dir: str | Path, asked: int | None = None) -> int:
     reads the same split after training (n-gram counts, temperature fits): a different one would count or fit on
     documents the models were validated on. `asked` (a command-line value) must agree with it; without a trained
     manifest (counting into a registry that holds only a tokenizer) it is `asked`, else the default."""
+    from vintage.registry import Registry
+
     path = Path(registry_dir) / "manifest.json"
-    trained = json.loads(path.read_text()).get("config", {}).get("holdout_every") if path.exists() else None
-    if trained is not None and asked is not None and int(asked) != int(trained):
+    trained = Registry(registry_dir).holdout_every if path.exists() else None
+    if trained is not None and asked is not None and int(asked) != trained:
         raise ValueError(f"{path}: the models were trained holding out one document in {trained}; --holdout-every "
                          f"{asked} would count or fit on documents they were validated on (leave it unset)")
-    return int(trained if trained is not None else asked if asked is not None else HOLDOUT_EVERY)
+    return trained if trained is not None else int(asked) if asked is not None else HOLDOUT_EVERY

@@ -27,6 +27,11 @@ def resolve_dtype(setting: str, device: str | torch.device = "cpu") -> torch.dty
     return getattr(torch, setting)
 
 
+def dtype_name(setting: str, device: str | torch.device = "cpu") -> str:
+    """The dtype `setting` resolves to on `device`, as printed and recorded ("float32", "bfloat16")."""
+    return str(resolve_dtype(setting, device)).removeprefix("torch.")
+
+
 def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
     """torch.autocast to `dtype` (weights stay float32: the optimizer's updates are not rounded away), or nothing
     for float32."""

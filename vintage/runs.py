@@ -95,11 +95,12 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
     registry.mkdir(parents=True, exist_ok=True)
     # the windows' format is part of what a config trains: a registry of cut documents is not this one
     config_hash = short_hash(json.dumps(asdict(config), sort_keys=True, default=str) + WINDOWS_FORMAT)
+    identity = split_identity(config.split)
     manifest_path = registry / "manifest.json"
     if manifest_path.exists():
         manifest = json.loads(manifest_path.read_text())
         if (manifest.get("config_hash") == config_hash and manifest.get("complete")
-                and manifest.get("split_identity") == split_identity(config.split) is not None):
+                and manifest.get("split_identity") == identity is not None):
             print(f"train: {registry} already holds this run (config {config_hash}); nothing to train")
             return finish_registry(config, registry)
     started = time.perf_counter()
@@ -135,7 +136,7 @@ def train_registry(config: TrainConfig, pid_dir: Path | None = None) -> dict:
 
         check_surrogates(external, facts["tokenizer_hash"], [registry / p for p in vintages])
     manifest = {
-        "config_hash": config_hash, "split_identity": split_identity(config.split),
+        "config_hash": config_hash, "split_identity": identity,
         "complete": all(r["error"] is None for r in results.values())
                     and all(stages_done(r) == len(r.stages) for r in runs),
         "cutoffs": cutoffs, "full": cutoffs[-1] if cutoffs else None, "schedule": config.schedule,

@@ -69,7 +69,8 @@ class Neural(SurrogateKind):
 class Ngram(SurrogateKind):
     """The n-gram counts of ngram/ summed to the vintage (vintage/ngram.py); no training."""
 
-    def load(self, registry: Registry, cutoff: str, **kwargs):
+    def load(self, registry: Registry, cutoff: str, compute: str = "float32", **kwargs):
+        """`compute` is accepted and has no effect: the counts are exact, no forward pass runs in a dtype."""
         from vintage.ngram import NgramLM
 
         if kwargs:
