@@ -28,6 +28,7 @@ from corpora.timeline import latest_usable_expr
 from vintage.precision import dtype_name
 from vintage.registry import Registry, RegistryError, model_fingerprint
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
+from vintage.watchdog import Watchdog, ray_resources
 
 RESULT_COLUMNS = ["query_id", "method", "vintage_cutoff", "alpha", "choice_logprobs", "prediction", "correct",
                   "p_answer", "model_key", "run_id"]
@@ -320,13 +321,17 @@ def run_backtest(spec: BacktestSpec, engine: str = "ray") -> BacktestResult:
                                      batch_size=r.batch_size, compute=ray.data.ActorPoolStrategy(size=r.actors),
                                      num_cpus=r.cpus_per_actor, batch_format="pyarrow", **extra)
                 parts, done, started, shown = [], 0, time.perf_counter(), time.perf_counter()
-                for part in out.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    parts.append(part)
-                    done += part.num_rows
-                    if time.perf_counter() - shown >= 30 or done == table.num_rows:
-                        shown = time.perf_counter()
-                        print(f"[backtest] scored {done} / {table.num_rows} pairs "
-                              f"({shown - started:.0f} s, {r.actors} actors)", flush=True)
+                waiting = lambda: (f"{r.actors} scoring actors ({done} of {table.num_rows} pairs back); "  # noqa: E731
+                                   f"{ray_resources()}")
+                with Watchdog("backtest", waiting) as watchdog:
+                    for part in out.iter_batches(batch_size=None, batch_format="pyarrow"):
+                        watchdog.beat()
+                        parts.append(part)
+                        done += part.num_rows
+                        if time.perf_counter() - shown >= 30 or done == table.num_rows:
+                            shown = time.perf_counter()
+                            print(f"[backtest] scored {done} / {table.num_rows} pairs "
+                                  f"({shown - started:.0f} s, {r.actors} actors)", flush=True)
             scored = pl.from_arrow(pa.concat_tables(parts))
         else:  # one process: tests and small local runs
             scorer = Scorer(spec_dict, run_id, r.threads)

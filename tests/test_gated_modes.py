@@ -108,3 +108,37 @@ def test_the_gate_probability_is_named_the_same_in_serving_and_in_a_backtest_spe
     assert spec.key == "point_in_time(switch,margin=0.1,mask=0.3,gate_p=0.3)"
     with pytest.raises(ValueError, match="gate_probability is a probability in"):
         MethodSpec(name="point_in_time", mode="linear", gate_probability=0.3)
+
+
+def test_the_confidence_gated_divergence_and_switch_equal_their_whole_vocabulary_definitions():
+    """divergence_gate with gate_probability looks only at the full surrogate's top tokens and switch_logprobs
+    replaces only the rows where the gate fires: both exactly equal the rules written over every token, on logits
+    with unknown tokens (-inf: a compact surrogate's), ties and rows where nothing is eligible."""
+    from vintage.modes import divergence_gate, known_difference, known_or_frontier, log_probs, plausible
+
+    gen = torch.Generator().manual_seed(0)
+    rows, vocab = 64, 50
+    frontier = torch.randn(rows, vocab, generator=gen) * 3
+    vintage, full = (torch.randn(rows, vocab, generator=gen) * 4 for _ in range(2))
+    unknown = torch.rand(vocab, generator=gen) < 0.3
+    vintage[:, unknown], full[:, unknown] = float("-inf"), float("-inf")
+    full[:8, 0] = full[:8, 1] = 20.0  # two tokens tied at p ~ 0.5: both candidates
+    lp_f, lp_v, lp_u = log_probs(frontier), log_probs(vintage), log_probs(full)
+    fired = set()
+    for plausibility in (None, 0.3, 1.0):
+        for gate_probability in (0.05, 0.3, 0.5, 1.0):
+            reference = known_difference(lp_u, lp_v, float("-inf")).masked_fill(
+                lp_u < math.log(gate_probability), float("-inf"))
+            mask = plausible(lp_f, plausibility)
+            if mask is not None:
+                reference = reference.masked_fill(~mask, float("-inf"))
+            gate = divergence_gate(lp_f, lp_v, lp_u, plausibility, gate_probability)
+            assert torch.equal(gate, reference.max(dim=-1, keepdim=True).values)
+            for margin in (0.0, 0.5, 100.0):
+                fires = gate > margin
+                expected = torch.where(fires, known_or_frontier(lp_v, lp_f), lp_f)
+                got = switch_logprobs(frontier, vintage, full, margin, plausibility,
+                                      gate_probability=gate_probability)
+                assert torch.equal(got, expected)
+                fired.add(int(fires.sum()))
+    assert 0 in fired and any(0 < n < rows for n in fired)  # cases where none and where some rows are replaced

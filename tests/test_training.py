@@ -388,6 +388,44 @@ def test_plan_later_stage_epochs_and_replay_sampling(tmp_path):
     assert [s.stage_hash for s in runs()[0].stages] == ["45ae704d7904719d", "19f4b804b77b09a5", "1b62649a559d566a"]
     assert other_chain.run_hash == "fa982db2ed3168ed" and kept_chain.run_hash == "0a67201cc0e54010"
     assert frontier.run_hash == "2bfb62bb8751580e"
+    # dtype auto keeps a narrow model in float32 on a CPU (it trains no faster in bf16): the hashes above hold
+    assert not chain.bf16 and not frontier.bf16
+    config = TrainConfig(split="split", output=str(tmp_path), surrogate=RoleConfig(preset="tiny"), dtype="bfloat16")
+    (bf16_run,) = plan(config, tmp_path / "tokens.parquet", facts, tmp_path)
+    assert bf16_run.bf16 and bf16_run.run_hash != runs()[0].run_hash  # another dtype learns other weights
+
+
+def test_dtype_auto_trains_in_bf16_where_it_pays():
+    """auto: bf16 on a GPU (its worker checks support), and on a CPU with native bf16 for models at least
+    CPU_BF16_MIN_WIDTH wide; float32 and bfloat16 as named; a bad name is an error."""
+    from vintage.precision import CPU_BF16_MIN_WIDTH, bf16_native, trains_in_bf16
+
+    assert trains_in_bf16("auto", 32, use_gpu=True)
+    assert not trains_in_bf16("auto", CPU_BF16_MIN_WIDTH - 1, use_gpu=False)
+    assert trains_in_bf16("auto", CPU_BF16_MIN_WIDTH, use_gpu=False) == bf16_native("cpu")
+    assert trains_in_bf16("bfloat16", 32, use_gpu=False) and not trains_in_bf16("float32", 768, use_gpu=True)
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32, bfloat16, got 'fp16'"):
+        trains_in_bf16("fp16", 32, use_gpu=False)
+
+
+@pytest.mark.slow
+def test_training_in_bfloat16_computes_under_autocast_and_records_it(ray_local, tiny_split, tmp_path):
+    """dtype: bfloat16 on a CPU trains the same run under autocast: other weights than float32's (the matmuls are
+    rounded), still float32 (the optimizer's updates are not rounded away), a validation loss as good, and
+    training.json says which."""
+    optim = Optimisation(lr=3e-3, batch_size=16, epochs=2, cooldown_steps=1, warmup_steps=1)
+    vintages = {}
+    for dtype in ("float32", "bfloat16"):
+        config = tiny_config(tiny_split, tmp_path / dtype, schedule="independent", cutoffs=["2019-12-31"],
+                             surrogate=RoleConfig(preset="tiny", optim=optim), dtype=dtype, fit_temperatures=False,
+                             calibrate_strength=False)
+        train_registry(config)
+        vintages[dtype] = tmp_path / dtype / "vintages" / "2019-12-31"
+    info = {d: json.loads((v / "training.json").read_text()) for d, v in vintages.items()}
+    assert info["float32"]["dtype"] == "float32" and info["bfloat16"]["dtype"] == "bfloat16"
+    assert not same_weights(vintages["float32"], vintages["bfloat16"])
+    assert all(w.dtype == torch.float32 for w in weights(vintages["bfloat16"]).values())
+    assert info["bfloat16"]["validation_loss"] == pytest.approx(info["float32"]["validation_loss"], rel=0.02)
 
 
 def test_probe_checks_on_hand_made_scores():

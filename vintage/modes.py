@@ -134,7 +134,8 @@ def check_shapes(frontier: torch.Tensor, **others: torch.Tensor | None) -> None:
 
 
 def log_probs(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    return F.log_softmax(logits.float() / temperature, dim=-1)
+    logits = logits.float()
+    return F.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
 
 
 def plausible(lp_frontier: torch.Tensor, plausibility: float | None) -> torch.Tensor | None:
@@ -170,6 +171,8 @@ def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full
     knows); with `gate_probability`, over those the full surrogate also gives at least that probability: on text
     neither surrogate learnt (general prose beside a corpus of filings) their disagreement is noise, while a
     surrogate that learnt a fact after the cutoff predicts it with confidence."""
+    if gate_probability is not None:
+        return _confident_gate(lp_frontier, lp_vintage, lp_full, plausibility, gate_probability)
     divergence = known_difference(lp_full, lp_vintage, float("-inf"))
     if gate_probability is not None:
         divergence = divergence.masked_fill(lp_full < math.log(gate_probability), float("-inf"))
@@ -177,6 +180,23 @@ def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full
     if mask is not None:
         divergence = divergence.masked_fill(~mask, float("-inf"))
     return divergence.max(dim=-1, keepdim=True).values
+
+
+def _confident_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full: torch.Tensor,
+                    plausibility: float | None, gate_probability: float) -> torch.Tensor:
+    """`divergence_gate` with `gate_probability`, exactly, without a pass over the vocabulary per rule: no more
+    than 1 / gate_probability tokens can have that probability, so the maximum runs over the full surrogate's top
+    ones (SmolLM2's 49k vocabulary, generation at batch 64 in bf16: the steered step from 1.47x the frontier's to
+    1.20x; bench/RESULTS.md, session 18)."""
+    if plausibility is not None and not 0 < plausibility <= 1:
+        raise ValueError(f"plausibility must be in (0, 1], got {plausibility}")
+    top, index = lp_full.topk(min(lp_full.shape[-1], int(1 / gate_probability) + 1), dim=-1)
+    vintage = lp_vintage.gather(-1, index)
+    eligible = (top >= math.log(gate_probability)) & torch.isfinite(vintage)  # known to both
+    if plausibility is not None:
+        floor = lp_frontier.max(dim=-1, keepdim=True).values + math.log(plausibility)
+        eligible &= lp_frontier.gather(-1, index) >= floor
+    return (top - vintage).masked_fill(~eligible, float("-inf")).max(dim=-1, keepdim=True).values
 
 
 def gate_weight(gate: torch.Tensor, margin: float, width: float) -> torch.Tensor:
@@ -287,8 +307,13 @@ def switch_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.T
     lp_vintage = log_probs(vintage, temperatures.vintage)
     gate = divergence_gate(lp_frontier, lp_vintage, log_probs(full, temperatures.full), plausibility,
                            gate_probability) > margin
+    fires = gate.squeeze(-1)
+    if not bool(fires.any()):  # the usual case: nothing to replace
+        return lp_frontier
     replacement = lp_vintage if fallback is None else log_probs(fallback, temperatures.fallback)
-    return torch.where(gate, known_or_frontier(replacement, lp_frontier), lp_frontier)
+    steered = lp_frontier.clone()
+    steered[fires] = known_or_frontier(replacement[fires], lp_frontier[fires])
+    return steered
 
 
 def blend_logprobs(frontier: torch.Tensor, vintage: torch.Tensor, full: torch.Tensor, margin: float = 0.5,

@@ -8,6 +8,8 @@ from pathlib import Path
 from corpora.files import short_hash
 from corpora.timeline import known_by
 from vintage.compact import CompactVocabulary, worth_compacting
+from vintage.precision import trains_in_bf16
+from vintage.presets import get_preset
 from vintage.run_spec import WINDOWS_FORMAT, RunSpec, Stage
 from vintage.train_config import RoleConfig, TrainConfig
 
@@ -24,7 +26,8 @@ def _run(config: TrainConfig, role: RoleConfig, tokens: Path, facts: dict, name:
                    eos_id=facts["eos_id"], pad_id=facts["pad_id"], seed=seed, lr=o.lr, weight_decay=o.weight_decay,
                    batch_size=o.batch_size, warmup_steps=o.warmup_steps, replay=o.replay,
                    cooldown_steps=o.cooldown_steps, zero_stage=config.zero_stage, use_gpu=config.use_gpu,
-                   bf16=config.use_gpu and config.bf16, threads_per_worker=config.threads_per_worker,
+                   bf16=trains_in_bf16(config.dtype, get_preset(role.preset).n_embd, config.use_gpu),
+                   threads_per_worker=config.threads_per_worker,
                    memorise=config.memorise if config.probes else 0.0, max_failures=config.max_failures,
                    window=facts["window"], corpus_tokens={s: e["tokens"] for s, e in facts["slices"].items()},
                    stages=stages, **extra)

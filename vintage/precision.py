@@ -32,6 +32,22 @@ def dtype_name(setting: str, device: str | torch.device = "cpu") -> str:
     return str(resolve_dtype(setting, device)).removeprefix("torch.")
 
 
+# Training on a CPU gains from bf16 only where the matrix multiplies are wide enough to outweigh the casts and the
+# float32 log-softmax (bench/train_dtype.py; this machine, 1 thread, tokens/s bf16 / float32): n_embd 64: 0.77,
+# 128: 1.00, 160: 1.39, 256: 1.53, 384: 2.05-2.19
+CPU_BF16_MIN_WIDTH = 160
+
+
+def trains_in_bf16(setting: str, width: int, use_gpu: bool) -> bool:
+    """Whether a model `width` wide trains in bfloat16 under `setting`. auto: on a GPU, yes (each worker's
+    DeepSpeed checks its GPU supports it); on a CPU, where it runs bf16 natively and the model is at least
+    CPU_BF16_MIN_WIDTH wide (narrower ones train slower in bf16)."""
+    resolve_dtype(setting)  # a bad name is an error here
+    if setting != "auto":
+        return setting == "bfloat16"
+    return use_gpu or (bf16_native("cpu") and width >= CPU_BF16_MIN_WIDTH)
+
+
 def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
     """torch.autocast to `dtype` (weights stay float32: the optimizer's updates are not rounded away), or nothing
     for float32."""
@@ -41,14 +57,20 @@ def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
 
 
 class AutocastLM(torch.nn.Module):
-    """A causal LM whose forward pass runs under `torch.autocast` to `dtype` (its weights stay float32) and whose
-    `.logits` come back in float32: every log-softmax, contrast and fitted statistic downstream stays float32.
-    Autocast is per thread, so it is entered in the forward itself (the surrogates may run in a worker thread)."""
+    """A causal LM whose forward pass runs under `torch.autocast` to `dtype` and whose `.logits` come back in float32:
+    every log-softmax, contrast and fitted statistic downstream stays float32. Autocast is per thread, so it is
+    entered in the forward itself (the surrogates may run in a worker thread).
+
+    For inference only: the matrix multiplies' weights (nn.Linear and GPT-2's Conv1D) are cast to `dtype` once,
+    here, in place (a weight tied to the embeddings gets its own copy; embeddings and norms stay float32). Autocast
+    casts them to the same values on every call anyway, and inside `torch.inference_mode` it keeps no cache:
+    recasting a 135M model's weights per generated token made bf16 generation 2.4x slower than float32."""
 
     def __init__(self, model, dtype: torch.dtype):
         from vintage.model_calls import call_spec, device_of
 
         super().__init__()
+        _cast_matmul_weights(model, dtype)
         self.model, self.compute = model, dtype
         self.config = model.config
         self.device_type = device_of(model).type
@@ -61,12 +83,36 @@ class AutocastLM(torch.nn.Module):
         return out
 
 
+def _cast_matmul_weights(model, dtype: torch.dtype) -> None:
+    """The weights and biases autocast would cast for each matrix multiply, cast once (new tensors: a weight shared
+    with an embedding keeps the embedding's float32)."""
+    from transformers.pytorch_utils import Conv1D
+
+    for module in model.modules():
+        if isinstance(module, (torch.nn.Linear, Conv1D)):
+            for name in ("weight", "bias"):
+                tensor = getattr(module, name, None)
+                if tensor is not None:
+                    setattr(module, name, torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False))
+
+
+def inference_dtype(setting: str, width: int | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """What a model `width` wide computes in at inference: `bfloat16` and `float32` as named; auto: bfloat16 on a
+    GPU that has it, and on a CPU with native bf16 for models at least CPU_BF16_MIN_WIDTH wide (bench/decode.py:
+    a narrow surrogate is slower under autocast), else float32."""
+    dtype = resolve_dtype(setting, device)
+    if setting == "auto" and torch.device(device).type == "cpu" and (width or 0) < CPU_BF16_MIN_WIDTH:
+        return torch.float32
+    return dtype
+
+
 def in_dtype(model, setting: str):
-    """`model` computing in the dtype `setting` names (auto: bf16 where the hardware has it): wrapped in
-    `AutocastLM` for bfloat16, as it is for float32. A model without parameters (an n-gram table) is left as is."""
+    """`model` computing in the dtype `setting` names (`inference_dtype`): wrapped in `AutocastLM` (which casts its
+    matmul weights in place) for bfloat16, as it is for float32. A model without parameters (an n-gram table) is
+    left as is."""
     from vintage.model_calls import device_of
 
     if not isinstance(model, torch.nn.Module):
         return model
-    dtype = resolve_dtype(setting, device_of(model))
+    dtype = inference_dtype(setting, getattr(model.config, "hidden_size", None), device_of(model))
     return model if dtype == torch.float32 else AutocastLM(model, dtype).eval()

@@ -12,7 +12,7 @@ from typing import Literal
 
 WINDOWS_FORMAT = "packed, positions restart per document"  # vintage/windows.py; change it when that changes
 OPERATIONAL = ("tokens", "corpus_tokens", "max_failures", "pid_file", "resume_from", "run_hash",
-               "scratch")  # how a run is executed, not what it learns
+               "scratch", "heartbeat")  # how a run is executed, not what it learns
 # added later: at their defaults they stay out of the hash, so registries trained before them keep their hashes
 DEFAULTS_LEFT_OUT = {"replay_sampling": "stage", "after_cooldown": "restore", "vocabulary": None}
 
@@ -55,7 +55,7 @@ class RunSpec:
     cooldown_steps: int
     zero_stage: int
     use_gpu: bool
-    bf16: bool
+    bf16: bool  # compute in bfloat16: DeepSpeed's bf16 mode on a GPU, torch.autocast on a CPU
     threads_per_worker: int
     memorise: float
     max_failures: int
@@ -67,6 +67,7 @@ class RunSpec:
     scratch: str | None = None  # a directory every worker reads: the cooldown branch point
     pid_file: str | None = None  # fault-injection tests: the last worker writes its pid here
     resume_from: str | None = None  # a checkpoint to continue from
+    heartbeat: str | None = None  # a file the first worker touches as it steps (the driver's watchdog reads it)
     run_hash: str | None = None
     vocabulary: list[int] | None = None  # a compact surrogate's frontier ids (vintage/compact.py); None: all
 

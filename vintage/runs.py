@@ -21,6 +21,7 @@ from vintage.prepare import prepare
 from vintage.resume import resume_point, stages_done
 from vintage.run_spec import WINDOWS_FORMAT, RunSpec
 from vintage.train_config import TrainConfig, check_external_frontier
+from vintage.watchdog import Watchdog, mtime, ray_resources
 
 
 def _fit_all(runs: list[RunSpec], storage: Path, config: TrainConfig, registry: Path,
@@ -47,9 +48,14 @@ def _fit_all(runs: list[RunSpec], storage: Path, config: TrainConfig, registry: 
             stage = json.loads((resume / "state.json").read_text())["stage"]
             print(f"train: {run.name} continues after stage {stage}/{len(run.stages)} from {resume}", flush=True)
             run = replace(run, resume_from=str(resume))
+        heartbeat = registry / ".work" / "heartbeat" / run.name
+        heartbeat.unlink(missing_ok=True)
+        run = replace(run, heartbeat=str(heartbeat))
         t0 = time.perf_counter()
         try:
-            result = fit(run, storage, num_workers=config.num_workers, use_gpu=config.use_gpu)
+            with Watchdog(f"train {run.name}", lambda: _waiting_on(run, heartbeat),
+                          last_progress=lambda: mtime(heartbeat)):
+                result = fit(run, storage, num_workers=config.num_workers, use_gpu=config.use_gpu)
             error = str(result.error) if result.error else None
             if error is None and result.checkpoint is not None:  # kept: a later run with more stages continues it
                 staging = kept.parent / f".{kept.name}.tmp"
@@ -65,6 +71,20 @@ def _fit_all(runs: list[RunSpec], storage: Path, config: TrainConfig, registry: 
     ordered = sorted(runs, key=lambda r: -_cost(r))  # longest first packs the pool best
     with ThreadPoolExecutor(max_workers=max(1, config.parallel_runs)) as pool:
         return dict(pool.map(one, ordered))
+
+
+def _waiting_on(run: RunSpec, heartbeat: Path) -> str:
+    """What a training run that makes no progress may be waiting on: its workers' start (CPUs, a DeepSpeed build
+    lock) or their steps."""
+    from vintage.extension_locks import extensions_root
+
+    started = "no step yet" if mtime(heartbeat) is None else "its last step is that long ago"
+    parts = [f"the Ray Train workers of {run.name} ({started})", ray_resources()]
+    locks = sorted(str(p) for p in extensions_root().rglob("lock"))
+    if locks:
+        parts.append(f"torch extension build locks {locks} (a build in progress, or one a killed start left: "
+                     f"the next start removes it)")
+    return "; ".join(parts)
 
 
 def _cost(run: RunSpec) -> float:

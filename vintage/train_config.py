@@ -88,7 +88,11 @@ class TrainConfig:
     retrained_cutoffs: list[str] = doc("cutoffs with a retrained gold model", default=[])
     num_workers: int = doc("Ray Train workers per run", 1)
     use_gpu: bool = doc("train on GPUs", False)
-    bf16: bool = doc("with use_gpu: train in bfloat16 where the GPU supports it (DeepSpeed's bf16 mode)", True)
+    dtype: Literal["auto", "float32", "bfloat16"] = doc(
+        "what training computes in. bfloat16: on a CPU, the forward passes under torch.autocast (weights, "
+        "optimizer and the loss's log-softmax stay float32); on a GPU, DeepSpeed's bf16 mode. auto: bfloat16 on a "
+        "GPU that supports it, and on a CPU with AMX or AVX512-bf16 (judged where the driver runs) for models at least "
+        "vintage.precision.CPU_BF16_MIN_WIDTH wide (narrower ones train no faster in bf16), else float32", "auto")
     zero_stage: int = doc("DeepSpeed ZeRO stage (0-2 verified on CPU)", 0)
     threads_per_worker: int = doc("torch threads in each worker", 1)
     holdout_every: int = doc("one document in this many is held out for validation loss", HOLDOUT_EVERY)

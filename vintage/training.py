@@ -30,6 +30,7 @@ from vintage.extension_locks import clear_stale_locks
 from vintage.run_spec import RunSpec, Stage
 from vintage.schedule import _batches, _epoch_documents, _lr_at, _shards, _stage_size, shard_weight, step_loss
 from vintage.train_metrics import _mean_loss, _Progress, fact_accuracy, peak_memory_mib, say
+from vintage.watchdog import touch
 
 
 def train_func(loop_config: dict[str, Any]) -> None:
@@ -41,6 +42,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
     import torch
 
     from vintage.loss import causal_lm_loss
+    from vintage.precision import autocast
     from vintage.presets import build_model
     from vintage.windows import packed_batch
 
@@ -75,7 +77,9 @@ def train_func(loop_config: dict[str, Any]) -> None:
     # the per-tensor loop)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay,
                                   betas=(0.9, 0.95), fused=True)
-    bf16 = run.bf16 and use_cuda and torch.cuda.is_bf16_supported()
+    bf16 = run.bf16 and use_cuda and torch.cuda.is_bf16_supported()  # DeepSpeed's bf16 mode (a GPU)
+    # a CPU computes the forward under autocast: weights, optimizer state and the loss's log-softmax stay float32
+    cpu_autocast = autocast(torch.bfloat16 if run.bf16 and not use_cuda else torch.float32, device)
     ds_config = {"train_micro_batch_size_per_gpu": run.batch_size, "gradient_accumulation_steps": 1,
                  "zero_optimization": {"stage": run.zero_stage}, "bf16": {"enabled": bf16},
                  "gradient_clipping": 1.0, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
@@ -91,6 +95,7 @@ def train_func(loop_config: dict[str, Any]) -> None:
             state = json.loads((Path(directory) / "state.json").read_text())
 
     pad, eos = run.pad_id, run.eos_id
+    heartbeat = Path(run.heartbeat) if run.heartbeat and rank == 0 else None
     batch = run.batch_size
 
     def step_on(rows: list[list[int]], lr: float) -> float:
@@ -101,7 +106,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
             group["lr"] = lr
         # the module itself, not the engine's forward: ZeRO 0-2 keep whole parameters, and the loss runs the
         # head only on target positions (vintage/loss.py: 1.4x the steps per second at 2k and at 49k tokens; bench/vocab.py)
-        loss = causal_lm_loss(engine.module, ids.to(device), None, labels.to(device), positions.to(device))
+        with cpu_autocast:
+            loss = causal_lm_loss(engine.module, ids.to(device), None, labels.to(device), positions.to(device))
         if world > 1:
             loss = loss * shard_weight(shard, rows, world, eos)
         engine.backward(loss)
@@ -133,6 +139,8 @@ def train_func(loop_config: dict[str, Any]) -> None:
             for rows in _batches(docs, batch * world, rng):
                 share = step_on(rows, _lr_at(state["step"] - warm_from, run.lr, run.warmup_steps))
                 state["step"] += 1
+                if heartbeat:
+                    touch(heartbeat)
                 if world == 1:  # with several workers the lines in between show the last epoch's loss
                     loss = share
                 if progress:
@@ -245,7 +253,7 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
                     # the windows reads them all, with an EOS after each document
                     "tokens_per_epoch": sum(len(w) for w in known),
                     "corpus_tokens": sum(run.corpus_tokens.get(s, 0) for s in stage.known),
-                    "window": run.window, "dtype": str(next(engine.module.parameters()).dtype),
+                    "window": run.window, "dtype": compute_dtype(run, device),
                     "slices": stage.known, "fact_accuracy": accuracy,
                     "output_rows": run.vocab_size, "facts": len(probes),
                     "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.stage_hash,
@@ -265,6 +273,16 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
         if rank == 0 and branch:
             shutil.rmtree(own or branch, ignore_errors=True)
     return {"validation_loss": validation, "cooldown_loss": loss}
+
+
+def compute_dtype(run: RunSpec, device) -> str:
+    """What `run` computes in on `device`: bfloat16 (autocast on a CPU, DeepSpeed's bf16 mode on a GPU that has it)
+    or float32."""
+    import torch
+
+    if not run.bf16 or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+        return "float32"
+    return "bfloat16"
 
 
 def fit(run: RunSpec, storage: Path, num_workers: int = 1, use_gpu: bool = False):
