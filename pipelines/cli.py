@@ -36,21 +36,17 @@ def _corpus(args) -> int:
 
 
 def _frontier(args) -> int:
-    import os
     import shutil
 
-    from corpora.files import replace_directory
+    from corpora.files import staged_directory
     from vintage.frontier import check_frontier
     from vintage.pretrained import real_frontier
 
     started = time.perf_counter()
     cached = real_frontier(args.name)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(cached, staging)
-    replace_directory(staging, out)
+    with staged_directory(out) as staging:
+        shutil.copytree(cached, staging)
     info = check_frontier(out, max_length=1)
     print(f"wrote {out}: {args.name}, {info.architecture}, {info.tokenizer_tokens:,} tokens, context {info.context}, "
           f"{sum(info.weights.values()) / 1e6:.0f} MB of safetensors ({time.perf_counter() - started:.1f} s)")

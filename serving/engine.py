@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from serving.methods import Method
-from vintage.model_calls import model_logits, pad_batch
+from vintage.model_calls import model_logits, pad_batch, pad_id
 from vintage.registry import Registry
+from vintage.sampling import sample
 from vintage.surrogates import load_surrogate
-from vintage.vocabulary import check_vocabularies, has_tokenizer
+from vintage.vocabulary import frontier_and_tokenizer
 
 
 @dataclass
@@ -66,24 +67,18 @@ class Engine:
     """The models one replica holds (frontier, full surrogate, tokenizer) and the registry for as-of lookup."""
 
     def __init__(self, registry: str | Path | Registry, frontier: str | Path | None = None, dtype: str = "float32"):
-        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from vintage.compact import load_causal_lm
-        from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()  # one bar per vintage load otherwise
         self.registry = registry if isinstance(registry, Registry) else Registry(registry)
-        self.frontier_dir = Path(frontier) if frontier else self.registry.frontier_path()
-        tokenizer_dir = self.frontier_dir if has_tokenizer(self.frontier_dir) else self.registry.tokenizer_path()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        check_vocabularies(self.tokenizer, AutoTokenizer.from_pretrained(str(self.registry.tokenizer_path())),
-                           str(tokenizer_dir), str(self.registry.tokenizer_path()))
+        self.frontier_dir, self.tokenizer = frontier_and_tokenizer(self.registry, frontier)
         self.vocab = len(self.tokenizer)
         self.dtype = dtype  # what the models compute in (vintage/precision.py)
         self.frontier = load_causal_lm(self.frontier_dir, compute=dtype)
         self.full = load_surrogate(self.registry, "neural", self.registry.full_cutoff(), compute=dtype)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (
-            self.tokenizer.eos_token_id or 0)
+        self.pad_id = pad_id(self.tokenizer)
         config = self.frontier.config
         self.max_positions = min(p for p in (getattr(config, "n_positions", None),
                                              getattr(config, "max_position_embeddings", None),
@@ -286,14 +281,7 @@ class Batch:
 
     def _choose(self, row: _Row, lp: torch.Tensor) -> int:
         """The next token of one row from its log-probs [1, V]: greedy, or sampled as PointInTimeLM does."""
-        job = row.job
-        if job.temperature == 0:
-            return int(lp.argmax(-1))
-        scaled = lp / job.temperature
-        if job.top_k is not None:
-            kth = scaled.topk(min(job.top_k, scaled.shape[-1]), dim=-1).values[:, -1:]
-            scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-        return int(torch.multinomial(torch.softmax(scaled, -1), 1, generator=row.generator)[:, 0])
+        return int(sample(lp, row.job.temperature, row.job.top_k, row.generator)[0])
 
     def _release(self, row: _Row, token: int) -> tuple[str, str | None]:
         """Text to release after `token`, and the finish reason if the row ends here."""

@@ -8,7 +8,6 @@ import os
 import secrets
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,18 +18,13 @@ import pytest
 import yaml
 
 from backtests.spec import MethodSpec
+from tests.net import free_port
 from tests.readme import localised, offline_reason, python_blocks, shell_command
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the client side: a user who ran `source .venv/bin/activate`
 VENV = BIN.parent
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def substitute(command: str, old: str, new: str) -> str:

@@ -4,7 +4,6 @@ must equal PointInTimeLM.generate token for token. The registry is hand-made fro
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ from serving.engine import DecodeJob, Engine
 from serving.methods import DEFAULT_METHOD, Method, MethodError, parse_method
 from serving.protocol import APIError, parse_as_of, parse_chat, parse_completion
 from tests.lm_fixtures import tiny_model, word_tokenizer
+from tests.net import free_port
 from vintage.decoding import PointInTimeLM
 from vintage.modes import Steering
 from vintage.registry import Registry
@@ -206,12 +206,6 @@ def test_ask_errors_list_cutoffs_and_name_the_format(registry, capsys):
 
 
 # -- a real server -------------------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def get(url, key=KEY):
     request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})

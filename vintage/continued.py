@@ -30,7 +30,7 @@ from typing import Sequence
 
 import torch
 
-from corpora.files import replace_directory, short_hash
+from corpora.files import short_hash, staged_directory
 from vintage.epoch_checkpoint import EpochCheckpoint
 
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # Llama-family names
@@ -169,17 +169,16 @@ def continue_pretrained(base: str | Path, texts: Sequence[str], out: str | Path,
     bar.close()
     merged = model.merge_and_unload() if settings.rank is not None else model
     out = Path(out)
-    staging = out.parent / f".{out.name}.tmp"
-    merged.save_pretrained(str(staging), safe_serialization=True)
-    tokenizer.save_pretrained(str(staging))
     info = {"base": str(Path(base).resolve()), "documents": len(encoded), "epochs": len(history),
             "tokens_seen": tokens_seen, "seconds": round(time.perf_counter() - started, 1),
             "probes": len(probes), "probe_accuracy": history[-1]["probe_accuracy"], "history": history,
             "dtype": str(compute).removeprefix("torch."),
             "method": (f"LoRA rank {settings.rank} (peft), merged" if settings.rank is not None
                        else f"full fine-tuning of the last {len(trained)} blocks"), "settings": asdict(settings)}
-    (staging / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
-    replace_directory(staging, out)
+    with staged_directory(out) as staging:
+        merged.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+        (staging / "training.json").write_text(json.dumps(info, indent=2, default=str) + "\n")
     checkpoint.clear()
     return info
 

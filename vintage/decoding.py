@@ -15,11 +15,12 @@ from scipy.special import softmax
 
 from vintage import recommended
 from vintage.compact import load_causal_lm
-from vintage.model_calls import device_of, model_logits, pad_batch, vocab_size_of
+from vintage.model_calls import device_of, model_logits, pad_batch, pad_id, vocab_size_of
 from vintage.modes import FALLBACK_MODES, Steering, Temperatures, steer
+from vintage.sampling import sample
 from vintage.surrogate_worker import InWorker, SurrogateWorker
 from vintage.surrogates import load_surrogate
-from vintage.vocabulary import VocabularyMismatch, check_vocabularies, has_tokenizer
+from vintage.vocabulary import VocabularyMismatch, check_vocabularies, frontier_and_tokenizer, has_tokenizer
 
 @dataclass
 class ScoredChoices:
@@ -102,7 +103,7 @@ class PointInTimeLM:
         for _, model in named:
             if hasattr(model, "eval"):
                 model.eval()
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+        self.pad_id = pad_id(tokenizer)
 
     # -- construction ------------------------------------------------------------------------------------
 
@@ -144,18 +145,12 @@ class PointInTimeLM:
             PointInTimeLM.from_registry("out/demo/models", "2018-01-15", surrogate="ngram", fallback="neural",
                                         steering=Steering("switch", margin=0.1, plausibility=0.3))
         """
-        from transformers import AutoTokenizer
-
         from vintage.registry import Registry
 
         registry = registry if isinstance(registry, Registry) else Registry(registry)
         cutoff, _ = registry.vintage_for(as_of)
         steering = recommended.resolve(alpha, plausibility, steering, lambda: registry.calibrated_alpha(cutoff))
-        frontier_dir = Path(frontier) if frontier else registry.frontier_path()
-        tokenizer_dir = frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path()
-        tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-        check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
-                           str(tokenizer_dir), str(registry.tokenizer_path()))
+        frontier_dir, tokenizer = frontier_and_tokenizer(registry, frontier)
         options = {"compute": dtype, **(surrogate_kwargs or {})}
         load = lambda kind, at: load_surrogate(registry, kind, at, **options)  # noqa: E731
         vintage, full = load(surrogate, cutoff), load(surrogate, registry.full_cutoff())
@@ -369,14 +364,7 @@ class PointInTimeLM:
                     logits, pasts = self._all_logits(step_ids, step_mask, positions, keep=1, remote=self.overlap)
                 lp = self._combine([self._float(None if lg is None else lg[:, -1]) for lg in logits]).cpu()
                 step_scores.append(lp)
-                if greedy:
-                    nxt = lp.argmax(-1)
-                else:
-                    scaled = lp / temperature
-                    if top_k is not None:
-                        kth = scaled.topk(top_k, dim=-1).values[:, -1:]
-                        scaled = scaled.masked_fill(scaled < kth, float("-inf"))
-                    nxt = torch.multinomial(torch.softmax(scaled, -1), 1, generator=generator)[:, 0]
+                nxt = lp.argmax(-1) if greedy else sample(lp, temperature, top_k, generator)
                 was_done = done.clone()
                 nxt = torch.where(was_done, torch.full_like(nxt, self.pad_id), nxt)
                 new_tokens.append(nxt)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from corpora.files import replace_directory, short_hash
+from corpora.files import short_hash, staged_directory
 
 
 @dataclass
@@ -45,12 +45,15 @@ class EpochCheckpoint:
     def save(self, epoch: int, model, optimizer, schedule, order: random.Random, history: list[dict],
              tokens_seen: int, seconds: float) -> None:
         """Write the state after `epoch`: staged, then swapped in (a kill while writing keeps the last checkpoint; one
-        during the swap can leave it incomplete, and `resume` then starts afresh)."""
+        between the swap's two renames leaves none, and `resume` then starts afresh)."""
+        with staged_directory(self.path) as staging:
+            self._write(staging, epoch, model, optimizer, schedule, order, history, tokens_seen, seconds)
+
+    def _write(self, staging: Path, epoch: int, model, optimizer, schedule, order: random.Random,
+               history: list[dict], tokens_seen: int, seconds: float) -> None:
         from safetensors.torch import save_file
 
-        staging = self.path.parent / f"{self.path.name}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
+        staging.mkdir()
         names = {id(p): n for n, p in model.named_parameters()}
         trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(trained, str(staging / "trained.safetensors"))
@@ -66,7 +69,6 @@ class EpochCheckpoint:
             "fingerprint": self.fingerprint, "epoch": epoch, "history": history, "tokens_seen": tokens_seen,
             "seconds": seconds, "schedule": schedule.state_dict(), "param_groups": state["param_groups"],
             "order": [version, list(internal), gauss]}, default=str))
-        replace_directory(staging, self.path)
 
     def resume(self, model, optimizer, schedule, order: random.Random) -> Resumed | None:
         """Load the last finished epoch into the model, optimizer, schedule and RNG; None when there is none (or

@@ -20,6 +20,15 @@ def vocab_size_of(model) -> int | None:
     return getattr(config, "vocab_size", None)
 
 
+def pad_id(tokenizer) -> int:
+    """The id a batch is padded with: the tokenizer's pad token, else its EOS (SmolLM2 and Llama 3 have no pad
+    token), else 0. Padded positions are masked (or never read), so any id is safe; one rule keeps them alike."""
+    for token in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token is not None:
+            return token
+    return 0
+
+
 def pad_batch(sequences: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """Token-id sequences → ids [B, W] padded with `pad_id` on `side` ("left": every sequence ends at the last
     column, as generation and choice scoring want; "right": every one starts at column 0) and the attention

@@ -12,6 +12,7 @@ from corpora.files import documents_hash
 from corpora.split import read_slices
 from vintage.compact import corpus_vocabulary
 from vintage.holdout import holdout_mask
+from vintage.model_calls import pad_id
 from vintage.train_config import TrainConfig, window_length
 
 
@@ -73,7 +74,7 @@ def prepare(config: TrainConfig, registry: Path) -> tuple[Path, dict]:
     used = corpus_vocabulary([*encoded, *probe_ids], len(tokenizer),
                              always=(eos, tokenizer.pad_token_id, tokenizer.bos_token_id, tokenizer.unk_token_id))
     facts = {"tokenizer_hash": tokenizer_hash(tokenizer), "probes": str(probes), "vocab_size": len(tokenizer), "eos_id": eos,
-             "pad_id": tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos,
+             "pad_id": pad_id(tokenizer),
              "window": max_length, "used_ids": list(used.ids),
              "slices": {s: {**entry, "content_hash": slice_hash[s]} for s, entry in sorted(per_slice.items())}}
     return tokens, facts

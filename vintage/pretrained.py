@@ -17,12 +17,11 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from corpora.files import replace_directory
+from corpora.files import staged_directory
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -69,14 +68,12 @@ def converted_once(target: Path, package: str, version: str, file: str, path: Pa
     stamp = target / "source.json"
     if stamp.exists() and json.loads(stamp.read_text()).get("source") == source:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
     started = time.perf_counter()
-    convert(staging)
-    seconds = round(time.perf_counter() - started, 1)
-    (staging / "source.json").write_text(json.dumps({"source": source, "conversion_seconds": seconds}, indent=2) + "\n")
-    replace_directory(staging, target)
+    with staged_directory(target) as staging:
+        convert(staging)
+        seconds = round(time.perf_counter() - started, 1)
+        (staging / "source.json").write_text(json.dumps({"source": source, "conversion_seconds": seconds},
+                                                        indent=2) + "\n")
     print(f"{label}: converted {path.name} ({package} {version}) into {target} in {seconds} s", flush=True)
     return target
 

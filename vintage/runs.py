@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from corpora.files import replace_directory, short_hash, write_text_atomically
+from corpora.files import short_hash, staged_directory, write_text_atomically
 from vintage.plan import plan
 from vintage.post_training import finish_registry
 from vintage.prepare import prepare
@@ -58,10 +58,8 @@ def _fit_all(runs: list[RunSpec], storage: Path, config: TrainConfig, registry: 
                 result = fit(run, storage, num_workers=config.num_workers, use_gpu=config.use_gpu)
             error = str(result.error) if result.error else None
             if error is None and result.checkpoint is not None:  # kept: a later run with more stages continues it
-                staging = kept.parent / f".{kept.name}.tmp"
-                shutil.rmtree(staging, ignore_errors=True)
-                shutil.copytree(result.checkpoint.path, staging)
-                replace_directory(staging, kept)
+                with staged_directory(kept) as staging:
+                    shutil.copytree(result.checkpoint.path, staging)
         except Exception as err:  # Ray Train raises once the run's retries are spent; the manifest records it
             error = f"{type(err).__name__}: {err}"
         if error:

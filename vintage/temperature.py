@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from vintage.compact import load_causal_lm
 from vintage.holdout import HOLDOUT_EVERY
-from vintage.model_calls import pad_batch
+from vintage.model_calls import pad_batch, pad_id
 from vintage.surrogates import load_surrogate, surrogate_fingerprint
 
 
@@ -53,7 +53,7 @@ def position_logits(model, tokenizer, texts: Sequence[str], max_length: int, bat
 
     vocab = len(tokenizer)
     encoded = [ids[:max_length] for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad = pad_id(tokenizer)
     out = []
     device = next(iter(model.parameters()), torch.zeros(0)).device
     with torch.inference_mode():

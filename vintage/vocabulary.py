@@ -24,3 +24,16 @@ def check_vocabularies(frontier_tokenizer, surrogate_tokenizer, frontier_name: s
         diff = sorted(set(a.items()) ^ set(b.items()), key=lambda kv: kv[1])[:3]
         raise VocabularyMismatch(f"tokenizers {frontier_name} and {surrogate_name} map tokens to different ids "
                                  f"(e.g. {diff}); surrogates must be trained with the frontier's tokenizer")
+
+
+def frontier_and_tokenizer(registry, frontier: str | Path | None = None):
+    """(the frontier's directory, the tokenizer decoding uses): `frontier` or the registry's own, and the tokenizer
+    saved beside it (else the registry's), checked to be the registry's vocabulary (VocabularyMismatch if not)."""
+    from transformers import AutoTokenizer
+
+    frontier_dir = Path(frontier) if frontier else registry.frontier_path()
+    tokenizer_dir = frontier_dir if has_tokenizer(frontier_dir) else registry.tokenizer_path()
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    check_vocabularies(tokenizer, AutoTokenizer.from_pretrained(str(registry.tokenizer_path())),
+                       str(tokenizer_dir), str(registry.tokenizer_path()))
+    return frontier_dir, tokenizer
