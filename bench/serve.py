@@ -1,7 +1,7 @@
 """Serving benchmark: `vintage serve` on 127.0.0.1, streamed completions from 1, 4 and 16 concurrent clients.
 
-    python bench/serve.py                                  # about 7 minutes on 2 cores
-    python bench/serve.py --clients 1 4 --repeats 1        # quicker
+    python bench/serve.py                                  # about 15 minutes on 2 cores (float32, then bf16)
+    python bench/serve.py --clients 1 4 --repeats 1 --dtypes float32   # quicker
 
 Three scenarios, same server, same run: the point-in-time model at one vintage, the frontier alone (method
 `frontier`: no surrogate runs, served the same way) and the point-in-time model with requests spread over 8
@@ -9,7 +9,9 @@ vintages (every batch mixes them: the multiplexing cost). Per scenario and concu
 tokens/s over the level's wall time), time to first token and per-request latency (p50, p99). Goals (issue 27):
 16 clients >= 4x the throughput of 1 (batching works), point-in-time >= 0.75x the frontier alone. Peak memory
 (RSS and PSS) of the replica and of the whole server with 8 vintages resident. Models are untrained (random
-weights: the cost of a step does not depend on them); every request loop is bounded.
+weights: the cost of a step does not depend on them); every request loop is bounded. `--dtypes`: one server per
+dtype (the serve config's `dtype`), one after the other in the same run, each reported in full, then their
+throughput against the first's.
 """
 from __future__ import annotations
 
@@ -246,6 +248,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--batch-wait", type=float, default=0.02,
                         help="seconds a batch waits to fill after its first request (serve config)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"],
+                        choices=["float32", "bfloat16", "auto"], help="one server each, one after the other")
     parser.add_argument("--out", help="directory for the registry, the server log and results.json (default: temp)")
     args = parser.parse_args()
 
@@ -255,18 +259,36 @@ def main() -> None:
     print(f"registry: {args.vintages} vintages of {args.surrogate}, frontier {args.frontier} -> {registry}", flush=True)
     cutoffs, prompts = build_registry(registry, args.frontier, args.surrogate, args.vintages, args.vocab)
     as_of = [(dt.date.fromisoformat(c) + dt.timedelta(days=1)).isoformat() for c in cutoffs]
-    key, port = secrets.token_hex(16), free_port()
-    started = time.perf_counter()
-    config = out / "serve.yaml"
-    config.write_text(f"max_batch_size: {args.max_batch_size}\nbatch_wait_timeout_s: {args.batch_wait}\n"
-                      f"max_vintages: {args.vintages}\n")
-    process = start_server(registry, port, key, out / "server.log", args.num_cpus, config)
-    print(f"server up on 127.0.0.1:{port} in {time.perf_counter() - started:.1f} s (log {out / 'server.log'})",
-          flush=True)
     scenarios = {"point-in-time, 1 vintage": lambda i: (as_of[len(as_of) // 2], args.method),
                  "frontier alone": lambda i: (as_of[len(as_of) // 2], "frontier"),
                  f"point-in-time, {args.vintages} vintages": lambda i: (as_of[i % len(as_of)], args.method)}
-    rows, memory = [], {}
+    results = {dtype: measure(args, out, registry, dtype, scenarios, as_of, prompts) for dtype in args.dtypes}
+    for dtype, (runs, memory) in results.items():
+        report(args, out, dtype, scenarios, runs, memory)
+    if len(args.dtypes) > 1:
+        base = args.dtypes[0]
+        print(f"\ntokens/s against {base} (medians of the repeats; the servers ran one after the other):")
+        for dtype in args.dtypes[1:]:
+            for name in scenarios:
+                ratios = [statistics.median(r["tokens_per_s"] for r in results[dtype][0][(name, c)])
+                          / statistics.median(r["tokens_per_s"] for r in results[base][0][(name, c)])
+                          for c in args.clients]
+                print(f"  {dtype} / {base}, {name}: " + ", ".join(f"{c} clients {x:.2f}x"
+                                                                 for c, x in zip(args.clients, ratios)))
+
+
+def measure(args, out: Path, registry: Path, dtype: str, scenarios: dict, as_of: list[str], prompts: list[str]):
+    """One server computing in `dtype`: every scenario at every concurrency, round-robin over the repeats;
+    (runs per (scenario, clients), memory)."""
+    key, port = secrets.token_hex(16), free_port()
+    started = time.perf_counter()
+    config = out / f"serve-{dtype}.yaml"
+    config.write_text(f"max_batch_size: {args.max_batch_size}\nbatch_wait_timeout_s: {args.batch_wait}\n"
+                      f"max_vintages: {args.vintages}\ndtype: {dtype}\n")
+    log = out / f"server-{dtype}.log"
+    process = start_server(registry, port, key, log, args.num_cpus, config)
+    print(f"[{dtype}] server up on 127.0.0.1:{port} in {time.perf_counter() - started:.1f} s (log {log})", flush=True)
+    memory = {}
     try:
         watch = MemoryWatch(process.pid)
         memory["before_vintages"] = watch.sample()
@@ -290,11 +312,16 @@ def main() -> None:
                         steps_after, rows_after = decode_stats(port, key)
                         run["mean_batch"] = (rows_after - rows_before) / max(steps_after - steps, 1)
                         runs[(name, clients)].append(run)
-                        print(f"  repeat {repeat}: {name:<26} {clients:>2} clients: {run['tokens_per_s']:.1f} tokens/s",
-                              flush=True)
+                        print(f"  [{dtype}] repeat {repeat}: {name:<26} {clients:>2} clients: "
+                              f"{run['tokens_per_s']:.1f} tokens/s", flush=True)
         memory["peak_8_vintages_resident"] = watch.peak
     finally:
         stop_server(process)
+    return runs, memory
+
+
+def report(args, out: Path, dtype: str, scenarios: dict, runs: dict, memory: dict) -> None:
+    print(f"\n[{dtype}]")
     low, top = min(args.clients), max(args.clients)
     rows = [summarise(runs[(name, c)]) for name in scenarios for c in args.clients]
     for row in rows:
@@ -321,9 +348,9 @@ def main() -> None:
           f"(PSS {peak['server_pss'] / gib:.2f})")
     raw = {f"{name} / {c}": [{k: v for k, v in r.items() if k not in ("ttft", "latency")} for r in rs]
            for (name, c), rs in runs.items()}
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "rows": rows, "runs": raw, "memory": memory},
-                                                 indent=2))
-    print(f"results: {out / 'results.json'}")
+    (out / f"results-{dtype}.json").write_text(json.dumps({"args": vars(args), "dtype": dtype, "rows": rows,
+                                                           "runs": raw, "memory": memory}, indent=2))
+    print(f"results: {out / f'results-{dtype}.json'}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from corpora.files import replace_directory
+from corpora.files import staged_directory
 from vintage.compact import CompactVocabulary
 from vintage.extension_locks import clear_stale_locks
 from vintage.run_spec import RunSpec, Stage
@@ -237,11 +237,6 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
                                  world=world) if probes else None
         if rank == 0:
             target = Path(stage.save_to)
-            staging = target.parent / f".{target.name}.tmp-{os.getpid()}"
-            shutil.rmtree(staging, ignore_errors=True)
-            engine.module.save_pretrained(staging, safe_serialization=True)
-            if vocabulary is not None:
-                vocabulary.save(staging)
             # tokens_seen: what these weights were trained on, the main run's tokens up to this cutoff and
             # this branch's cooldown (cooldown_tokens of them; the main run continues without them, or, with
             # after_cooldown: continue, with them: a later vintage's tokens_seen counts every earlier cooldown)
@@ -258,8 +253,11 @@ def _save_branch(engine, stage: Stage, run: RunSpec, by_slice, holdout, rank, wo
                     "output_rows": run.vocab_size, "facts": len(probes),
                     "peak_memory_mib": round(peak_memory_mib(), 1), "stage_hash": stage.stage_hash,
                     "train_seconds": round(state.get("train_seconds", 0.0), 2), "world_size": world}
-            (staging / "training.json").write_text(json.dumps(info, indent=2))
-            replace_directory(staging, target)
+            with staged_directory(target) as staging:
+                engine.module.save_pretrained(staging, safe_serialization=True)
+                if vocabulary is not None:
+                    vocabulary.save(staging)
+                (staging / "training.json").write_text(json.dumps(info, indent=2))
             facts = f", facts seen {accuracy:.2f}" if accuracy is not None else ""
             say(f"[{run.name}] saved {target} (validation loss {validation:.3f}{facts})")
         if branch:
