@@ -62,9 +62,9 @@ def test_a_model_in_bfloat16_computes_under_autocast_and_returns_float32_logits(
 def test_auto_at_inference_keeps_narrow_models_in_float32():
     """auto: bf16 where the hardware has it, for models at least CPU_BF16_MIN_WIDTH wide (a narrow surrogate is
     slower under autocast); bfloat16 and float32 as named, whatever the width."""
-    from vintage.precision import CPU_BF16_MIN_WIDTH, inference_dtype
+    from vintage.precision import CPU_BF16_MIN_WIDTH, model_dtype
 
     wide = torch.bfloat16 if bf16_native() else torch.float32
-    assert inference_dtype("auto", CPU_BF16_MIN_WIDTH) == wide
-    assert inference_dtype("auto", CPU_BF16_MIN_WIDTH - 1) == torch.float32
-    assert inference_dtype("bfloat16", 32) == torch.bfloat16 and inference_dtype("float32", 4096) == torch.float32
+    assert model_dtype("auto", CPU_BF16_MIN_WIDTH) == wide
+    assert model_dtype("auto", CPU_BF16_MIN_WIDTH - 1) == torch.float32
+    assert model_dtype("bfloat16", 32) == torch.bfloat16 and model_dtype("float32", 4096) == torch.float32

@@ -174,8 +174,6 @@ def divergence_gate(lp_frontier: torch.Tensor, lp_vintage: torch.Tensor, lp_full
     if gate_probability is not None:
         return _confident_gate(lp_frontier, lp_vintage, lp_full, plausibility, gate_probability)
     divergence = known_difference(lp_full, lp_vintage, float("-inf"))
-    if gate_probability is not None:
-        divergence = divergence.masked_fill(lp_full < math.log(gate_probability), float("-inf"))
     mask = plausible(lp_frontier, plausibility)
     if mask is not None:
         divergence = divergence.masked_fill(~mask, float("-inf"))

@@ -32,20 +32,18 @@ def dtype_name(setting: str, device: str | torch.device = "cpu") -> str:
     return str(resolve_dtype(setting, device)).removeprefix("torch.")
 
 
-# Training on a CPU gains from bf16 only where the matrix multiplies are wide enough to outweigh the casts and the
-# float32 log-softmax (bench/train_dtype.py; this machine, 1 thread, tokens/s bf16 / float32): n_embd 64: 0.77,
-# 128: 1.00, 160: 1.39, 256: 1.53, 384: 2.05-2.19
+# A CPU gains from bf16 only where the matrix multiplies are wide enough to outweigh the casts and the float32
+# log-softmax (bench/results/train_dtype.json: training tokens/s, bf16 / float32, this machine, 1 thread: n_embd 64:
+# 0.86, 128: 0.92, 160: 1.36, 256: 1.31, 384: 2.04; bench/decode.py: a 128-wide surrogate is no faster at inference)
 CPU_BF16_MIN_WIDTH = 160
 
 
 def trains_in_bf16(setting: str, width: int, use_gpu: bool) -> bool:
-    """Whether a model `width` wide trains in bfloat16 under `setting`. auto: on a GPU, yes (each worker's
-    DeepSpeed checks its GPU supports it); on a CPU, where it runs bf16 natively and the model is at least
-    CPU_BF16_MIN_WIDTH wide (narrower ones train slower in bf16)."""
-    resolve_dtype(setting)  # a bad name is an error here
-    if setting != "auto":
-        return setting == "bfloat16"
-    return use_gpu or (bf16_native("cpu") and width >= CPU_BF16_MIN_WIDTH)
+    """Whether a model `width` wide trains in bfloat16 under `setting`: `model_dtype`'s rule on a CPU; auto on a GPU
+    asks for it (the driver may have no GPU: each worker's DeepSpeed checks its own supports it)."""
+    if setting == "auto" and use_gpu:
+        return True
+    return model_dtype(setting, width, "cpu") == torch.bfloat16
 
 
 def autocast(dtype: torch.dtype, device: str | torch.device = "cpu"):
@@ -96,10 +94,9 @@ def _cast_matmul_weights(model, dtype: torch.dtype) -> None:
                     setattr(module, name, torch.nn.Parameter(tensor.detach().to(dtype), requires_grad=False))
 
 
-def inference_dtype(setting: str, width: int | None, device: str | torch.device = "cpu") -> torch.dtype:
-    """What a model `width` wide computes in at inference: `bfloat16` and `float32` as named; auto: bfloat16 on a
-    GPU that has it, and on a CPU with native bf16 for models at least CPU_BF16_MIN_WIDTH wide (bench/decode.py:
-    a narrow surrogate is slower under autocast), else float32."""
+def model_dtype(setting: str, width: int | None, device: str | torch.device = "cpu") -> torch.dtype:
+    """What a model `width` wide computes in on `device`: `bfloat16` and `float32` as named; auto: bfloat16 on a
+    GPU that has it, and on a CPU with native bf16 for models at least CPU_BF16_MIN_WIDTH wide, else float32."""
     dtype = resolve_dtype(setting, device)
     if setting == "auto" and torch.device(device).type == "cpu" and (width or 0) < CPU_BF16_MIN_WIDTH:
         return torch.float32
@@ -107,12 +104,12 @@ def inference_dtype(setting: str, width: int | None, device: str | torch.device 
 
 
 def in_dtype(model, setting: str):
-    """`model` computing in the dtype `setting` names (`inference_dtype`): wrapped in `AutocastLM` (which casts its
+    """`model` computing in the dtype `setting` names (`model_dtype`): wrapped in `AutocastLM` (which casts its
     matmul weights in place) for bfloat16, as it is for float32. A model without parameters (an n-gram table) is
     left as is."""
     from vintage.model_calls import device_of
 
     if not isinstance(model, torch.nn.Module):
         return model
-    dtype = inference_dtype(setting, getattr(model.config, "hidden_size", None), device_of(model))
+    dtype = model_dtype(setting, getattr(model.config, "hidden_size", None), device_of(model))
     return model if dtype == torch.float32 else AutocastLM(model, dtype).eval()

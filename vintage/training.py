@@ -77,9 +77,10 @@ def train_func(loop_config: dict[str, Any]) -> None:
     # the per-tensor loop)
     optimizer = torch.optim.AdamW(model.parameters(), lr=run.lr, weight_decay=run.weight_decay,
                                   betas=(0.9, 0.95), fused=True)
-    bf16 = run.bf16 and use_cuda and torch.cuda.is_bf16_supported()  # DeepSpeed's bf16 mode (a GPU)
+    in_bf16 = compute_dtype(run, device) == "bfloat16"
+    bf16 = in_bf16 and use_cuda  # DeepSpeed's bf16 mode (a GPU)
     # a CPU computes the forward under autocast: weights, optimizer state and the loss's log-softmax stay float32
-    cpu_autocast = autocast(torch.bfloat16 if run.bf16 and not use_cuda else torch.float32, device)
+    cpu_autocast = autocast(torch.bfloat16 if in_bf16 and not use_cuda else torch.float32, device)
     ds_config = {"train_micro_batch_size_per_gpu": run.batch_size, "gradient_accumulation_steps": 1,
                  "zero_optimization": {"stage": run.zero_stage}, "bf16": {"enabled": bf16},
                  "gradient_clipping": 1.0, "steps_per_print": 10 ** 9, "wall_clock_breakdown": False}
